@@ -1,0 +1,410 @@
+"""The `hive` command: validate, plan, apply, history, purge, schema, authorized-keys.
+
+Exit codes are a contract with CI pipelines: 0 success (no changes), 1 any error (usage
+errors included), 2 changes pending or made, and only with --detailed-exitcode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hive import __version__, output
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+_FILE_HELP = ("hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if present, "
+              "else /etc/hive/hive.yaml.")
+_OUTPUT = click.option("--output", "-o", "fmt", type=click.Choice(["text", "json"]),
+                       default="text", show_default=True,
+                       help="json: one JSON object per line, a 'version' record first and a "
+                            "'summary' record last.")
+
+
+def _default_config() -> str:
+    if os.environ.get("HIVE_CONFIG"):
+        return os.environ["HIVE_CONFIG"]
+    return "hive.yaml" if Path("hive.yaml").exists() else "/etc/hive/hive.yaml"
+
+
+def _file_option(f: Any) -> Any:
+    return click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False),
+                        default=None, help=_FILE_HELP)(f)
+
+
+class Failed(Exception):
+    """Print this message, exit 1. Raised after everything useful was already shown."""
+
+
+def _load(config_file: str | None, fmt: str) -> tuple[Any, Path]:
+    import schemas
+
+    path = Path(config_file or _default_config())
+    try:
+        return schemas.load(path), path
+    except schemas.ConfigError as exc:
+        if fmt == "json":
+            for problem in exc.problems:
+                output.emit("problem", **problem.data)
+            output.emit("summary", valid=False, problems=len(exc.problems))
+        else:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            n = len(exc.problems)
+            click.echo(f"\n{path}: {n} problem{'s' if n != 1 else ''}; nothing was changed.",
+                       err=True)
+        raise SystemExit(EXIT_ERROR) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "max_content_width": 100})
+@click.version_option(__version__, prog_name="hive")
+def cli() -> None:
+    """Hive keeps a borg backup server in the state hive.yaml describes.
+
+    \b
+    Typical flow (GitOps): edit hive.yaml, commit, and let CI run
+      hive validate                  check the whole file, every problem with file:line:col
+      hive plan                      show what would change (like terraform plan)
+      hive apply                     make the server match (as root), then journal it
+      hive history                   who applied what, when, from which git commit
+
+    \b
+    Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode).
+    Nothing that Hive does deletes repository data; only 'hive purge' does, when asked.
+    """
+
+
+@cli.command()
+@_file_option
+@_OUTPUT
+def validate(config_file: str | None, fmt: str) -> int:
+    """Check hive.yaml completely and report every problem as FILE:LINE:COL: field: message."""
+    if fmt == "json":
+        output.emit_version()
+    config, path = _load(config_file, fmt)
+    if fmt == "json":
+        output.emit("summary", valid=True, repositories=len(config.repositories),
+                    keys=len(config.keys))
+    else:
+        click.echo(f"{path}: valid ({len(config.repositories)} repositories, "
+                   f"{len(config.keys)} keys, {len(config.owners)} owners).")
+    return EXIT_OK
+
+
+def _plan_options(f: Any) -> Any:
+    f = click.option("--detailed-exitcode", is_flag=True,
+                     help="Exit 0 when there is nothing to change, 2 when there are changes, "
+                          "1 on any error (Terraform's convention, for CI drift checks).")(f)
+    f = click.option("--force", is_flag=True,
+                     help="Allow a plan that would revoke access to every repository.")(f)
+    f = click.option("--prune", is_flag=True,
+                     help="Also delete the users, groups and empty folders of repositories "
+                          "removed from hive.yaml. Repository data is never deleted: see "
+                          "'hive purge'.")(f)
+    return _OUTPUT(_file_option(f))
+
+
+def _show_plan(planned: Any, fmt: str, title: str) -> None:
+    if fmt == "json":
+        output.emit_plan(planned.plan)
+    else:
+        output.print_plan(planned.plan, title)
+
+
+@cli.command()
+@_plan_options
+def plan(config_file: str | None, fmt: str, prune: bool, force: bool,
+         detailed_exitcode: bool) -> int:
+    """Show what 'hive apply' would change, without changing anything.
+
+    \b
+      + create   ~ change (before -> after)   - remove
+    Works as any user that can read the files; run as root for a complete view.
+    """
+    return _plan_or_apply(config_file, fmt, prune, force, detailed_exitcode, dry_run=True,
+                          lock_timeout=0)
+
+
+@cli.command()
+@_plan_options
+@click.option("--dry-run", is_flag=True, help="Only show the plan (same as 'hive plan').")
+@click.option("--lock-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for another running apply to finish.")
+def apply(config_file: str | None, fmt: str, prune: bool, force: bool,
+          detailed_exitcode: bool, dry_run: bool, lock_timeout: float) -> int:
+    """Make the server match hive.yaml: accounts, folders, the authorized-keys cache.
+
+    Idempotent: a second run on an unchanged file changes nothing. Needs root. A repository
+    removed from the file loses access (keys revoked, account locked) but keeps its data.
+    Every run is appended to the journal in state_dir ('hive history').
+    """
+    return _plan_or_apply(config_file, fmt, prune, force, detailed_exitcode, dry_run,
+                          lock_timeout)
+
+
+def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
+                   detailed_exitcode: bool, dry_run: bool, lock_timeout: float) -> int:
+    from reconciler import engine
+    from reconciler.inventory import InventoryError
+    from reconciler.lock import LockBusy
+
+    if fmt == "json":
+        output.emit_version()
+    config, path = _load(config_file, fmt)
+    changed_code = EXIT_CHANGES if detailed_exitcode else EXIT_OK
+    try:
+        if dry_run:
+            planned = engine.make_plan(config, prune=prune, force=force)
+            _show_plan(planned, fmt, f"Hive plan for {config.server.name} ({path}):")
+            if fmt == "json":
+                output.emit("summary", **planned.plan.summary, errors=len(planned.plan.errors))
+            if planned.plan.errors:
+                return EXIT_ERROR
+            return changed_code if planned.plan.changes else EXIT_OK
+        progress = None if fmt == "json" else _print_result
+        applied = engine.apply(config, path, prune=prune, force=force,
+                               lock_timeout=lock_timeout,
+                               progress=progress if fmt == "text" else None)
+    except (engine.RefusedError, LockBusy, InventoryError) as exc:
+        _fail(fmt, str(exc))
+        return EXIT_ERROR
+    plan_ = applied.planned.plan
+    if fmt == "json":
+        output.emit_plan(plan_)
+        for change, error in applied.results:
+            output.emit("applied", **change.data, error=error)
+        output.emit("summary", **plan_.summary, applied=len(applied.results),
+                    errors=int(applied.error is not None))
+    elif not plan_.changes:
+        output.print_plan(plan_, "")
+    else:
+        done = len(applied.results)
+        if applied.error:
+            click.echo(click.style(f"\nApply failed after {done - 1} of {len(plan_.changes)} "
+                                   f"changes: {applied.error}", fg="red", bold=True), err=True)
+            click.echo("The server is in a safe intermediate state; fix the cause and run "
+                       "'hive apply' again to converge.", err=True)
+        else:
+            s = plan_.summary
+            click.echo(click.style(f"\nApply complete: {s['add']} added, {s['change']} "
+                                   f"changed, {s['remove']} removed.", fg="green", bold=True))
+        for note in plan_.notes:
+            click.echo(click.style("Note: ", fg="cyan") + note)
+    if applied.error:
+        return EXIT_ERROR
+    return changed_code if plan_.changes else EXIT_OK
+
+
+def _print_result(done: int, total: int, change: Any, error: str | None) -> None:
+    status = click.style("failed: " + error, fg="red") if error else "done"
+    width = len(str(total))
+    click.echo(f"[{done:>{width}}/{total}] {change.symbol} {change.kind} {change.name}: "
+               f"{status}")
+
+
+def _fail(fmt: str, message: str) -> None:
+    if fmt == "json":
+        output.emit("error", message=message)
+        output.emit("summary", add=0, change=0, remove=0, errors=1)
+    else:
+        click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+
+
+@cli.command()
+@_file_option
+@click.option("-n", "--limit", type=int, default=20, show_default=True,
+              help="How many of the latest applies to show.")
+@click.option("-v", "--verbose", is_flag=True, help="List every change of each apply.")
+@_OUTPUT
+def history(config_file: str | None, limit: int, verbose: bool, fmt: str) -> int:
+    """Show the journal: every apply, who ran it, from which commit, and what it did."""
+    from reconciler import journal
+
+    config, _ = _load(config_file, fmt)
+    runs: dict[str, dict[str, Any]] = {}
+    for record in journal.read(config.server.state_dir):
+        run = runs.setdefault(record["run"], {"changes": []})
+        if record["type"] == "change":
+            run["changes"].append(record)
+        else:
+            run[record["type"]] = record
+    selected = list(runs.items())[-limit:] if limit > 0 else []
+    if fmt == "json":
+        output.emit_version()
+        for run_id, run in selected:
+            output.emit("run", run=run_id, start=run.get("start"), finish=run.get("finish"),
+                        changes=run["changes"])
+        output.emit("summary", runs=len(selected))
+        return EXIT_OK
+    if not selected:
+        click.echo(f"No applies recorded in {config.server.state_dir} yet.")
+    for run_id, run in selected:
+        start, finish = run.get("start", {}), run.get("finish")
+        summary = start.get("summary", {})
+        status = ("interrupted" if finish is None else
+                  click.style("failed", fg="red") if finish.get("error") else "ok")
+        commit = (start.get("commit") or "no git")[:12]
+        click.echo(f"{start.get('time', '?')}  {start.get('host', '?')}  "
+                   f"{start.get('user', '?')}  {commit}  +{summary.get('add', 0)} "
+                   f"~{summary.get('change', 0)} -{summary.get('remove', 0)}  {status}  "
+                   f"run {run_id}")
+        if verbose:
+            for c in run["changes"]:
+                symbol = {"create": "+", "update": "~", "delete": "-"}[c["action"]]
+                error = f"  FAILED: {c['error']}" if c.get("error") else ""
+                click.echo(f"    {symbol} {c['kind']} {c['name']}{error}")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("repository")
+@_file_option
+@click.option("--confirm", metavar="NAME",
+              help="Confirm without a prompt by repeating the repository's name (for scripts).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+def purge(repository: str, config_file: str | None, confirm: str | None,
+          dry_run: bool) -> int:
+    """Delete a repository's DATA. The only Hive command that does; it cannot be undone.
+
+    The repository must first be removed from hive.yaml (or set to 'mode: disabled') and
+    applied, so no client writes while it goes, and it must not be 'protected'. Afterwards
+    'hive apply --prune' removes its user and folders.
+    """
+    from reconciler import inventory as inventory_mod
+    from reconciler.journal import Journal, who
+    from reconciler.lock import LockBusy, apply_lock
+
+    config, path = _load(config_file, "text")
+    inventory = inventory_mod.load(config.server.state_dir)
+    user = config.user_name(repository)
+    repo = config.repositories.get(repository)
+    known = inventory.accounts.get(user)
+    if known is None or known.get("repository") != repository:
+        return _refuse(f"repository {repository!r} is not one Hive created on this server")
+    if (repo is not None and repo.protected) or (repo is None and known.get("protected")):
+        return _refuse(f"repository {repository!r} is protected; set 'protected: false' and "
+                       "apply first")
+    if repo is not None and repo.mode != "disabled":
+        return _refuse(f"repository {repository!r} is still active in {path}; remove it or "
+                       "set 'mode: disabled', run 'hive apply', then purge")
+    target = config.server.repos_root / user / repository
+    if not target.exists():
+        click.echo(f"{target} does not exist: nothing to purge.")
+        return EXIT_OK
+    if target.is_symlink():
+        return _refuse(f"{target} is a symlink; Hive will not follow it")
+    size, files = _usage(target)
+    click.echo(f"This deletes {target}: {files} files, {size / 1e9:.2f} GB of backups.")
+    if dry_run:
+        return EXIT_OK
+    if os.geteuid() != 0:
+        return _refuse("hive purge needs root")
+    if confirm is None:
+        confirm = click.prompt("Type the repository's name to delete its data", default="",
+                               show_default=False)
+    if confirm != repository:
+        return _refuse("the name did not match; nothing was deleted")
+    try:
+        with apply_lock(config.server.state_dir, 10.0):
+            journal = Journal(config.server.state_dir, config.server.name)
+            journal.write(journal.record("start", user=who(), file=str(path), commit=None,
+                                         command="purge", summary={"remove": 1}))
+            shutil.rmtree(target)
+            journal.write(journal.record("change", action="delete", kind="repository data",
+                                         name=str(target), before={"files": files,
+                                                                   "bytes": size},
+                                         after=None, error=None),
+                          journal.record("finish", error=None, done=1, total=1))
+    except (LockBusy, OSError) as exc:
+        return _refuse(str(exc))
+    click.echo(f"Deleted {target}. 'hive apply --prune' now removes its user and folders.")
+    return EXIT_OK
+
+
+def _usage(path: Path) -> tuple[int, int]:
+    size = files = 0
+    for top, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                size += os.lstat(os.path.join(top, name)).st_size
+                files += 1
+            except OSError:
+                pass
+    return size, files
+
+
+def _refuse(message: str) -> int:
+    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+    return EXIT_ERROR
+
+
+@cli.command()
+@click.option("--check", "check_path", type=click.Path(dir_okay=False), default=None,
+              help="Exit 1 if this file differs from the generated schema.")
+@click.option("--write", "write_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the schema to this file.")
+def schema(check_path: str | None, write_path: str | None) -> int:
+    """Print the JSON Schema of hive.yaml, generated from the pydantic models.
+
+    Editors use it for completion: put '# yaml-language-server: $schema=...' at the top.
+    """
+    from schemas.jsonschema import render
+
+    text = render()
+    if check_path:
+        if Path(check_path).read_text(encoding="utf-8") != text:
+            return _refuse(f"{check_path} is stale; run 'hive schema --write {check_path}'")
+        click.echo(f"{check_path} is up to date.")
+        return EXIT_OK
+    if write_path:
+        Path(write_path).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {write_path}")
+        return EXIT_OK
+    click.echo(text, nl=False)
+    return EXIT_OK
+
+
+@cli.command("authorized-keys", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def authorized_keys_help(args: tuple[str, ...]) -> int:
+    """Print USER's key lines from the cache, for sshd's AuthorizedKeysCommand.
+
+    \b
+    hive authorized-keys [-f FILE | --state-dir DIR] USER
+    Runs on every login, so it reads one file and imports nothing heavy. Unknown users
+    and a missing cache print nothing and exit 0 (no access). In sshd_config:
+      AuthorizedKeysCommand /usr/local/bin/hive authorized-keys --state-dir /var/lib/hive %u
+      AuthorizedKeysCommandUser nobody
+    """
+    from hive.login import authorized_keys
+
+    return authorized_keys(list(args))
+
+
+def run() -> None:
+    """Run the CLI with Hive's exit codes (click would use 2 for usage errors)."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        code = EXIT_OK
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_ERROR
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        code = EXIT_ERROR
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        code = EXIT_ERROR
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

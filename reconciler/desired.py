@@ -1,0 +1,195 @@
+"""What hive.yaml asks for, as resources: pure, given the file, the inventory and the facts.
+
+This is where the rules about identity live: a repository's user keeps its uid for ever,
+new users take the lowest free uid, a repository removed from the file keeps a locked
+account and all its data, and only `--prune` deletes what Hive made, and only once the
+repository's data is gone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import keylines
+from reconciler.inventory import Inventory
+from reconciler.resources import UNKNOWN, Key, Resource
+from schemas.models import HiveConfig
+
+
+@dataclass
+class Facts:
+    """Everything observed, in plain data. Produced by the targets' observe functions."""
+
+    # unix user -> account attrs, for every entry in the identity backend (Hive's or not)
+    accounts: dict[str, Any] = field(default_factory=dict)
+    # every uid and gid in use anywhere (backend and system) -> a name holding it
+    ids_in_use: dict[int, str] = field(default_factory=dict)
+    # names known to the system outside the identity backend (/etc/passwd, other NSS)
+    system_names: set[str] = field(default_factory=set)
+    # path -> {"type", "uid", "gid", "mode", "children"} or UNKNOWN; missing = absent
+    directories: dict[str, Any] = field(default_factory=dict)
+    # unix user -> {"keys": {key name: line}} for every file in the cache
+    authorized_keys: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Desired:
+    resources: dict[Key, Resource] = field(default_factory=dict)
+    remove: set[Key] = field(default_factory=set)
+    inventory: Inventory = field(default_factory=Inventory)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, resource: Resource) -> None:
+        self.resources[resource.key] = resource
+
+
+def repository_path(config: HiveConfig, repository: str) -> Path:
+    user = config.user_name(repository)
+    return config.server.repos_root / user / repository
+
+
+def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str]:
+    """The paths whose state the plan needs: desired ones and the ones Hive made."""
+    paths = {str(config.server.repos_root)}
+    for repo in config.repositories:
+        path = repository_path(config, repo)
+        paths.update((str(path), str(path.parent)))
+    for user, entry in inventory.accounts.items():
+        user_dir = config.server.repos_root / user
+        paths.update((str(user_dir), str(user_dir / entry["repository"])))
+    paths.update(inventory.directories)
+    return sorted(paths)
+
+
+def _allocate(wanted: list[str], taken: set[int], low: int, high: int) -> dict[str, int]:
+    result = {}
+    uid = low
+    for user in wanted:
+        while uid in taken and uid <= high:
+            uid += 1
+        if uid > high:
+            break
+        result[user] = uid
+        taken.add(uid)
+    return result
+
+
+def _account(uid: int, gecos: str, home: Path, shell: str, locked: bool) -> dict[str, Any]:
+    return {"uid": uid, "gid": uid, "group": uid, "gecos": gecos, "home": str(home),
+            "shell": shell, "locked": locked}
+
+
+def _dir(uid: int, gid: int, mode: int) -> dict[str, Any]:
+    return {"type": "directory", "uid": uid, "gid": gid, "mode": f"{mode:04o}"}
+
+
+def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: dt.datetime,
+                  prune: bool = False) -> Desired:
+    out = Desired(inventory=inventory.copy())
+    server = config.server
+    root = server.repos_root
+    out.add(Resource("directory", str(root), _dir(0, 0, 0o755), {"role": "repos_root"}))
+
+    # 1. uids: pinned, else remembered, else observed on a Hive entry, else allocated.
+    uids: dict[str, int] = {}
+    pinned_by: dict[int, str] = {}
+    refused: set[str] = set()
+    users = {config.user_name(name): name for name in config.repositories}
+    for user, name in users.items():
+        repo = config.repositories[name]
+        known = inventory.accounts.get(user)
+        if user not in inventory.accounts and (user in facts.accounts
+                                               or user in facts.system_names):
+            out.errors.append(f"user {user} (repository {name}) already exists and was not "
+                              "created by Hive; Hive will not take it over. Remove that user "
+                              "or rename the repository")
+            refused.add(user)
+            continue
+        if repo.uid is not None:
+            uids[user] = repo.uid
+            pinned_by[repo.uid] = user
+        elif known is not None:
+            uids[user] = known["uid"]
+    for uid, user in pinned_by.items():
+        holder = facts.ids_in_use.get(uid)
+        if holder is not None and holder != user:
+            out.errors.append(f"repositories.{users[user]}.uid: uid {uid} is already used by "
+                              f"{holder!r}; pin a free uid")
+    for user, known in inventory.accounts.items():
+        if user not in users:
+            uids[user] = known["uid"]
+    taken = set(facts.ids_in_use) | set(uids.values())
+    low, high = server.users.uid_range
+    missing = [u for u in users if u not in uids and u not in refused]
+    allocated = _allocate(missing, taken, low, high)
+    if len(allocated) < len(missing):
+        out.errors.append(f"server.users.uid_range [{low}, {high}] has no free uid left for "
+                          f"{len(missing) - len(allocated)} new repositories; widen it")
+    uids.update(allocated)
+
+    # 2. Repositories in the file: account, directories, keys.
+    for user, name in users.items():
+        if user not in uids:
+            continue
+        repo = config.repositories[name]
+        uid = uids[user]
+        home = root / user
+        path = home / name
+        out.add(Resource("account", user, _account(
+            uid, f"Hive repository {name} ({repo.owner})", home, server.users.shell, False),
+            {"repository": name}))
+        out.add(Resource("directory", str(home), _dir(0, uid, 0o750),
+                         {"role": "user_dir", "repository": name}))
+        out.add(Resource("directory", str(path), _dir(uid, uid, 0o700),
+                         {"role": "repository", "repository": name}))
+        lines, notes = keylines.repository_lines(config, repo, path, now)
+        out.notes.extend(f"repository {name}: {note}" for note in notes)
+        if lines:
+            out.add(Resource("authorized_keys", user, {"keys": lines}, {"repository": name}))
+        out.inventory.accounts[user] = {"repository": name, "uid": uid,
+                                        "protected": repo.protected}
+        for p in (root, home, path):
+            if str(p) not in facts.directories or str(p) in inventory.directories:
+                out.inventory.directories.add(str(p))
+
+    # 3. Repositories gone from the file: revoke access, keep data; prune only when empty.
+    for user, known in inventory.accounts.items():
+        if user in users:
+            continue
+        name = known["repository"]
+        if known.get("protected"):
+            out.errors.append(f"repository {name} is protected but no longer in the file; "
+                              "set 'protected: false' and apply first if you mean to remove it")
+            continue
+        home = root / user
+        path = home / name
+        repo_dir = facts.directories.get(str(path))
+        user_dir = facts.directories.get(str(home))
+        data_gone = (repo_dir is None or (repo_dir is not UNKNOWN and not repo_dir["children"]))
+        home_clear = (user_dir is None or (user_dir is not UNKNOWN
+                                           and set(user_dir["children"]) <= {name}))
+        if prune and data_gone and home_clear:
+            out.remove.add(("account", user))
+            for p in (path, home):
+                if str(p) in inventory.directories:
+                    out.remove.add(("directory", str(p)))
+            out.notes.append(f"repository {name} removed from the file: --prune deletes its "
+                             "user, group and empty folders")
+            continue
+        if prune:
+            out.notes.append(f"repository {name} removed from the file: its data at {path} "
+                             f"is kept; run 'hive purge {name}' to delete it, then prune")
+        out.add(Resource("account", user, _account(
+            known["uid"], f"Hive repository {name} (removed)", home, server.users.shell, True),
+            {"repository": name}))
+
+    # 4. The cache directory belongs to Hive: any file in it that is not wanted goes.
+    for user in facts.authorized_keys:
+        if ("authorized_keys", user) not in out.resources:
+            out.remove.add(("authorized_keys", user))
+    return out

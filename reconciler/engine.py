@@ -1,0 +1,123 @@
+"""The pipeline: observe every target -> desired state -> plan -> (apply, journal).
+
+`make_plan` does no writes at all, so `hive plan` and `apply --dry-run` are the same code
+as `apply` minus the last step. `apply` adds the lock, the inventory claim, the drivers and
+the journal around it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+
+from reconciler import inventory as inventory_mod
+from reconciler.desired import Desired, Facts, desired_state
+from reconciler.journal import Journal, git_commit, who
+from reconciler.lock import apply_lock
+from reconciler.plan import Plan, diff, safety_errors
+from reconciler.resources import Change
+from reconciler.targets import Target
+from reconciler.targets.authorized_keys import AuthorizedKeys
+from reconciler.targets.directories import Directories
+from reconciler.targets.files_identity import FilesIdentity
+from schemas.models import HiveConfig
+
+Progress = Callable[[int, int, Change, str | None], None]
+
+
+class RefusedError(Exception):
+    """The apply did not start: nothing was changed. The message says what to do."""
+
+
+def targets_for(config: HiveConfig) -> dict[str, Target]:
+    return {t.kind: t for t in (FilesIdentity(config), Directories(config),
+                                AuthorizedKeys(config))}
+
+
+@dataclass
+class Planned:
+    plan: Plan
+    desired: Desired
+    facts: Facts
+    inventory: inventory_mod.Inventory
+
+
+@dataclass
+class Applied:
+    planned: Planned
+    results: list[tuple[Change, str | None]] = field(default_factory=list)
+
+    @property
+    def error(self) -> str | None:
+        return next((f"{c.kind} {c.name}: {e}" for c, e in self.results if e), None)
+
+
+def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
+              now: dt.datetime | None = None) -> Planned:
+    """Observe and diff. Reads only; safe as any user."""
+    now = now or dt.datetime.now(dt.UTC)
+    inventory = inventory_mod.load(config.server.state_dir)
+    facts = Facts()
+    for target in targets_for(config).values():
+        target.observe(facts, inventory)
+    desired = desired_state(config, inventory, facts, now, prune=prune)
+    plan = diff(desired, facts)
+    plan.errors.extend(safety_errors(plan, facts, desired, force))
+    return Planned(plan, desired, facts, inventory)
+
+
+def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: bool = False,
+          lock_timeout: float = 10.0, progress: Progress | None = None) -> Applied:
+    """Make the server match the file. Raises RefusedError before changing anything."""
+    if os.geteuid() != 0:
+        raise RefusedError("hive apply needs root: it writes account files and sets the "
+                           "owners of repository folders. Nothing was changed; 'hive plan' "
+                           "shows what it would do")
+    state_dir = config.server.state_dir
+    state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with apply_lock(state_dir, lock_timeout):
+        planned = make_plan(config, prune=prune, force=force)
+        plan = planned.plan
+        if plan.errors:
+            raise RefusedError("the plan has errors; nothing was changed:\n  "
+                               + "\n  ".join(plan.errors))
+        outcome = Applied(planned)
+        if not plan.changes:
+            if planned.desired.inventory != planned.inventory:
+                inventory_mod.save(state_dir, planned.desired.inventory)
+            return outcome
+        # Claim everything before creating it: a crash can leave only claimed things.
+        claimed = planned.desired.inventory
+        inventory_mod.save(state_dir, claimed)
+        journal = Journal(state_dir, config.server.name)
+        journal.write(journal.record("start", user=who(), file=str(config_file),
+                                     commit=git_commit(config_file), prune=prune,
+                                     force=force, summary=plan.summary))
+        targets = targets_for(config)
+        total = len(plan.changes)
+        for (_phase, kind), batch_iter in groupby(
+                plan.changes, key=lambda c: (c.action == "delete", c.kind)):
+            batch = list(batch_iter)
+            results = targets[kind].apply(batch)
+            journal.write(*(journal.record("change", **change.data, error=error)
+                            for change, error in results))
+            for change, error in results:
+                outcome.results.append((change, error))
+                if progress:
+                    progress(len(outcome.results), total, change, error)
+            if any(error for _, error in results) or len(results) < len(batch):
+                break
+        for change, error in outcome.results:  # forget what is really gone
+            if change.action == "delete" and error is None:
+                if change.kind == "account":
+                    claimed.accounts.pop(change.name, None)
+                elif change.kind == "directory":
+                    claimed.directories.discard(change.name)
+        inventory_mod.save(state_dir, claimed)
+        journal.write(journal.record("finish", error=outcome.error,
+                                     done=len(outcome.results), total=total))
+        return outcome

@@ -1,0 +1,60 @@
+"""What Hive created, so that Hive only ever changes or removes its own things.
+
+`<state_dir>/inventory.json` lists Hive's accounts (with the uid they were given and whether
+their repository is protected) and the directories Hive made. It is written *before* an
+apply creates anything (a claim) and trimmed only *after* something was deleted, so an
+apply killed at any point leaves an inventory that still covers everything on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.fsutil import atomic_write
+
+FILE_NAME = "inventory.json"
+VERSION = 1
+
+
+class InventoryError(Exception):
+    pass
+
+
+@dataclass
+class Inventory:
+    # unix user -> {"repository": str, "uid": int, "protected": bool}
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    directories: set[str] = field(default_factory=set)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": VERSION, "accounts": dict(sorted(self.accounts.items())),
+                           "directories": sorted(self.directories)}, indent=1) + "\n"
+
+    def copy(self) -> Inventory:
+        return Inventory({k: dict(v) for k, v in self.accounts.items()}, set(self.directories))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Inventory) and self.to_json() == other.to_json()
+
+
+def load(state_dir: Path) -> Inventory:
+    path = state_dir / FILE_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Inventory()
+    except (OSError, ValueError) as exc:
+        raise InventoryError(f"{path}: cannot read the inventory ({exc}); restore it from a "
+                             "backup or remove it to let Hive treat everything as foreign") \
+            from None
+    if data.get("version") != VERSION:
+        raise InventoryError(f"{path}: inventory version {data.get('version')} is not "
+                             f"{VERSION}; this Hive is too old for this server")
+    return Inventory(data.get("accounts", {}), set(data.get("directories", [])))
+
+
+def save(state_dir: Path, inventory: Inventory) -> None:
+    atomic_write(state_dir / FILE_NAME, inventory.to_json(), mode=0o644)

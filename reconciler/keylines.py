@@ -1,0 +1,88 @@
+"""Render authorized_keys lines: the one place that decides what a key may do.
+
+Every line starts with `restrict` (no PTY, no forwarding, no agent, no X11, no user rc) and
+carries a forced command; a repository whose mode grants nothing gets no lines at all.
+The trailing comment is `hive:<key name>`, so plans and humans can tell lines apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from schemas.models import HiveConfig, Key, Repository
+from schemas.sshkeys import parse_public_key
+
+COMMENT_PREFIX = "hive:"
+
+
+def forced_command(config: HiveConfig, repo: Repository, path: Path, append_only: bool) -> str:
+    """The command sshd runs instead of whatever the client asked for."""
+    server = config.server
+    if repo.mode == "borg":
+        parts = [server.borg_command, "serve", "--restrict-to-repository", str(path)]
+        if append_only:
+            parts.append("--append-only")
+        if repo.quota:
+            parts += ["--storage-quota", repo.quota]
+        return " ".join(parts)
+    if repo.mode == "import":
+        return f"{server.rrsync_command} -wo {path}"
+    if repo.mode == "export":
+        return f"{server.rrsync_command} -ro {path}"
+    raise ValueError(f"mode {repo.mode!r} grants no access")
+
+
+def expiry_option(expires_at: dt.datetime) -> str:
+    """sshd's expiry-time, in UTC (the trailing Z) so the server's time zone cannot shift it."""
+    return expires_at.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ")
+
+
+def key_line(config: HiveConfig, repo: Repository, path: Path, key_name: str, key: Key,
+             append_only: bool) -> str:
+    options = ["restrict"]
+    if key.from_:
+        options.append('from="{}"'.format(",".join(key.from_)))
+    expires_at = key.expires_at()
+    if expires_at is not None:
+        options.append(f'expiry-time="{expiry_option(expires_at)}"')
+    options.append(f'command="{forced_command(config, repo, path, append_only)}"')
+    public = parse_public_key(key.public_key)
+    return f"{','.join(options)} {public.type} {public.blob} {COMMENT_PREFIX}{key_name}"
+
+
+def repository_lines(config: HiveConfig, repo: Repository, path: Path,
+                     now: dt.datetime) -> tuple[dict[str, str], list[str]]:
+    """Key name -> line for one repository, and notes on keys left out (expired)."""
+    lines: dict[str, str] = {}
+    notes: list[str] = []
+    if repo.mode == "disabled":
+        return lines, notes
+    for append_only, names in ((False, repo.keys), (True, repo.append_only_keys)):
+        for name in names:
+            key = config.keys[name]
+            expires_at = key.expires_at()
+            if expires_at is not None and expires_at <= now:
+                notes.append(f"key {name!r} expired on {expires_at:%Y-%m-%d %H:%M} UTC: "
+                             "left out")
+                continue
+            lines[name] = key_line(config, repo, path, name, key, append_only)
+    return lines, notes
+
+
+def render_file(lines: dict[str, str]) -> str:
+    return "".join(f"{line}\n" for line in lines.values())
+
+
+def parse_file(text: str) -> dict[str, str]:
+    """Key name -> line, from a cache file; a line Hive did not write gets a name that no
+    desired key has, so the plan rewrites the file."""
+    result: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        comment = line.rsplit(" ", 1)[-1]
+        name = (comment.removeprefix(COMMENT_PREFIX) if comment.startswith(COMMENT_PREFIX)
+                else f"(unmanaged line {number})")
+        result[name] = line
+    return result

@@ -1,0 +1,102 @@
+"""The diff: desired resources vs observed facts -> an ordered list of changes. Pure.
+
+One generic rule serves every target: a wanted resource that is absent is created; one
+whose attributes differ is updated (the change carries only the differing attributes,
+before and after); a resource in `remove` that exists is deleted. What could not be
+observed (UNKNOWN) is never changed. Safety checks refuse plans that look like accidents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from reconciler.desired import Desired, Facts
+from reconciler.resources import KINDS, UNKNOWN, Change
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the plan must not be applied
+    notes: list[str] = field(default_factory=list)  # worth reading, changes nothing
+
+    def count(self, action: str) -> int:
+        return sum(1 for c in self.changes if c.action == action)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        return {"add": self.count("create"), "change": self.count("update"),
+                "remove": self.count("delete")}
+
+
+def observed_of(facts: Facts, kind: str, name: str) -> Any:
+    """The observed attrs of one resource; None when it does not exist."""
+    table = {"account": facts.accounts, "directory": facts.directories,
+             "authorized_keys": facts.authorized_keys}[kind]
+    return table.get(name)
+
+
+def _order(change: Change) -> tuple[int, int, int, str]:
+    """Revocations first (a failure later must not leave a removed key working), then
+    creates and updates in KINDS order, parents before children, then other deletes in
+    reverse order, deepest folders first."""
+    kind = KINDS.index(change.kind)
+    depth = len(PurePosixPath(change.name).parts) if change.kind == "directory" else 0
+    if change.action == "delete" and change.kind == "authorized_keys":
+        return (0, 0, 0, change.name)
+    if change.action == "delete":
+        return (2, -kind, -depth, change.name)
+    return (1, kind, depth, change.name)
+
+
+def diff(desired: Desired, facts: Facts) -> Plan:
+    plan = Plan(errors=list(desired.errors), notes=list(desired.notes) + facts.warnings)
+    for resource in desired.resources.values():
+        seen = observed_of(facts, resource.kind, resource.name)
+        if seen is UNKNOWN:
+            continue
+        if seen is None:
+            plan.changes.append(Change("create", resource.kind, resource.name, None,
+                                       dict(resource.attrs), dict(resource.meta)))
+            continue
+        if resource.kind == "directory" and seen.get("type") != "directory":
+            plan.errors.append(f"{resource.name} exists but is a {seen.get('type')}, not a "
+                               "directory; Hive will not replace or follow it. Move it away")
+            continue
+        before = {k: seen[k] for k, v in resource.attrs.items()
+                  if k in seen and seen[k] is not UNKNOWN and seen[k] != v}
+        if before:
+            after = {k: resource.attrs[k] for k in before}
+            plan.changes.append(Change("update", resource.kind, resource.name, before, after,
+                                       dict(resource.meta)))
+    for kind, name in desired.remove:
+        seen = observed_of(facts, kind, name)
+        if seen is not None and seen is not UNKNOWN:
+            plan.changes.append(Change("delete", kind, name, _public(seen), None))
+    plan.changes.sort(key=_order)
+    return plan
+
+
+def _public(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attrs.items() if k != "children"}
+
+
+def safety_errors(plan: Plan, facts: Facts, desired: Desired, force: bool) -> list[str]:
+    """Refuse plans that look like an accident (octoDNS's too-much-change check).
+
+    A plan that locks or removes every repository that currently has access almost always
+    means a truncated or wrong hive.yaml; it needs --force.
+    """
+    if force:
+        return []
+    active_now = [name for name, attrs in facts.accounts.items()
+                  if name in desired.inventory.accounts and attrs is not UNKNOWN
+                  and attrs.get("locked") is False]
+    active_after = [r for r in desired.resources.values()
+                    if r.kind == "account" and not r.attrs["locked"]]
+    if active_now and not active_after:
+        return [f"this plan would revoke access to every repository ({len(active_now)} now "
+                "active); if hive.yaml really is meant to hold none, run again with --force"]
+    return []

@@ -1,0 +1,30 @@
+"""One module per target. Each target is a class with this written interface:
+
+    kind: str                       the resource kind it holds ("account", "directory", ...)
+    observe(facts, inventory)       read the actual state into `facts` (no writes)
+    apply(changes) -> results       carry out changes of its kind, in the order given, and
+                                    return one (change, error or None) per change; stop at
+                                    the first error so the journal shows exactly how far
+                                    it got
+
+A target never decides *what* to change: that is plan.py's job. A new target (an LDAP
+directory, say) is a new module here plus its kind in resources.KINDS.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from reconciler.desired import Facts
+from reconciler.inventory import Inventory
+from reconciler.resources import Change
+
+Result = tuple[Change, str | None]
+
+
+class Target(Protocol):
+    kind: str
+
+    def observe(self, facts: Facts, inventory: Inventory) -> None: ...
+
+    def apply(self, changes: list[Change]) -> list[Result]: ...

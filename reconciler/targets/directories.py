@@ -1,0 +1,113 @@
+"""Repository directories: `<repos_root>/<user>/<repo>` with the right owners and modes.
+
+repos_root and each user's folder are root-owned (a user cannot rename its own repository
+folder away or plant a symlink beside it); only the repository folder belongs to the user.
+Nothing here follows a symlink, and a folder is only ever removed with rmdir, which
+refuses a folder that still holds anything: data cannot be lost through this module.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from reconciler.desired import Facts, directories_to_observe
+from reconciler.inventory import Inventory
+from reconciler.resources import UNKNOWN, Change
+from schemas.models import HiveConfig
+
+_TYPES = {stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink", stat.S_IFREG: "file"}
+
+
+def observe_path(path: str) -> Any:
+    """{type, uid, gid, mode, children} for one path; None if absent; UNKNOWN if unreadable."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        return UNKNOWN
+    kind = _TYPES.get(stat.S_IFMT(st.st_mode), "special file")
+    children: tuple[str, ...] = ()
+    if kind == "directory":
+        try:
+            with os.scandir(path) as entries:  # two names are enough to know "empty or not"
+                children = tuple(e.name for e in islice(entries, 2))
+        except PermissionError:
+            return UNKNOWN
+    return {"type": kind, "uid": st.st_uid, "gid": st.st_gid,
+            "mode": f"{stat.S_IMODE(st.st_mode):04o}", "children": children}
+
+
+def _chown_tree(path: str, old_uid: int, uid: int, gid: int) -> None:
+    """Give the new owner everything the old uid owned below `path`, never following links."""
+    for top, dirs, files in os.walk(path, followlinks=False):
+        for name in dirs + files:
+            full = os.path.join(top, name)
+            st = os.lstat(full)
+            if st.st_uid == old_uid:
+                os.lchown(full, uid, gid)
+
+
+def _set_owner_mode(path: str, uid: int, gid: int, mode: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+class Directories:
+    kind = "directory"
+
+    def __init__(self, config: HiveConfig) -> None:
+        self.config = config
+
+    def observe(self, facts: Facts, inventory: Inventory) -> None:
+        unreadable = []
+        for path in directories_to_observe(self.config, inventory):
+            state = observe_path(path)
+            if state is not None:
+                facts.directories[path] = state
+            if state is UNKNOWN:
+                unreadable.append(path)
+        if unreadable:
+            facts.warnings.append(f"cannot read {len(unreadable)} repository folders as this "
+                                  f"user (e.g. {unreadable[0]}): they are not compared "
+                                  "(run as root)")
+
+    def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
+        results: list[tuple[Change, str | None]] = []
+        for change in changes:
+            try:
+                self._apply_one(change)
+            except OSError as exc:
+                results.append((change, str(exc)))
+                break
+            results.append((change, None))
+        return results
+
+    @staticmethod
+    def _apply_one(change: Change) -> None:
+        path = change.name
+        if change.action == "delete":
+            os.rmdir(path)  # refuses a folder that is not empty, by design
+            return
+        after = change.after or {}
+        if change.action == "create":
+            Path(path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            os.mkdir(path, 0o700)  # closed until it has its owner
+            _set_owner_mode(path, after["uid"], after["gid"], int(after["mode"], 8))
+            return
+        st = os.lstat(path)
+        uid = after.get("uid", st.st_uid)
+        gid = after.get("gid", st.st_gid)
+        mode = int(after.get("mode", f"{stat.S_IMODE(st.st_mode):o}"), 8)
+        old_uid = (change.before or {}).get("uid")
+        _set_owner_mode(path, uid, gid, mode)
+        if change.meta.get("role") == "repository" and old_uid is not None and old_uid != uid:
+            _chown_tree(path, old_uid, uid, gid)

@@ -1,0 +1,166 @@
+"""Identity backend `files`: passwd, group and shadow in libnss-extrausers format.
+
+Lines Hive does not manage are kept byte for byte and in place (other tools, snapd for
+one, use extrausers too). Each file is rewritten atomically, group before passwd before
+shadow, so an interrupted apply leaves at worst a group without its user, which the next
+apply completes.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.desired import Facts
+from reconciler.fsutil import atomic_write
+from reconciler.inventory import Inventory
+from reconciler.resources import UNKNOWN, Change
+from schemas.models import HiveConfig
+
+FILES = ("group", "passwd", "shadow")  # write order
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _index(lines: list[str]) -> dict[str, int]:
+    return {line.split(":", 1)[0]: i for i, line in enumerate(lines) if ":" in line}
+
+
+def parse_accounts(passwd: list[str], group: list[str],
+                   shadow: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Account attrs per user name, as desired.py describes them. Pure."""
+    groups = {}
+    for line in group:
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            groups[fields[0]] = int(fields[2])
+    locked = {}
+    for line in shadow or []:
+        fields = line.split(":")
+        if len(fields) >= 2:
+            locked[fields[0]] = fields[1].startswith("!")
+    accounts = {}
+    for line in passwd:
+        fields = line.split(":")
+        if len(fields) != 7 or not fields[2].isdigit() or not fields[3].isdigit():
+            continue
+        name = fields[0]
+        accounts[name] = {
+            "uid": int(fields[2]), "gid": int(fields[3]), "group": groups.get(name),
+            "gecos": fields[4], "home": fields[5], "shell": fields[6],
+            "locked": UNKNOWN if shadow is None else locked.get(name),
+        }
+    return accounts
+
+
+def passwd_line(name: str, a: dict[str, Any]) -> str:
+    return f"{name}:x:{a['uid']}:{a['gid']}:{a['gecos']}:{a['home']}:{a['shell']}"
+
+
+def group_line(name: str, a: dict[str, Any]) -> str:
+    return f"{name}:x:{a['group']}:"
+
+
+def shadow_line(name: str, locked: bool, last_change: str) -> str:
+    # '*' allows no password but keeps the account usable for keys; '!*' plus an account
+    # expiry in 1970 locks it for sshd with or without PAM.
+    if locked:
+        return f"{name}:!*:{last_change}:0:99999:7::1:"
+    return f"{name}:*:{last_change}:0:99999:7:::"
+
+
+class FilesIdentity:
+    kind = "account"
+
+    def __init__(self, config: HiveConfig) -> None:
+        self.dir = config.server.identity.files_dir
+
+    def observe(self, facts: Facts, inventory: Inventory) -> None:
+        passwd = _read_lines(self.dir / "passwd")
+        group = _read_lines(self.dir / "group")
+        try:
+            shadow: list[str] | None = _read_lines(self.dir / "shadow")
+        except PermissionError:
+            shadow = None
+            facts.warnings.append(f"cannot read {self.dir / 'shadow'} as this user: whether "
+                                  "accounts are locked is not compared (run as root)")
+        facts.accounts.update(parse_accounts(passwd, group, shadow))
+        for name, attrs in facts.accounts.items():
+            facts.ids_in_use.setdefault(attrs["uid"], name)
+        for line in group:
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[2].isdigit():
+                facts.ids_in_use.setdefault(int(fields[2]), fields[0])
+        # The rest of the system (/etc/passwd, LDAP, ...) holds uids and names too.
+        for entry in pwd.getpwall():
+            facts.ids_in_use.setdefault(entry.pw_uid, entry.pw_name)
+            if entry.pw_name not in facts.accounts:
+                facts.system_names.add(entry.pw_name)
+        for entry in grp.getgrall():
+            facts.ids_in_use.setdefault(entry.gr_gid, entry.gr_name)
+
+    def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
+        files = {name: _read_lines(self.dir / name) for name in FILES}
+        today = str(int(time.time() // 86400))
+        try:
+            for change in changes:
+                self._edit(files, change, today)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                shadow_gid = grp.getgrnam("shadow").gr_gid
+            except KeyError:
+                shadow_gid = 0
+            for name in FILES:
+                content = "".join(f"{line}\n" for line in files[name])
+                path = self.dir / name
+                try:
+                    if path.read_text(encoding="utf-8") == content:
+                        continue
+                except FileNotFoundError:
+                    pass
+                if name == "shadow":
+                    atomic_write(path, content, mode=0o640, gid=shadow_gid)
+                else:
+                    atomic_write(path, content, mode=0o644)
+        except OSError as exc:
+            return [(changes[0], f"writing {self.dir}: {exc}")]
+        return [(change, None) for change in changes]
+
+    @staticmethod
+    def _edit(files: dict[str, list[str]], change: Change, today: str) -> None:
+        name = change.name
+        for file_name in FILES:
+            lines = files[file_name]
+            index = _index(lines).get(name)
+            if change.action == "delete":
+                if index is not None:
+                    del lines[index]
+                continue
+            if file_name == "passwd":
+                current = parse_accounts([lines[index]], [], []).get(name) if index is not \
+                    None else None
+                attrs = {**(current or {}), **(change.after or {})}
+                new = passwd_line(name, attrs)
+            elif file_name == "group":
+                gid = (change.after or {}).get("group")
+                if gid is None:
+                    continue
+                new = group_line(name, {"group": gid})
+            else:
+                locked = (change.after or {}).get("locked")
+                if locked is None:
+                    continue
+                last = lines[index].split(":")[2] if index is not None else today
+                new = shadow_line(name, locked, last or today)
+            if index is None:
+                lines.append(new)
+            else:
+                lines[index] = new

@@ -1,0 +1,107 @@
+"""Parse and police OpenSSH public keys before they reach an authorized_keys line.
+
+A public key in hive.yaml ends up on a line sshd trusts, so it is decoded, not just matched
+with a regex: the base64 blob must carry the same type name as the text, RSA keys are
+measured, and anything that could add options or a second line is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+
+# Types Hive accepts, with the human reason for the ones it refuses.
+ACCEPTED_TYPES = {
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+}
+REFUSED_TYPES = {
+    "ssh-dss": "DSA keys are broken and disabled in OpenSSH; generate an ed25519 key "
+               "(ssh-keygen -t ed25519)",
+}
+MIN_RSA_BITS = 3072
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class BadKey(ValueError):
+    """A public key that must not reach authorized_keys; the message says why."""
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    type: str
+    blob: str  # base64 text, exactly as OpenSSH prints it
+    comment: str
+    bits: int | None
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA256 fingerprint as `ssh-keygen -lf` prints it."""
+        digest = hashlib.sha256(base64.b64decode(self.blob)).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _read_string(data: bytes, offset: int) -> tuple[bytes, int]:
+    if offset + 4 > len(data):
+        raise BadKey("the key data is truncated")
+    length = int.from_bytes(data[offset:offset + 4], "big")
+    end = offset + 4 + length
+    if end > len(data):
+        raise BadKey("the key data is truncated")
+    return data[offset + 4:end], end
+
+
+def parse_public_key(text: str) -> PublicKey:
+    """Parse one `type base64 [comment]` key, or raise BadKey saying what is wrong."""
+    if _CONTROL.search(text):
+        raise BadKey("the key contains a newline or control character; "
+                        "paste exactly one key on one line")
+    parts = text.strip().split(None, 2)
+    if not parts:
+        raise BadKey("the key is empty")
+    key_type = parts[0]
+    if key_type in REFUSED_TYPES:
+        raise BadKey(f"{key_type} is not allowed: {REFUSED_TYPES[key_type]}")
+    if key_type not in ACCEPTED_TYPES:
+        if key_type.endswith("-cert-v01@openssh.com"):
+            raise BadKey("certificates are not supported; give the plain public key")
+        if "=" in key_type or "," in key_type or '"' in text.split(" ssh-")[0]:
+            raise BadKey("the key starts with options; give only 'type base64 comment' "
+                            "and use the key's 'from:' and 'expires:' fields instead")
+        raise BadKey(f"unknown key type {key_type!r}; use ssh-ed25519, ecdsa-sha2-nistp*, "
+                        "sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com "
+                        f"or ssh-rsa of at least {MIN_RSA_BITS} bits")
+    if len(parts) < 2:
+        raise BadKey("the key has a type but no key data")
+    blob_text = parts[1]
+    try:
+        blob = base64.b64decode(blob_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadKey("the key data is not valid base64; copy the whole .pub file line") \
+            from None
+    inner_type, offset = _read_string(blob, 0)
+    if inner_type.decode("ascii", "replace") != key_type:
+        raise BadKey(f"the key data is a {inner_type.decode('ascii', 'replace')!r} key "
+                        f"but the line says {key_type!r}")
+    bits = None
+    if key_type == "ssh-rsa":
+        _exponent, offset = _read_string(blob, offset)
+        modulus, offset = _read_string(blob, offset)
+        bits = int.from_bytes(modulus, "big").bit_length()
+        if bits < MIN_RSA_BITS:
+            raise BadKey(f"RSA key of {bits} bits is below the policy of {MIN_RSA_BITS}; "
+                            "generate an ed25519 key (ssh-keygen -t ed25519)")
+    elif key_type == "ssh-ed25519":
+        point, offset = _read_string(blob, offset)
+        if len(point) != 32:
+            raise BadKey("the ed25519 key data has the wrong length")
+    return PublicKey(key_type, blob_text, parts[2] if len(parts) > 2 else "", bits)
