@@ -1,0 +1,71 @@
+"""Shared fixtures: real SSH keys, a hive.yaml writer, and the `hive` CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ssh_keygen(path: Path, kind: str = "ed25519", bits: int | None = None) -> str:
+    """A real key pair made by ssh-keygen; returns the public key line."""
+    cmd = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", path.name, "-f", str(path)]
+    if bits:
+        cmd += ["-b", str(bits)]
+    subprocess.run(cmd, check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def pubkeys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("keys")
+    return {name: ssh_keygen(folder / name) for name in ("a", "b", "c", "d")}
+
+
+def write_config(folder: Path, body: str, *, name: str = "hive.yaml",
+                 prefix: str = "bh-", uid_range: str = "[20000, 20099]") -> Path:
+    """hive.yaml with a server section whose paths all live in `folder`, then `body`."""
+    server = textwrap.dedent(f"""\
+        version: 1
+        server:
+          name: test1
+          ssh_host: 127.0.0.1
+          repos_root: ./repos
+          state_dir: ./state
+          users: {{prefix: "{prefix}", uid_range: {uid_range}, shell: /bin/sh}}
+          identity: {{backend: files, files_dir: ./extrausers}}
+        """)
+    path = folder / name
+    path.write_text(server + textwrap.dedent(body))
+    return path
+
+
+def hive(*args: str, user: int | None = None, env: dict[str, str] | None = None,
+         cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real `hive` command line as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hive", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout,
+                          user=user)
+
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="apply needs root (chown)")
+
+
+@pytest.fixture
+def sysroot() -> Any:
+    """A root-owned 0755 folder outside /tmp (sshd's StrictModes and a non-root user need
+    every parent to be root-owned and not world-writable); removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="hive-test-", dir="/run"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

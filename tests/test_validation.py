@@ -1,0 +1,205 @@
+"""Every validation rule, with the exact line and column it reports.
+
+The server block written by `write_config` takes lines 1-8, so the body starts at line 9.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from conftest import hive, ssh_keygen, write_config
+
+import schemas
+
+ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE025IREm0GtFJnL9BQ7kKfZEAot1lwEefHs0y9rRXaF a"
+ED2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrsAxFVn9PPclOZg1k/6yW6CYdqDmWmp/VFQjW6VPXp b"
+
+
+def problems(folder: Path, body: str, **kwargs: str) -> list[str]:
+    path = write_config(folder, body, **kwargs)
+    try:
+        schemas.load(path)
+    except schemas.ConfigError as exc:
+        return [str(p).removeprefix(f"{path}:") for p in exc.problems]
+    return []
+
+
+def expect(found: list[str], line: int, col: int, path: str, fragment: str) -> None:
+    prefix = f"{line}:{col}: {path}: " if path else f"{line}:{col}: "
+    matches = [p for p in found if p.startswith(prefix) and fragment in p]
+    assert matches, f"no problem {prefix}...{fragment!r} in:\n" + "\n".join(found)
+
+
+BASE_OWNERS = "owners:\n  alice: {}\n  bob: {}\n"  # lines 9-11
+
+CASES = [
+    # (id, body, line, column, path, message fragment)
+    ("unknown-field", BASE_OWNERS + "repositories:\n  r1: {owner: alice, colour: red}\n",
+     13, 22, "repositories.r1.colour", "unknown field 'colour'; expected one of: owner"),
+    ("unknown-owner", BASE_OWNERS + "repositories:\n  r1: {owner: carol}\n",
+     13, 15, "repositories.r1.owner", "unknown owner 'carol'"),
+    ("unknown-group", BASE_OWNERS + "repositories:\n  r1:\n    owner: alice\n"
+     "    groups: [family]\n", 15, 14, "repositories.r1.groups[0]", "unknown group 'family'"),
+    ("unknown-key", BASE_OWNERS + "repositories:\n  r1: {owner: alice, keys: [nope]}\n",
+     13, 29, "repositories.r1.keys[0]", "unknown key 'nope'"),
+    ("unknown-member", BASE_OWNERS + "groups:\n  g: {members: [alice, zed]}\n",
+     13, 24, "groups.g.members[1]", "unknown owner 'zed'"),
+    ("duplicate-name", BASE_OWNERS + "repositories:\n  r1: {owner: alice}\n"
+     "  r1: {owner: bob}\n", 14, 3, "", "duplicate key 'r1' (first defined on line 13)"),
+    ("bad-name-upper", BASE_OWNERS + "repositories:\n  Photos: {owner: alice}\n",
+     13, 3, "repositories.Photos", "use lowercase letters"),
+    ("bad-name-path", BASE_OWNERS + "repositories:\n  ../etc: {owner: alice}\n",
+     13, 3, "repositories.../etc", "use lowercase letters"),
+    ("bad-name-inject", BASE_OWNERS + "keys:\n  'a\" b':\n    owner: alice\n"
+     f"    public_key: {ED}\n", 13, 3, "keys.a\" b", "use lowercase letters"),
+    ("user-too-long", BASE_OWNERS + "repositories:\n"
+     "  abcdefghijklmnopqrstuvwxyz0123: {owner: alice}\n",
+     13, 3, "repositories.abcdefghijklmnopqrstuvwxyz0123", "over the limit of 32"),
+    ("key-options", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     f"    public_key: 'command=\"sh\" {ED}'\n", 15, 17, "keys.k.public_key",
+     "starts with options"),
+    ("key-newline", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     f'    public_key: "{ED}\\nssh-ed25519 AAAA x"\n', 15, 17, "keys.k.public_key",
+     "newline or control character"),
+    ("key-garbage", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     "    public_key: ssh-ed25519 not-base64!!\n", 15, 17, "keys.k.public_key",
+     "not valid base64"),
+    ("key-type-mismatch", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     "    public_key: ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIE025IREm0GtFJnL9BQ7kKfZEAot1lwEefHs0y9r"
+     "RXaF\n", 15, 17, "keys.k.public_key", "is a 'ssh-ed25519' key but the line says"),
+    ("key-dsa", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     "    public_key: ssh-dss AAAAB3NzaC1kc3MAAACBAP x\n", 15, 17, "keys.k.public_key",
+     "DSA keys are broken"),
+    ("key-duplicate", BASE_OWNERS + f"keys:\n  k1: {{owner: alice, public_key: {ED}}}\n"
+     f"  k2: {{owner: alice, public_key: {ED.replace(' a', ' other')}}}\n",
+     14, 34, "keys.k2.public_key", "already defined as 'k1'"),
+    ("key-owner-not-covered", BASE_OWNERS + f"keys:\n  bobkey: {{owner: bob, public_key: {ED}}}\n"
+     "repositories:\n  r1: {owner: alice, keys: [bobkey]}\n",
+     15, 29, "repositories.r1.keys[0]", "belongs to 'bob', who is neither the owner"),
+    ("key-in-both", BASE_OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}}}\n"
+     "repositories:\n  r1: {owner: alice, keys: [k], append_only_keys: [k]}\n",
+     15, 52, "repositories.r1.append_only_keys[0]", "in both 'keys' and 'append_only_keys'"),
+    ("quota-syntax", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: 500GB}\n",
+     13, 29, "repositories.r1.quota", "500G, 1.5T"),
+    ("quota-zero", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: '0'}\n",
+     13, 29, "repositories.r1.quota", "must be above zero"),
+    ("mode", BASE_OWNERS + "repositories:\n  r1: {owner: alice, mode: rw}\n",
+     13, 28, "repositories.r1.mode", "'borg', 'import', 'export' or 'disabled'"),
+    ("pin-low", BASE_OWNERS + "repositories:\n  r1: {owner: alice, uid: 999}\n",
+     13, 27, "repositories.r1.uid", "below 1000"),
+    ("pin-twice", BASE_OWNERS + "repositories:\n  r1: {owner: alice, uid: 25000}\n"
+     "  r2: {owner: alice, uid: 25000}\n", 14, 27, "repositories.r2.uid",
+     "already pinned by repository 'r1'"),
+    ("from-host-bits", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     f"    public_key: {ED}\n    from: [10.0.0.1/8]\n", 16, 12, "keys.k.from[0]",
+     "has host bits set"),
+    ("unknown-section", "owners:\n  alice: {}\nnotify:\n  smtp_password_env: X\n",
+     11, 1, "notify", "unknown field 'notify'"),
+]
+
+
+@pytest.mark.parametrize(("body", "line", "col", "path", "fragment"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rule(tmp_path: Path, body: str, line: int, col: int, path: str, fragment: str) -> None:
+    expect(problems(tmp_path, body), line, col, path, fragment)
+
+
+def test_uid_range_below_1000(tmp_path: Path) -> None:
+    found = problems(tmp_path, BASE_OWNERS, uid_range="[500, 600]")
+    expect(found, 7, 37, "server.users.uid_range", "uids below 1000 belong to the system")
+
+
+def test_secret_in_server_block_is_refused_with_advice(tmp_path: Path) -> None:
+    path = write_config(tmp_path, BASE_OWNERS)
+    text = path.read_text().replace("  ssh_host: 127.0.0.1\n",
+                                    "  ssh_host: 127.0.0.1\n  bind_password: hunter2\n")
+    path.write_text(text)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    message = str(info.value)
+    assert f"{path}:5:3: server.bind_password: 'bind_password' looks like a secret" in message
+    assert "bind_password_env" in message and "hunter2" not in message
+
+
+def test_rsa_policy(tmp_path: Path) -> None:
+    small = ssh_keygen(tmp_path / "small", "rsa", 2048)
+    big = ssh_keygen(tmp_path / "big", "rsa", 3072)
+    body = BASE_OWNERS + f"keys:\n  small: {{owner: alice, public_key: {small}}}\n" \
+                         f"  big: {{owner: alice, public_key: {big}}}\n"
+    found = problems(tmp_path, body)
+    expect(found, 13, 37, "keys.small.public_key", "RSA key of 2048 bits is below")
+    assert not any("keys.big" in p for p in found)
+
+
+def test_accepted_key_types(tmp_path: Path) -> None:
+    ecdsa = ssh_keygen(tmp_path / "ec", "ecdsa", 384)
+
+    def wire(*fields: bytes) -> str:
+        return base64.b64encode(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).decode()
+
+    sk = "sk-ssh-ed25519@openssh.com " + wire(b"sk-ssh-ed25519@openssh.com", b"k" * 32,
+                                               b"ssh:") + " yubikey"
+    body = BASE_OWNERS + f"keys:\n  ec: {{owner: alice, public_key: {ecdsa}}}\n" \
+                         f"  sk: {{owner: alice, public_key: {sk}}}\n" \
+                         f"  ed: {{owner: alice, public_key: {ED}}}\n"
+    assert problems(tmp_path, body) == []
+
+
+def test_every_problem_is_reported_not_only_the_first(tmp_path: Path) -> None:
+    body = BASE_OWNERS + "repositories:\n  r1: {owner: carol, keys: [x]}\n" \
+                         "  r2: {owner: dave, groups: [nope]}\n"
+    found = problems(tmp_path, body)
+    assert len(found) == 4, found
+
+
+def test_yaml_syntax_error_has_a_position(tmp_path: Path) -> None:
+    found = problems(tmp_path, "owners:\n  alice: {\n")
+    assert found and found[0].startswith("11:1: YAML syntax:"), found
+
+
+def test_group_members_cover_keys(tmp_path: Path) -> None:
+    body = BASE_OWNERS + "groups:\n  fam: {members: [alice, bob]}\n" \
+        f"keys:\n  bobkey: {{owner: bob, public_key: {ED2}}}\n" \
+        "repositories:\n  r1: {owner: alice, groups: [fam], append_only_keys: [bobkey]}\n"
+    assert problems(tmp_path, body) == []
+
+
+def test_example_file_validates() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = hive("validate", "-f", str(root / "hive.yaml.example"))
+    assert result.returncode == 0, result.stderr
+    assert "valid (4 repositories" in result.stdout
+
+
+def test_validate_cli_exit_code_and_json(tmp_path: Path) -> None:
+    path = write_config(tmp_path, BASE_OWNERS + "repositories:\n  r1: {owner: carol}\n")
+    text = hive("validate", "-f", str(path))
+    assert text.returncode == 1
+    assert f"{path}:13:15: repositories.r1.owner: unknown owner 'carol'" in text.stderr
+    as_json = hive("validate", "-f", str(path), "--output", "json")
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert as_json.returncode == 1
+    assert lines[0]["type"] == "version" and lines[-1] == {"type": "summary", "valid": False,
+                                                            "problems": 1}
+    assert lines[1]["line"] == 13 and lines[1]["path"] == "repositories.r1.owner"
+
+
+def test_schema_file_is_not_stale() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = hive("schema", "--check", str(root / "schemas" / "hive.schema.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_missing_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    result = hive("plan", "-f", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert "file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_usage_error_exits_1_not_2(tmp_path: Path) -> None:
+    result = hive("plan", "--no-such-option")
+    assert result.returncode == 1
+    assert "No such option" in result.stderr
