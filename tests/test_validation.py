@@ -86,6 +86,8 @@ CASES = [
      13, 29, "repositories.r1.quota", "500G, 1.5T"),
     ("quota-zero", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: '0'}\n",
      13, 29, "repositories.r1.quota", "must be above zero"),
+    ("duration", BASE_OWNERS + "repositories:\n  r1: {owner: alice, stale_after: 2 days}\n",
+     13, 35, "repositories.r1.stale_after", "90s, 30m, 26h, 3d, 2w"),
     ("mode", BASE_OWNERS + "repositories:\n  r1: {owner: alice, mode: rw}\n",
      13, 28, "repositories.r1.mode", "'borg', 'import', 'export' or 'disabled'"),
     ("pin-low", BASE_OWNERS + "repositories:\n  r1: {owner: alice, uid: 999}\n",
@@ -167,9 +169,10 @@ def test_group_members_cover_keys(tmp_path: Path) -> None:
     assert problems(tmp_path, body) == []
 
 
-def test_example_file_validates() -> None:
+@pytest.mark.parametrize("name", ["hive.yaml.example", "deploy/hive.yaml"])
+def test_example_files_validate(name: str) -> None:
     root = Path(__file__).resolve().parent.parent
-    result = hive("validate", "-f", str(root / "hive.yaml.example"))
+    result = hive("validate", "-f", str(root / name))
     assert result.returncode == 0, result.stderr
     assert "valid (4 repositories" in result.stdout
 
