@@ -153,6 +153,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
     from reconciler import engine
     from reconciler.inventory import InventoryError
     from reconciler.lock import LockBusy
+    from reconciler.targets import TargetError
 
     if fmt == "json":
         output.emit_version()
@@ -171,7 +172,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         applied = engine.apply(config, path, prune=prune, force=force,
                                lock_timeout=lock_timeout,
                                progress=progress if fmt == "text" else None)
-    except (engine.RefusedError, LockBusy, InventoryError) as exc:
+    except (engine.RefusedError, LockBusy, InventoryError, TargetError) as exc:
         _fail(fmt, str(exc))
         return EXIT_ERROR
     plan_ = applied.planned.plan

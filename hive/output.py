@@ -70,7 +70,8 @@ def change_lines(change: Change) -> list[str]:
         else:
             lines.append(f"      {label} {_value(value)}")
     if change.meta.get("repository") and change.kind == "account":
-        lines.append(f"      (repository {change.meta['repository']})")
+        dn = f", dn: {change.meta['dn']}" if change.meta.get("dn") else ""
+        lines.append(f"      (repository {change.meta['repository']}{dn})")
     return lines
 
 

@@ -29,6 +29,9 @@ class Facts:
     ids_in_use: dict[int, str] = field(default_factory=dict)
     # names known to the system outside the identity backend (/etc/passwd, other NSS)
     system_names: set[str] = field(default_factory=set)
+    # unix user -> repository, for accounts that carry Hive's own mark in the backend
+    # (LDAP entries); they are Hive's even if this host's inventory was lost
+    marked: dict[str, str] = field(default_factory=dict)
     # path -> {"type", "uid", "gid", "mode", "children"} or UNKNOWN; missing = absent
     directories: dict[str, Any] = field(default_factory=dict)
     # unix user -> {"keys": {key name: line}} for every file in the cache
@@ -66,6 +69,14 @@ def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str
     return sorted(paths)
 
 
+def _dn_function(config: HiveConfig) -> Any:
+    """For the LDAP backend, plans name each account's DN."""
+    identity = config.server.identity
+    if identity.backend != "ldap":
+        return lambda user: {}
+    return lambda user: {"dn": f"uid={user},{identity.ldap.people}"}
+
+
 def _allocate(wanted: list[str], taken: set[int], low: int, high: int) -> dict[str, int]:
     result = {}
     uid = low
@@ -95,6 +106,14 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     root = server.repos_root
     out.add(Resource("directory", str(root), _dir(0, 0, 0o755), {"role": "repos_root"}))
 
+    # Hive's accounts: what this host's inventory remembers, plus what the backend marks.
+    known_accounts = dict(inventory.accounts)
+    for user, repository in facts.marked.items():
+        if user not in known_accounts and isinstance(facts.accounts.get(user), dict):
+            known_accounts[user] = {"repository": repository,
+                                    "uid": facts.accounts[user]["uid"], "protected": False}
+    dn = _dn_function(config)
+
     # 1. uids: pinned, else remembered, else observed on a Hive entry, else allocated.
     uids: dict[str, int] = {}
     pinned_by: dict[int, str] = {}
@@ -102,8 +121,8 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     users = {config.user_name(name): name for name in config.repositories}
     for user, name in users.items():
         repo = config.repositories[name]
-        known = inventory.accounts.get(user)
-        if user not in inventory.accounts and (user in facts.accounts
+        known = known_accounts.get(user)
+        if user not in known_accounts and (user in facts.accounts
                                                or user in facts.system_names):
             out.errors.append(f"user {user} (repository {name}) already exists and was not "
                               "created by Hive; Hive will not take it over. Remove that user "
@@ -120,7 +139,7 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
         if holder is not None and holder != user:
             out.errors.append(f"repositories.{users[user]}.uid: uid {uid} is already used by "
                               f"{holder!r}; pin a free uid")
-    for user, known in inventory.accounts.items():
+    for user, known in known_accounts.items():
         if user not in users:
             uids[user] = known["uid"]
     taken = set(facts.ids_in_use) | set(uids.values())
@@ -142,7 +161,7 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
         path = home / name
         out.add(Resource("account", user, _account(
             uid, f"Hive repository {name} ({repo.owner})", home, server.users.shell, False),
-            {"repository": name}))
+            {"repository": name, **dn(user)}))
         out.add(Resource("directory", str(home), _dir(0, uid, 0o750),
                          {"role": "user_dir", "repository": name}))
         out.add(Resource("directory", str(path), _dir(uid, uid, 0o700),
@@ -158,7 +177,7 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
                 out.inventory.directories.add(str(p))
 
     # 3. Repositories gone from the file: revoke access, keep data; prune only when empty.
-    for user, known in inventory.accounts.items():
+    for user, known in known_accounts.items():
         if user in users:
             continue
         name = known["repository"]
@@ -186,7 +205,8 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
                              f"is kept; run 'hive purge {name}' to delete it, then prune")
         out.add(Resource("account", user, _account(
             known["uid"], f"Hive repository {name} (removed)", home, server.users.shell, True),
-            {"repository": name}))
+            {"repository": name, **dn(user)}))
+        out.inventory.accounts.setdefault(user, dict(known))
 
     # 4. The cache directory belongs to Hive: any file in it that is not wanted goes.
     for user in facts.authorized_keys:

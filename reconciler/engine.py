@@ -34,8 +34,14 @@ class RefusedError(Exception):
 
 
 def targets_for(config: HiveConfig) -> dict[str, Target]:
-    return {t.kind: t for t in (FilesIdentity(config), Directories(config),
-                                AuthorizedKeys(config))}
+    """One target per kind; the identity backend is the one hive.yaml names."""
+    if config.server.identity.backend == "ldap":
+        from reconciler.targets.ldap_identity import LdapIdentity
+
+        identity: Target = LdapIdentity(config)
+    else:
+        identity = FilesIdentity(config)
+    return {t.kind: t for t in (identity, Directories(config), AuthorizedKeys(config))}
 
 
 @dataclass
@@ -57,12 +63,14 @@ class Applied:
 
 
 def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
-              now: dt.datetime | None = None) -> Planned:
+              now: dt.datetime | None = None,
+              targets: dict[str, Target] | None = None) -> Planned:
     """Observe and diff. Reads only; safe as any user."""
     now = now or dt.datetime.now(dt.UTC)
     inventory = inventory_mod.load(config.server.state_dir)
     facts = Facts()
-    for target in targets_for(config).values():
+    targets = targets or targets_for(config)
+    for target in targets.values():
         target.observe(facts, inventory)
     desired = desired_state(config, inventory, facts, now, prune=prune)
     plan = diff(desired, facts)
@@ -80,7 +88,8 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
     state_dir = config.server.state_dir
     state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     with apply_lock(state_dir, lock_timeout):
-        planned = make_plan(config, prune=prune, force=force)
+        targets = targets_for(config)  # one connection each, reused to apply
+        planned = make_plan(config, prune=prune, force=force, targets=targets)
         plan = planned.plan
         if plan.errors:
             raise RefusedError("the plan has errors; nothing was changed:\n  "
@@ -97,7 +106,6 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
         journal.write(journal.record("start", user=who(), file=str(config_file),
                                      commit=git_commit(config_file), prune=prune,
                                      force=force, summary=plan.summary))
-        targets = targets_for(config)
         total = len(plan.changes)
         for (_phase, kind), batch_iter in groupby(
                 plan.changes, key=lambda c: (c.action == "delete", c.kind)):

@@ -14,7 +14,13 @@ from typing import Any
 import pydantic
 
 from schemas import checks, yamlsource
-from schemas.models import NAME_PATTERN, QUOTA_PATTERN, SECRET_FIELD, HiveConfig
+from schemas.models import (
+    DURATION_PATTERN,
+    NAME_PATTERN,
+    QUOTA_PATTERN,
+    SECRET_FIELD,
+    HiveConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ _FRIENDLY_PATTERNS = {
                   "or digit, at most 32 characters",
     QUOTA_PATTERN: "use a number with an optional decimal unit as borg takes it: "
                    "500G, 1.5T, 800M (K, M, G, T, P are powers of 1000)",
+    DURATION_PATTERN: "use a whole number and a unit: 90s, 30m, 26h, 3d, 2w",
 }
 
 
@@ -116,6 +123,8 @@ def _pydantic_problems(exc: pydantic.ValidationError) -> list[checks.Problem]:
         # Union members add their type name to the path; it means nothing to the user.
         loc = tuple(s for s in loc if not (isinstance(s, str) and (
             s.startswith(("function-", "tagged-union")) or s in ("date", "datetime"))))
+        if loc[:2] == ("server", "identity") and len(loc) > 2 and loc[2] in ("files", "ldap"):
+            loc = loc[:2] + loc[3:]  # the discriminated union repeats the backend's name
         key = key or error["type"] == "extra_forbidden"  # point at the unknown name itself
         problems.append(checks.Problem(loc, _message(error, loc), key=key))
     return problems

@@ -41,6 +41,16 @@ _SAFE_COMMAND = re.compile(r"^[A-Za-z0-9_./+=:-]+$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 QUOTA_PATTERN = r"^[0-9]+(\.[0-9]+)?[KMGTP]?$"
+DURATION_PATTERN = r"^[1-9][0-9]*[smhdw]$"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN),
+                     Field(description="A duration: a whole number and a unit, s m h d w "
+                                       "(90s, 26h, 3d, 2w).")]
+
+
+def duration_seconds(text: str) -> int:
+    """'26h' -> 93600. Only for strings that passed DURATION_PATTERN."""
+    return int(text[:-1]) * _DURATION_UNITS[text[-1]]
 _QUOTA_FACTORS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
 # Field names that are secrets: hive.yaml is committed to git, so they are never accepted.
 SECRET_FIELD = re.compile(r"(^|_)(password|passwd|secret|token|api_key|apikey)$")
@@ -118,6 +128,57 @@ class FilesIdentity(Strict):
                     "/var/lib/extrausers.")
 
 
+_DN = r"^[A-Za-z][A-Za-z0-9-]*=[^,]+(,[A-Za-z][A-Za-z0-9-]*=[^,]+)*$"
+
+
+class LdapSettings(Strict):
+    """Where the directory is and how Hive binds to it. The password is never inline."""
+
+    url: str = Field(pattern=r"^ldaps?://[A-Za-z0-9.:\[\]-]+/?$",
+                     description="ldap://host:port or ldaps://host:port.")
+    start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
+    ca_file: ResolvedPath | None = Field(None, description="CA certificates (PEM) to trust; "
+                                                           "default: the system's.")
+    tls_verify: bool = Field(True, description="Verify the server's certificate. Turning it "
+                                               "off is reported by every plan.")
+    base_dn: str = Field(pattern=_DN, description="e.g. dc=example,dc=org")
+    users_dn: str | None = Field(None, pattern=_DN,
+                                 description="Default: ou=people,<base_dn>.")
+    groups_dn: str | None = Field(None, pattern=_DN,
+                                  description="Default: ou=groups,<base_dn>.")
+    bind_dn: str = Field(pattern=_DN, description="The DN Hive binds as; it needs write access "
+                                                  "to users_dn and groups_dn only.")
+    bind_password_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the bind password.")
+    bind_password_file: ResolvedPath | None = Field(
+        None, description="File holding the bind password (first line).")
+    timeout: int = Field(10, ge=1, le=300, description="Seconds to wait for the server.")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> LdapSettings:
+        if (self.bind_password_env is None) == (self.bind_password_file is None):
+            raise ValueError("give exactly one of bind_password_env (a variable name) or "
+                             "bind_password_file (a path); the password itself never goes in "
+                             "hive.yaml")
+        return self
+
+    @property
+    def people(self) -> str:
+        return self.users_dn or f"ou=people,{self.base_dn}"
+
+    @property
+    def groups(self) -> str:
+        return self.groups_dn or f"ou=groups,{self.base_dn}"
+
+
+class LdapIdentity(Strict):
+    """Users and groups in an OpenLDAP directory, shared by many sshd hosts via nslcd."""
+
+    backend: Literal["ldap"]
+    ldap: LdapSettings
+
+
 class Server(Strict):
     """This host and where Hive keeps things on it."""
 
@@ -133,8 +194,13 @@ class Server(Strict):
                     "world-writable.")
     borg_command: SafeCommand = Field("borg", description="Name or path of borg on the server.")
     rrsync_command: SafeCommand = Field("rrsync", description="Name or path of rrsync.")
+    stale_after: Duration = Field(
+        "26h", description="A repository whose last backup is older than this is stale "
+                           "(each repository may set its own).")
     users: UserSettings = Field(default_factory=UserSettings)
-    identity: FilesIdentity = Field(default_factory=FilesIdentity)
+    identity: FilesIdentity | LdapIdentity = Field(
+        default_factory=FilesIdentity, discriminator="backend",
+        description="Where repository users live: files (libnss-extrausers) or ldap.")
 
     @field_validator("ssh_host")
     @classmethod
@@ -250,6 +316,8 @@ class Repository(Strict):
                                                "repository fails.")
     uid: int | None = Field(None, description="Pin the unix uid (and gid) of this "
                                               "repository's user.")
+    stale_after: Duration | None = Field(None, description="Stale when the last backup is "
+                                                           "older; default server.stale_after.")
     description: str | None = None
 
     @property
@@ -299,3 +367,8 @@ class HiveConfig(Strict):
 
     def user_name(self, repository: str) -> str:
         return f"{self.server.users.prefix}{repository}"
+
+    def stale_after_seconds(self, repository: str) -> int:
+        """How old a repository's last backup may be before it counts as stale."""
+        own = self.repositories[repository].stale_after
+        return duration_seconds(own or self.server.stale_after)

@@ -32,7 +32,8 @@ def pubkeys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def write_config(folder: Path, body: str, *, name: str = "hive.yaml",
-                 prefix: str = "bh-", uid_range: str = "[20000, 20099]") -> Path:
+                 prefix: str = "bh-", uid_range: str = "[20000, 20099]",
+                 identity: str = "{backend: files, files_dir: ./extrausers}") -> Path:
     """hive.yaml with a server section whose paths all live in `folder`, then `body`."""
     server = textwrap.dedent(f"""\
         version: 1
@@ -42,7 +43,7 @@ def write_config(folder: Path, body: str, *, name: str = "hive.yaml",
           repos_root: ./repos
           state_dir: ./state
           users: {{prefix: "{prefix}", uid_range: {uid_range}, shell: /bin/sh}}
-          identity: {{backend: files, files_dir: ./extrausers}}
+          identity: {identity}
         """)
     path = folder / name
     path.write_text(server + textwrap.dedent(body))

@@ -7,6 +7,9 @@
                                     the first error so the journal shows exactly how far
                                     it got
 
+observe raises TargetError when it cannot see the target at all; the run stops there,
+before anything is written (so sshd keeps working from the last good cache).
+
 A target never decides *what* to change: that is plan.py's job. A new target (an LDAP
 directory, say) is a new module here plus its kind in resources.KINDS.
 """
@@ -20,6 +23,11 @@ from reconciler.inventory import Inventory
 from reconciler.resources import Change
 
 Result = tuple[Change, str | None]
+
+
+class TargetError(Exception):
+    """A target cannot be observed or written (server down, bad credentials...): one line
+    saying what and why. Raised before apply, nothing has changed."""
 
 
 class Target(Protocol):

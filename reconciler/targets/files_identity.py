@@ -106,6 +106,12 @@ class FilesIdentity:
                 facts.system_names.add(entry.pw_name)
         for entry in grp.getgrall():
             facts.ids_in_use.setdefault(entry.gr_gid, entry.gr_name)
+            if entry.gr_name not in facts.accounts:
+                facts.system_names.add(entry.gr_name)  # a foreign group blocks this name
+        for line in group:
+            name = line.split(":", 1)[0]
+            if name not in facts.accounts:
+                facts.system_names.add(name)
 
     def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
         files = {name: _read_lines(self.dir / name) for name in FILES}

@@ -1,0 +1,275 @@
+"""Identity backend `ldap`: repository users and groups in an OpenLDAP directory.
+
+Several sshd hosts (and the storage behind them) resolve the same users through nslcd, so
+Hive writes one `posixAccount` + `shadowAccount` entry and one private `posixGroup` per
+repository. Observing is one paged subtree search (uids must be free across the whole
+directory, not only under Hive's entries); applying writes only what differs, with
+MODIFY_REPLACE of the changed attributes. Hive's entries carry a marker in `description`;
+entries without it are never modified or deleted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+from typing import Any
+from urllib.parse import urlparse
+
+from reconciler.desired import Facts
+from reconciler.inventory import Inventory
+from reconciler.resources import Change
+from reconciler.targets import TargetError
+from schemas.models import HiveConfig, LdapSettings
+
+MARKER = "hive-managed repository="
+USER_CLASSES = ["account", "posixAccount", "shadowAccount"]
+GROUP_CLASSES = ["posixGroup"]
+LOCKED_EXPIRE = 1  # shadowExpire in days since 1970: expired long ago
+
+
+def bind_password(settings: LdapSettings) -> str:
+    """The bind password from the environment or a file; never from hive.yaml."""
+    if settings.bind_password_env:
+        value = os.environ.get(settings.bind_password_env)
+        if not value:
+            raise TargetError(f"LDAP: the environment variable {settings.bind_password_env} "
+                              "(server.identity.ldap.bind_password_env) is not set")
+        return value
+    assert settings.bind_password_file is not None
+    try:
+        with open(settings.bind_password_file, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\n")
+    except OSError as exc:
+        raise TargetError(f"LDAP: cannot read bind_password_file "
+                          f"{settings.bind_password_file}: {exc.strerror}") from None
+
+
+def security_notes(settings: LdapSettings) -> list[str]:
+    """What a reviewer of the plan must know about how Hive talks to the directory."""
+    notes = []
+    if not settings.tls_verify:
+        notes.append(f"LDAP: TLS certificate verification is OFF for {settings.url} "
+                     "(server.identity.ldap.tls_verify: false)")
+    if settings.url.startswith("ldap://") and not settings.start_tls:
+        host = urlparse(settings.url).hostname or ""
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            notes.append(f"LDAP: {settings.url} without start_tls sends the bind password "
+                         "unencrypted; use ldaps:// or start_tls: true")
+    return notes
+
+
+def _first(attrs: dict[str, Any], name: str) -> Any:
+    value = attrs.get(name)
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def _marked(attrs: dict[str, Any]) -> str | None:
+    """The repository name in Hive's marker, or None for an entry Hive does not own."""
+    values = attrs.get("description") or []
+    for value in values if isinstance(values, list) else [values]:
+        if isinstance(value, str) and value.startswith(MARKER):
+            return value[len(MARKER):]
+    return None
+
+
+def parse_entries(entries: list[dict[str, Any]], people: str, groups: str,
+                  facts: Facts) -> None:
+    """Fill facts from search results. Pure, so it is tested without a server."""
+    people_l, groups_l = people.lower(), groups.lower()
+    group_gids: dict[str, int] = {}
+    users: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        dn = entry["dn"]
+        attrs = entry["attributes"]
+        classes = {c.lower() for c in attrs.get("objectClass", [])}
+        uid_number, gid_number = _first(attrs, "uidNumber"), _first(attrs, "gidNumber")
+        if "posixaccount" in classes:
+            name = _first(attrs, "uid")
+            if uid_number is not None:
+                facts.ids_in_use.setdefault(int(uid_number), name or dn)
+            if name and dn.lower().endswith("," + people_l):
+                users[name] = {"attrs": attrs, "marked": _marked(attrs)}
+            elif name:
+                facts.system_names.add(name)
+        if "posixgroup" in classes:
+            name = _first(attrs, "cn")
+            if gid_number is not None:
+                facts.ids_in_use.setdefault(int(gid_number), name or dn)
+            if name and dn.lower().endswith("," + groups_l) and _marked(attrs):
+                group_gids[name] = int(gid_number)
+            elif name:
+                facts.system_names.add(name)  # a foreign group blocks this name
+    for name, user in users.items():
+        attrs = user["attrs"]
+        expire = _first(attrs, "shadowExpire")
+        facts.accounts[name] = {
+            "uid": int(_first(attrs, "uidNumber")), "gid": int(_first(attrs, "gidNumber")),
+            "group": group_gids.get(name), "gecos": _first(attrs, "gecos") or "",
+            "home": _first(attrs, "homeDirectory"), "shell": _first(attrs, "loginShell"),
+            "locked": expire is not None and int(expire) == LOCKED_EXPIRE,
+        }
+        if user["marked"] is not None:
+            facts.marked[name] = user["marked"]
+
+
+class LdapIdentity:
+    kind = "account"
+
+    def __init__(self, config: HiveConfig) -> None:
+        identity = config.server.identity
+        assert identity.backend == "ldap"
+        self.settings: LdapSettings = identity.ldap
+        self.people = self.settings.people
+        self.groups = self.settings.groups
+        self.connection: Any = None
+        self.requests = 0
+
+    # -- connection -------------------------------------------------------------------
+    def connect(self) -> Any:
+        """Open and bind once; every failure becomes one clear line."""
+        if self.connection is not None:
+            return self.connection
+        import ldap3  # imported here: only the ldap backend pays for it
+        from ldap3.core.exceptions import LDAPException
+
+        s = self.settings
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if s.tls_verify else ssl.CERT_NONE,
+                        ca_certs_file=str(s.ca_file) if s.ca_file else None,
+                        version=ssl.PROTOCOL_TLS_CLIENT)
+        password = bind_password(s)
+        server = ldap3.Server(s.url, use_ssl=s.url.startswith("ldaps://"), tls=tls,
+                              connect_timeout=s.timeout, get_info=ldap3.NONE)
+        conn = ldap3.Connection(server, user=s.bind_dn, password=password,
+                                client_strategy=ldap3.SAFE_SYNC, receive_timeout=s.timeout,
+                                raise_exceptions=False, collect_usage=True)
+        try:
+            conn.open()
+            if s.start_tls:
+                conn.start_tls()
+            ok, result, _, _ = conn.bind()
+        except LDAPException as exc:
+            raise TargetError(f"LDAP: cannot connect to {s.url}: {_cause(exc)}") from None
+        if not ok:
+            raise TargetError(f"LDAP: bind as {s.bind_dn} to {s.url} failed: "
+                              f"{result.get('description')} {result.get('message') or ''}"
+                              .rstrip() + " (check the bind DN and password)")
+        self.connection = conn
+        return conn
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> None:
+        from ldap3.core.exceptions import LDAPException
+
+        conn = self.connect()
+        try:
+            ok, result, _, _ = getattr(conn, method)(*args, **kwargs)
+        except LDAPException as exc:
+            raise TargetError(f"LDAP {method} {what}: {_cause(exc)}") from None
+        finally:
+            self.requests += 1
+        if not ok:
+            raise TargetError(f"LDAP {method} {what} refused: {result.get('description')} "
+                              f"{result.get('message') or ''}".rstrip())
+
+    # -- the target interface ---------------------------------------------------------
+    def observe(self, facts: Facts, inventory: Inventory) -> None:
+        import ldap3
+        from ldap3.core.exceptions import LDAPException
+
+        conn = self.connect()
+        facts.warnings.extend(security_notes(self.settings))
+        bases = [self.settings.base_dn]
+        for dn in (self.people, self.groups):
+            if not dn.lower().endswith(self.settings.base_dn.lower()):
+                bases.append(dn)
+        entries: list[dict[str, Any]] = []
+        for base in bases:
+            try:
+                found = conn.extend.standard.paged_search(
+                    base, "(|(objectClass=posixAccount)(objectClass=posixGroup))",
+                    ldap3.SUBTREE, attributes=["objectClass", "uid", "cn", "uidNumber",
+                                               "gidNumber", "gecos", "homeDirectory",
+                                               "loginShell", "shadowExpire", "description"],
+                    paged_size=1000, generator=False)
+            except LDAPException as exc:
+                raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
+            self.requests += 1
+            entries.extend(e for e in found if e.get("type") == "searchResEntry")
+        parse_entries(entries, self.people, self.groups, facts)
+        for name in facts.accounts:
+            facts.system_names.discard(name)
+
+    def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
+        results: list[tuple[Change, str | None]] = []
+        for change in changes:
+            try:
+                self._apply_one(change)
+            except TargetError as exc:
+                results.append((change, str(exc)))
+                break
+            results.append((change, None))
+        return results
+
+    def user_dn(self, name: str) -> str:
+        return f"uid={name},{self.people}"
+
+    def group_dn(self, name: str) -> str:
+        return f"cn={name},{self.groups}"
+
+    def _apply_one(self, change: Change) -> None:
+        import ldap3
+
+        name = change.name
+        marker = MARKER + str(change.meta.get("repository", ""))
+        after, before = change.after or {}, change.before or {}
+        if change.action == "delete":
+            self._call(self.user_dn(name), "delete", self.user_dn(name))
+            self._call(self.group_dn(name), "delete", self.group_dn(name))
+            return
+        if change.action == "create":
+            user = {"objectClass": USER_CLASSES, "uid": name, "cn": name,
+                    "uidNumber": after["uid"], "gidNumber": after["gid"],
+                    "homeDirectory": after["home"], "loginShell": after["shell"],
+                    "gecos": after["gecos"], "description": marker}
+            if after["locked"]:
+                user["shadowExpire"] = LOCKED_EXPIRE
+            self._call(self.user_dn(name), "add", self.user_dn(name), attributes=user)
+            self._add_group(name, after["group"], marker)
+            return
+        replace = {}
+        for key, attr in (("uid", "uidNumber"), ("gid", "gidNumber"), ("home", "homeDirectory"),
+                          ("shell", "loginShell"), ("gecos", "gecos")):
+            if key in after:
+                replace[attr] = [(ldap3.MODIFY_REPLACE, [after[key]])]
+        if "locked" in after:
+            replace["shadowExpire"] = [(ldap3.MODIFY_REPLACE,
+                                        [LOCKED_EXPIRE] if after["locked"] else [])]
+        if replace:
+            self._call(self.user_dn(name), "modify", self.user_dn(name), replace)
+        if "group" in after:
+            if before.get("group") is None:
+                self._add_group(name, after["group"], marker)
+            else:
+                self._call(self.group_dn(name), "modify", self.group_dn(name),
+                           {"gidNumber": [(ldap3.MODIFY_REPLACE, [after["group"]])]})
+
+    def _add_group(self, name: str, gid: int, marker: str) -> None:
+        group = {"objectClass": GROUP_CLASSES, "cn": name, "gidNumber": gid,
+                 "description": marker}
+        self._call(self.group_dn(name), "add", self.group_dn(name), attributes=group)
+
+
+def _cause(exc: Exception) -> str:
+    """ldap3 wraps socket and TLS errors several levels deep; show the innermost reason."""
+    text = str(exc)
+    for marker in ("certificate verify failed", "Connection refused", "timed out",
+                   "Name or service not known", "No route to host"):
+        if marker in text:
+            return marker.lower() if marker != "Connection refused" else "connection refused"
+    return text.split(" - ")[-1][:300] or type(exc).__name__

@@ -1,0 +1,245 @@
+"""The LDAP identity backend against a real slapd (see tests/slapd.py)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import hive, requires_root, write_config
+from slapd import GROUPS, HIVE_DN, HIVE_PW, PEOPLE, SUFFIX, Slapd
+
+from reconciler.desired import Facts
+from reconciler.targets.ldap_identity import MARKER, parse_entries
+
+pytestmark = requires_root
+ENV = {"HIVE_TEST_LDAP_PW": HIVE_PW}
+
+
+@pytest.fixture
+def slapd(tmp_path: Path) -> Iterator[Slapd]:
+    server = Slapd(tmp_path / "slapd", tls=True)
+    (tmp_path / "slapd").mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+def identity(url: str, extra: str = "") -> str:
+    return (f"{{backend: ldap, ldap: {{url: '{url}', base_dn: '{SUFFIX}', bind_dn: "
+            f"'{HIVE_DN}', bind_password_env: HIVE_TEST_LDAP_PW{extra}}}}}")
+
+
+def body(pubkeys: dict[str, str], repos: str) -> str:
+    return f"""\
+        owners: {{alice: {{}}, bob: {{}}}}
+        keys:
+          ka: {{owner: alice, public_key: {pubkeys['a']}}}
+        repositories:
+        {repos}
+        """
+
+
+REPOS = """  r1: {owner: alice, keys: [ka]}
+          r2: {owner: bob}"""
+
+
+def config(tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str], repos: str = REPOS,
+           extra: str = "", url: str | None = None) -> Path:
+    return write_config(tmp_path, body(pubkeys, repos),
+                        identity=identity(url or slapd.url, extra))
+
+
+def users(slapd: Slapd) -> dict[str, dict]:
+    return {dn.split(",")[0][4:]: attrs for dn, attrs in slapd.entries(PEOPLE).items()}
+
+
+def test_apply_creates_marked_users_and_private_groups(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    cfg = config(tmp_path, slapd, pubkeys)
+    plan = hive("plan", "-f", str(cfg), env=ENV)
+    assert f"(repository r1, dn: uid=bh-r1,{PEOPLE})" in plan.stdout, plan.stdout + plan.stderr
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    r1 = users(slapd)["bh-r1"]
+    assert r1["uidNumber"] == 20000 and r1["gidNumber"] == 20000
+    assert r1["homeDirectory"] == f"{tmp_path}/repos/bh-r1"
+    assert r1["loginShell"] == "/bin/sh"
+    assert r1["gecos"] == "Hive repository r1 (alice)"
+    assert r1["description"] == MARKER + "r1"
+    assert set(r1["objectClass"]) >= {"posixAccount", "shadowAccount"}
+    assert "shadowExpire" not in r1 or r1["shadowExpire"] in ([], None)
+    group = slapd.entries(GROUPS)[f"cn=bh-r1,{GROUPS}"]
+    assert group["gidNumber"] == 20000 and group["description"] == MARKER + "r1"
+    assert (tmp_path / "state" / "authorized_keys" / "bh-r1").exists()
+
+
+def test_second_apply_makes_no_writes_and_few_searches(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    cfg = config(tmp_path, slapd, pubkeys)
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    before = slapd.operations()
+    again = hive("apply", "-f", str(cfg), "--detailed-exitcode", env=ENV)
+    after = slapd.operations()
+    assert again.returncode == 0 and "No changes." in again.stdout
+    for op in ("add", "modify", "delete", "modrdn"):
+        assert after[op] == before[op], op
+    # operations() itself costs one bind and one search per call; the apply needs 1 search
+    assert after["search"] - before["search"] <= 3
+
+
+def test_change_lock_and_prune(tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    cfg = config(tmp_path, slapd, pubkeys)
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    # change: owner (gecos) and shell
+    changed = body(pubkeys, REPOS.replace("r2: {owner: bob}", "r2: {owner: alice}"))
+    write_config(tmp_path, changed.replace("ka: {owner: alice", "ka: {owner: alice"),
+                 identity=identity(slapd.url))
+    text = cfg.read_text().replace("shell: /bin/sh", "shell: /bin/bash")
+    cfg.write_text(text)
+    plan = hive("plan", "-f", str(cfg), env=ENV)
+    assert '~ account bh-r2' in plan.stdout
+    assert 'gecos: "Hive repository r2 (bob)" -> "Hive repository r2 (alice)"' in plan.stdout
+    assert 'shell: "/bin/sh" -> "/bin/bash"' in plan.stdout
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    assert users(slapd)["bh-r2"]["loginShell"] == "/bin/bash"
+    assert users(slapd)["bh-r2"]["gecos"] == "Hive repository r2 (alice)"
+    # lock: removed from the file
+    cfg.write_text(text.replace("r2: {owner: bob}\n", "").replace(
+        "          r2: {owner: alice}\n", "").replace("  r2: {owner: alice}\n", ""))
+    assert "bh-r2" not in cfg.read_text().split("repositories:")[1]
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    assert users(slapd)["bh-r2"]["shadowExpire"] == 1
+    # prune: the repository folder is empty, so the user and group go
+    result = hive("apply", "-f", str(cfg), "--prune", env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bh-r2" not in users(slapd)
+    assert f"cn=bh-r2,{GROUPS}" not in slapd.entries(GROUPS)
+    assert "bh-r1" in users(slapd)
+
+
+def test_foreign_entries_are_left_alone_and_their_uids_skipped(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    slapd.add(f"uid=carol,{PEOPLE}", objectClass=["account", "posixAccount"], uid="carol",
+              cn="carol", uidNumber=20000, gidNumber=20000, homeDirectory="/home/carol")
+    slapd.add(f"cn=staff,ou=services,{SUFFIX}", objectClass=["posixGroup"], cn="staff",
+              gidNumber=20001)
+    cfg = config(tmp_path, slapd, pubkeys)
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    found = users(slapd)
+    assert found["bh-r1"]["uidNumber"] == 20002 and found["bh-r2"]["uidNumber"] == 20003
+    assert found["carol"]["homeDirectory"] == "/home/carol"
+    assert "description" not in found["carol"] or not found["carol"]["description"]
+    # a foreign entry with the name a repository needs is a plan error, not a takeover
+    slapd.add(f"uid=bh-r3,{PEOPLE}", objectClass=["account", "posixAccount"], uid="bh-r3",
+              cn="bh-r3", uidNumber=30000, gidNumber=30000, homeDirectory="/x")
+    config(tmp_path, slapd, pubkeys, REPOS + "\n          r3: {owner: bob}")
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 1
+    assert "user bh-r3 (repository r3) already exists and was not created by Hive" in \
+        result.stderr
+    assert users(slapd)["bh-r3"]["homeDirectory"] == "/x"
+    # pruning never touches foreign entries
+    config(tmp_path, slapd, pubkeys, "  r1: {owner: alice, keys: [ka]}")
+    assert hive("apply", "-f", str(cfg), "--prune", env=ENV).returncode == 0
+    assert {"carol", "bh-r3", "bh-r1"} == set(users(slapd))
+
+
+def test_marked_entries_are_recognised_without_the_local_inventory(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    """Another host (or a lost state_dir) still sees Hive's entries as Hive's."""
+    cfg = config(tmp_path, slapd, pubkeys)
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    (tmp_path / "state" / "inventory.json").unlink()
+    result = hive("plan", "-f", str(cfg), "--detailed-exitcode", env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("unreachable", "cannot connect to ldap://127.0.0.1:1: connection refused"),
+    ("password", "bind as cn=hive,ou=services,dc=example,dc=org to"),
+    ("tls", "certificate verify failed"),
+    ("no-env", "the environment variable HIVE_TEST_LDAP_PW"),
+])
+def test_failures_are_one_clear_line_and_leave_the_cache_alone(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str], case: str,
+        message: str) -> None:
+    cfg = config(tmp_path, slapd, pubkeys)
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    cache = tmp_path / "state" / "authorized_keys" / "bh-r1"
+    before = cache.read_text(), cache.stat().st_mtime_ns
+    config(tmp_path, slapd, pubkeys, REPOS.replace("keys: [ka]", "keys: []"),
+           url={"unreachable": "ldap://127.0.0.1:1", "tls": slapd.ldaps_url}.get(case))
+    env = {"password": {"HIVE_TEST_LDAP_PW": "wrong"}, "no-env": {"HIVE_TEST_LDAP_PW": ""}}
+    result = hive("apply", "-f", str(cfg), env=env.get(case, ENV))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "wrong" not in result.stderr
+    assert (cache.read_text(), cache.stat().st_mtime_ns) == before
+
+
+def test_tls_with_the_servers_ca_works_and_unverified_tls_is_announced(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    cfg = config(tmp_path, slapd, pubkeys, url=slapd.ldaps_url,
+                 extra=f", ca_file: '{slapd.cert}'")
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "bh-r1" in users(slapd)
+    config(tmp_path, slapd, pubkeys, url=slapd.ldaps_url, extra=", tls_verify: false")
+    plan = hive("plan", "-f", str(cfg), env=ENV)
+    assert "TLS certificate verification is OFF" in plan.stdout
+
+
+def test_inline_bind_password_is_refused(tmp_path: Path, slapd: Slapd,
+                                         pubkeys: dict[str, str]) -> None:
+    cfg = write_config(tmp_path, body(pubkeys, REPOS), identity=(
+        f"{{backend: ldap, ldap: {{url: '{slapd.url}', base_dn: '{SUFFIX}', "
+        f"bind_dn: '{HIVE_DN}', bind_password: '{HIVE_PW}'}}}}"))
+    result = hive("validate", "-f", str(cfg))
+    assert result.returncode == 1
+    assert "server.identity.ldap.bind_password: 'bind_password' looks like a secret" in \
+        result.stderr
+    assert HIVE_PW not in result.stderr
+
+
+def test_interrupted_apply_converges(tmp_path: Path, slapd: Slapd,
+                                     pubkeys: dict[str, str]) -> None:
+    repos = "\n".join(f"          r{i}: {{owner: alice, keys: [ka]}}" for i in range(200))
+    cfg = config(tmp_path, slapd, pubkeys, repos[8:])
+    cfg.write_text(cfg.read_text().replace("[20000, 20099]", "[20000, 29999]"))
+    for delay in (0.5, 0.9, 1.4):
+        proc = subprocess.Popen([sys.executable, "-m", "hive", "apply", "-f", str(cfg)],
+                                env={**ENV, "PATH": "/usr/bin:/bin"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert hive("plan", "-f", str(cfg), "--detailed-exitcode", env=ENV).returncode == 0
+    found = users(slapd)
+    assert len(found) == 200 and len({u["uidNumber"] for u in found.values()}) == 200
+    assert len(slapd.entries(GROUPS)) == 200
+
+
+def test_parse_entries_is_pure() -> None:
+    facts = Facts()
+    parse_entries([
+        {"dn": f"uid=bh-a,{PEOPLE}", "attributes": {
+            "objectClass": ["account", "posixAccount"], "uid": ["bh-a"], "uidNumber": 20000,
+            "gidNumber": 20000, "gecos": "g", "homeDirectory": "/h", "loginShell": "/bin/sh",
+            "description": [MARKER + "a"], "shadowExpire": 1}},
+        {"dn": f"cn=bh-a,{GROUPS}", "attributes": {
+            "objectClass": ["posixGroup"], "cn": ["bh-a"], "gidNumber": 20000,
+            "description": [MARKER + "a"]}},
+        {"dn": f"cn=x,ou=services,{SUFFIX}", "attributes": {
+            "objectClass": ["posixGroup"], "cn": ["x"], "gidNumber": 31000}},
+    ], PEOPLE, GROUPS, facts)
+    assert facts.accounts["bh-a"]["locked"] is True and facts.accounts["bh-a"]["group"] == 20000
+    assert facts.marked == {"bh-a": "a"}
+    assert facts.ids_in_use[31000] == "x" and "x" in facts.system_names
