@@ -1,0 +1,155 @@
+"""deploy/ldap/ is what a sysadmin loads: prove it on a real slapd configured the Debian way
+(cn=config), then let Hive apply through the account it creates."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import ldap3
+import pytest
+from conftest import ROOT, hive, requires_root, write_config
+from slapd import free_port
+
+pytestmark = requires_root
+SUFFIX = "dc=example,dc=org"
+ADMIN, ADMIN_PW = f"cn=admin,{SUFFIX}", "admin-pw"
+CONFIG_ADMIN, CONFIG_PW = "cn=admin,cn=config", "config-pw"
+HIVE, NSLCD = f"cn=hive,ou=services,{SUFFIX}", f"cn=nslcd,ou=services,{SUFFIX}"
+PASSWORDS = {HIVE: "hive-pw", NSLCD: "nslcd-pw"}
+
+CONFIG_LDIF = """\
+dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {root}/slapd.pid
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: back_mdb
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+include: file:///etc/ldap/schema/core.ldif
+include: file:///etc/ldap/schema/cosine.ldif
+include: file:///etc/ldap/schema/nis.ldif
+include: file:///etc/ldap/schema/inetorgperson.ldif
+
+dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcRootDN: {config_admin}
+olcRootPW: {config_pw}
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {suffix}
+olcRootDN: {admin}
+olcRootPW: {admin_pw}
+olcDbDirectory: {root}/db
+"""
+
+
+@pytest.fixture
+def deployed(tmp_path: Path) -> Iterator[str]:
+    """A cn=config slapd with deploy/ldap/acl.ldif and base.ldif loaded; yields its URL."""
+    (tmp_path / "db").mkdir()
+    (tmp_path / "slapd.d").mkdir()
+    (tmp_path / "config.ldif").write_text(CONFIG_LDIF.format(
+        root=tmp_path, config_admin=CONFIG_ADMIN, config_pw=CONFIG_PW, suffix=SUFFIX,
+        admin=ADMIN, admin_pw=ADMIN_PW))
+    subprocess.run(["slapadd", "-n", "0", "-F", str(tmp_path / "slapd.d"), "-l",
+                    str(tmp_path / "config.ldif")], check=True, capture_output=True)
+    port = free_port()
+    url = f"ldap://127.0.0.1:{port}"
+    proc = subprocess.Popen(["slapd", "-F", str(tmp_path / "slapd.d"), "-h", url + "/",
+                             "-d", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        ldapmodify = ["ldapmodify", "-x", "-H", url, "-D", CONFIG_ADMIN, "-w", CONFIG_PW,
+                      "-f", str(ROOT / "deploy" / "ldap" / "acl.ldif")]
+        subprocess.run(ldapmodify, check=True, capture_output=True)
+        base = (ROOT / "deploy" / "ldap" / "base.ldif").read_text()
+        for dn, password in PASSWORDS.items():
+            hashed = subprocess.run(["slappasswd", "-s", password], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+            name = dn.split(",")[0][3:].upper()
+            base = base.replace(f"{{SSHA}}REPLACE-WITH-SLAPPASSWD-OUTPUT-FOR-{name}", hashed)
+        (tmp_path / "base.ldif").write_text(
+            f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\n"
+            f"o: Example\n\n{base}")
+        subprocess.run(["ldapadd", "-x", "-H", url, "-D", ADMIN, "-w", ADMIN_PW, "-f",
+                        str(tmp_path / "base.ldif")], check=True, capture_output=True)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def connect(url: str, dn: str | None) -> ldap3.Connection:
+    return ldap3.Connection(ldap3.Server(url, get_info=ldap3.NONE), dn,
+                            PASSWORDS.get(dn or ""), client_strategy=ldap3.SAFE_SYNC,
+                            auto_bind=True)
+
+
+def user(name: str) -> dict[str, object]:
+    return {"objectClass": ["account", "posixAccount"], "uid": name, "cn": name,
+            "uidNumber": 31000, "gidNumber": 31000, "homeDirectory": "/nonexistent"}
+
+
+def test_acl_gives_hive_write_and_nslcd_read_only(deployed: str) -> None:
+    hive_conn, nslcd_conn = connect(deployed, HIVE), connect(deployed, NSLCD)
+    ok, _, _, _ = hive_conn.add(f"uid=probe,ou=people,{SUFFIX}", attributes=user("probe"))
+    assert ok
+    ok, result, _, _ = hive_conn.add(f"uid=evil,ou=services,{SUFFIX}", attributes=user("evil"))
+    assert not ok and result["description"] == "insufficientAccessRights"
+    ok, _, found, _ = nslcd_conn.search(f"ou=people,{SUFFIX}", "(uid=probe)",
+                                        attributes=["uidNumber"])
+    assert ok and found[0]["attributes"]["uidNumber"] == ["31000"]
+    ok, result, _, _ = nslcd_conn.modify(f"uid=probe,ou=people,{SUFFIX}", {
+        "loginShell": [(ldap3.MODIFY_REPLACE, ["/bin/bash"])]})
+    assert not ok and result["description"] == "insufficientAccessRights"
+    anonymous = ldap3.Connection(ldap3.Server(deployed, get_info=ldap3.NONE),
+                                 client_strategy=ldap3.SAFE_SYNC, auto_bind=True)
+    _, _, found, _ = anonymous.search(f"ou=people,{SUFFIX}", "(uid=probe)")
+    assert [e for e in found if e.get("type") == "searchResEntry"] == []
+    _, _, found, _ = nslcd_conn.search(f"ou=services,{SUFFIX}", "(cn=hive)",
+                                       attributes=["userPassword"])
+    assert "userPassword" not in found[0]["attributes"] or \
+        not found[0]["attributes"]["userPassword"]
+
+
+def test_hive_applies_through_the_deployed_account(
+        tmp_path: Path, deployed: str, pubkeys: dict[str, str]) -> None:
+    (tmp_path / "ldap-password").write_text(PASSWORDS[HIVE] + "\n")
+    cfg = write_config(tmp_path, f"""\
+        owners: {{alice: {{}}}}
+        keys: {{ka: {{owner: alice, public_key: {pubkeys['a']}}}}}
+        repositories: {{photos: {{owner: alice, keys: [ka]}}}}
+        """, identity=(
+        f"{{backend: ldap, ldap: {{url: '{deployed}', base_dn: '{SUFFIX}', bind_dn: "
+        f"'{HIVE}', bind_password_file: ./ldap-password}}}}"))
+    result = hive("apply", "-f", str(cfg))
+    assert result.returncode == 0, result.stdout + result.stderr
+    _, _, found, _ = connect(deployed, NSLCD).search(
+        f"ou=people,{SUFFIX}", "(uid=bh-photos)", attributes=["uidNumber", "description"])
+    assert found[0]["attributes"]["uidNumber"] == ["20000"]
