@@ -55,6 +55,7 @@ rootdn "{admin}"
 rootpw {admin_pw}
 directory {root}/db
 maxsize 1073741824
+limits dn.exact="{hive}" size={hive_size} time=unlimited
 access to dn.subtree="{people}" by dn.exact="{hive}" write by * read
 access to dn.subtree="{groups}" by dn.exact="{hive}" write by * read
 access to attrs=userPassword by self read by anonymous auth by * none
@@ -74,8 +75,10 @@ def _simple(value: Any) -> Any:
 
 
 class Slapd:
-    def __init__(self, root: Path, tls: bool = False) -> None:
+    def __init__(self, root: Path, tls: bool = False, hive_size: str = "unlimited") -> None:
+        """hive_size: the size limit for Hive's bind DN (slapd's default for others: 500)."""
         self.root = root
+        self.hive_size = hive_size
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.cert: Path | None = None
@@ -100,7 +103,7 @@ class Slapd:
         conf = self.root / "slapd.conf"
         conf.write_text(CONFIG.format(root=self.root, suffix=SUFFIX, admin=ADMIN_DN,
                                       admin_pw=ADMIN_PW, people=PEOPLE, groups=GROUPS,
-                                      hive=HIVE_DN, tls=tls))
+                                      hive=HIVE_DN, tls=tls, hive_size=self.hive_size))
         self.log = open(self.root / "slapd.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(["slapd", "-f", str(conf), "-h", urls, "-d", "0"],
                                         stdout=self.log, stderr=subprocess.STDOUT)

@@ -277,7 +277,7 @@ def nobody_python(sysroot: Path) -> list[str]:
     site = mount / Path(sysconfig.get_paths()["purelib"]).relative_to(prefix)
     boot = (f"import site, runpy, sys; site.addsitedir('{site}'); sys.argv[0] = 'hive'; "
             "runpy.run_module('hive', run_name='__main__')")
-    script = (f"mount --bind {prefix} {mount} && exec setpriv --reuid=65534 --regid=65534 "
+    script = (f"mount -n --bind {prefix} {mount} && exec setpriv --reuid=65534 --regid=65534 "
               f'--clear-groups {inner} -c "{boot}" "$@"')
     return ["unshare", "--mount", "sh", "-c", script, "sh"]
 

@@ -183,6 +183,21 @@ def test_failures_are_one_clear_line_and_leave_the_cache_alone(
     assert (cache.read_text(), cache.stat().st_mtime_ns) == before
 
 
+def test_a_truncated_search_is_an_error_not_missing_users(
+        tmp_path: Path, pubkeys: dict[str, str]) -> None:
+    """slapd's size limit must never make existing users look absent."""
+    (tmp_path / "small").mkdir()
+    small = Slapd(tmp_path / "small", hive_size="3").start()
+    try:
+        cfg = config(tmp_path, small, pubkeys)
+        assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0  # 4 entries made
+        result = hive("plan", "-f", str(cfg), env=ENV)
+        assert result.returncode == 1
+        assert "stopped the search of dc=example,dc=org at its size limit" in result.stderr
+    finally:
+        small.stop()
+
+
 def test_tls_with_the_servers_ca_works_and_unverified_tls_is_announced(
         tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
     cfg = config(tmp_path, slapd, pubkeys, url=slapd.ldaps_url,

@@ -148,8 +148,14 @@ def test_hive_applies_through_the_deployed_account(
         """, identity=(
         f"{{backend: ldap, ldap: {{url: '{deployed}', base_dn: '{SUFFIX}', bind_dn: "
         f"'{HIVE}', bind_password_file: ./ldap-password}}}}"))
+    # more entries than slapd's default size limit (500): Hive must still see them all
+    (tmp_path / "many.ldif").write_text("".join(
+        f"dn: cn=team{i},ou=groups,{SUFFIX}\nobjectClass: posixGroup\ncn: team{i}\n"
+        f"gidNumber: {20000 + i if i < 50 else 40000 + i}\n\n" for i in range(600)))
+    subprocess.run(["ldapadd", "-x", "-H", deployed, "-D", ADMIN, "-w", ADMIN_PW, "-f",
+                    str(tmp_path / "many.ldif")], check=True, capture_output=True)
     result = hive("apply", "-f", str(cfg))
     assert result.returncode == 0, result.stdout + result.stderr
     _, _, found, _ = connect(deployed, NSLCD).search(
         f"ou=people,{SUFFIX}", "(uid=bh-photos)", attributes=["uidNumber", "description"])
-    assert found[0]["attributes"]["uidNumber"] == ["20000"]
+    assert found[0]["attributes"]["uidNumber"] == ["20050"]  # 20000-20049 are taken

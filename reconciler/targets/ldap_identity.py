@@ -26,6 +26,10 @@ MARKER = "hive-managed repository="
 USER_CLASSES = ["account", "posixAccount", "shadowAccount"]
 GROUP_CLASSES = ["posixGroup"]
 LOCKED_EXPIRE = 1  # shadowExpire in days since 1970: expired long ago
+PAGE_SIZE = 1000
+PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+SEARCH_ATTRIBUTES = ["objectClass", "uid", "cn", "uidNumber", "gidNumber", "gecos",
+                     "homeDirectory", "loginShell", "shadowExpire", "description"]
 
 
 def bind_password(settings: LdapSettings) -> str:
@@ -179,9 +183,6 @@ class LdapIdentity:
 
     # -- the target interface ---------------------------------------------------------
     def observe(self, facts: Facts, inventory: Inventory) -> None:
-        import ldap3
-        from ldap3.core.exceptions import LDAPException
-
         conn = self.connect()
         facts.warnings.extend(security_notes(self.settings))
         bases = [self.settings.base_dn]
@@ -190,20 +191,46 @@ class LdapIdentity:
                 bases.append(dn)
         entries: list[dict[str, Any]] = []
         for base in bases:
-            try:
-                found = conn.extend.standard.paged_search(
-                    base, "(|(objectClass=posixAccount)(objectClass=posixGroup))",
-                    ldap3.SUBTREE, attributes=["objectClass", "uid", "cn", "uidNumber",
-                                               "gidNumber", "gecos", "homeDirectory",
-                                               "loginShell", "shadowExpire", "description"],
-                    paged_size=1000, generator=False)
-            except LDAPException as exc:
-                raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
-            self.requests += 1
-            entries.extend(e for e in found if e.get("type") == "searchResEntry")
+            entries.extend(self._paged_search(conn, base))
         parse_entries(entries, self.people, self.groups, facts)
         for name in facts.accounts:
             facts.system_names.discard(name)
+
+    def _paged_search(self, conn: Any, base: str) -> list[dict[str, Any]]:
+        """Every account and group below base, page by page.
+
+        A truncated answer would make existing users look absent (and their uids free), so
+        anything but a complete result is an error, with the server's limit named.
+        """
+        import ldap3
+        from ldap3.core.exceptions import LDAPException
+
+        found: list[dict[str, Any]] = []
+        cookie = None
+        while True:
+            try:
+                _, result, response, _ = conn.search(
+                    base, "(|(objectClass=posixAccount)(objectClass=posixGroup))",
+                    ldap3.SUBTREE, attributes=SEARCH_ATTRIBUTES, paged_size=PAGE_SIZE,
+                    paged_cookie=cookie)
+            except LDAPException as exc:
+                raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
+            self.requests += 1
+            code = result.get("description")
+            if code == "sizeLimitExceeded":
+                raise TargetError(
+                    f"LDAP: {self.settings.url} stopped the search of {base} at its size "
+                    f"limit after {len(found) + len(response)} entries; allow "
+                    f"{self.settings.bind_dn} unlimited results (olcLimits, see "
+                    "deploy/ldap/acl.ldif)")
+            if code != "success":
+                raise TargetError(f"LDAP: searching {base} failed: {code} "
+                                  f"{result.get('message') or ''}".rstrip())
+            found.extend(e for e in response if e.get("type") == "searchResEntry")
+            control = (result.get("controls") or {}).get(PAGED_RESULTS_OID, {})
+            cookie = control.get("value", {}).get("cookie")
+            if not cookie:
+                return found
 
     def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
         results: list[tuple[Change, str | None]] = []
