@@ -1,0 +1,586 @@
+"""A real OpenSSH server and real ssh/borg/rsync clients for Hive's end-to-end tests.
+
+Why this exists: Hive's promise is that the files it writes (extrausers passwd/group/shadow,
+one authorized_keys file per repository user, repository directories with exact owners and
+modes) make a stock sshd + `borg serve` do the right thing. Only the real programs can check
+that: sshd's StrictModes, its account checks without PAM, the forced command running through
+the login shell, and borg's `--restrict-to-repository`. So nothing here is mocked.
+
+How the host is kept clean:
+
+* sshd runs inside `unshare --mount`, where `/etc/nsswitch.conf` is replaced (bind mount) by
+  one saying `files extrausers`, and `/var/lib/extrausers` by the test's `files_dir`. The
+  host's files are never written; the mounts vanish with the namespace when its last
+  process (sshd and its sessions) exits.
+* Everything else (host key, config, pid file, log, client keys, borg's base dir) lives in a
+  test root directory that the caller removes. `root_owned_test_root()` makes one under
+  `/run`, because sshd's StrictModes refuses an AuthorizedKeysFile below a group- or
+  world-writable directory such as /tmp or /var/tmp (both 1777).
+* `/run/sshd` (sshd's privilege-separation directory) and the `/var/lib/extrausers` mount
+  point are created only if missing, and removed again when the last server stops.
+* Processes are ended by pid: sshd itself, then any session process left in its mount
+  namespace (found through /proc/<pid>/ns/mnt), never by name.
+
+Only the standard library is used, so the harness works before Hive itself is importable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+SSHD = "/usr/sbin/sshd"
+UNSHARE = "/usr/bin/unshare"
+EXTRAUSERS_DIR = Path("/var/lib/extrausers")
+PRIVSEP_DIR = Path("/run/sshd")
+LOOPBACK = "127.0.0.1"
+
+#: The nsswitch lines that make glibc (and so sshd) see libnss-extrausers users.
+NSSWITCH_EXTRAUSERS = (
+    "passwd: files extrausers\n"
+    "group: files extrausers\n"
+    "shadow: files extrausers\n"
+)
+
+#: Client options that make ssh non-interactive and independent of root's ~/.ssh:
+#: no config file, no known_hosts (the host key is new every run), only the given key.
+SSH_CLIENT_OPTIONS: tuple[str, ...] = (
+    "-F", "/dev/null",
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "IdentitiesOnly=yes",
+    "-o", "BatchMode=yes",
+    "-o", "PasswordAuthentication=no",
+    "-o", "ConnectTimeout=10",
+    "-o", "LogLevel=ERROR",
+)
+
+
+# --------------------------------------------------------------------------- prerequisites
+
+
+def missing_prerequisites(programs: Sequence[str] = ("ssh", "ssh-keygen", "borg")) -> list[str]:
+    """Why the real-sshd tests cannot run here (empty list: they can).
+
+    Root is needed for `unshare --mount`, bind mounts and for sshd to switch users.
+    """
+    reasons = []
+    if os.geteuid() != 0:
+        reasons.append("must run as root (unshare --mount, bind mounts, sshd changes user)")
+    for path in (SSHD, UNSHARE):
+        if not os.access(path, os.X_OK):
+            reasons.append(f"{path} is missing")
+    for program in ("mount", *programs):
+        if shutil.which(program) is None:
+            reasons.append(f"{program} is not on PATH")
+    return reasons
+
+
+# --------------------------------------------------------------------------- test root
+
+
+def strict_modes_problems(path: Path, allowed_uids: Sequence[int] = (0,)) -> list[str]:
+    """What sshd's StrictModes would object to in `path` and each of its parents.
+
+    sshd wants every component of an AuthorizedKeysFile path owned by root (or the user)
+    and not writable by group or others; this reports the offending components, so a test
+    can fail with a clear message instead of a bare "Permission denied (publickey)".
+    """
+    problems = []
+    current = Path(path).absolute()
+    for component in (current, *current.parents):
+        info = component.stat()
+        if info.st_uid not in allowed_uids:
+            problems.append(f"{component} is owned by uid {info.st_uid}")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problems.append(f"{component} is group/world-writable ({oct(info.st_mode & 0o7777)})")
+    return problems
+
+
+@contextlib.contextmanager
+def root_owned_test_root(parent: str | Path = "/run", prefix: str = "hive-e2e-") -> Iterator[Path]:
+    """A fresh root-owned 0755 directory whose whole path satisfies sshd's StrictModes.
+
+    /tmp and /var/tmp are 1777, so anything below them is refused by sshd; /run is
+    root-owned 0755 on Debian. 0755 (not mkdtemp's 0700) because repository users must be
+    able to traverse it to reach <repos_root>/<user>/<repo>. Removed on exit.
+    """
+    problems = strict_modes_problems(Path(parent))
+    if problems:
+        raise RuntimeError(f"{parent} cannot hold an sshd state dir: " + "; ".join(problems))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        root.chmod(0o755)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- key sources
+
+
+class KeySource(Protocol):
+    """Where sshd finds a user's authorized keys: one implementation per sshd mechanism."""
+
+    def sshd_options(self) -> list[tuple[str, str]]:
+        """The sshd_config keywords and values for this mechanism."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuthorizedKeysFile:
+    """sshd reads `<directory>/<user>`: no process is started per login (Hive's default)."""
+
+    directory: Path
+
+    def sshd_options(self) -> list[tuple[str, str]]:
+        return [("AuthorizedKeysFile", f"{self.directory}/%u")]
+
+
+@dataclass(frozen=True)
+class AuthorizedKeysCommand:
+    """sshd runs `command` (as `user`) and reads keys from its stdout.
+
+    The command must be an absolute path whose file and parents are root-owned and not
+    group/world-writable; tokens such as %u are expanded by sshd. AuthorizedKeysFile is set
+    to `none` so only the command decides.
+    """
+
+    command: str
+    user: str = "nobody"
+
+    def sshd_options(self) -> list[tuple[str, str]]:
+        return [
+            ("AuthorizedKeysFile", "none"),
+            ("AuthorizedKeysCommand", self.command),
+            ("AuthorizedKeysCommandUser", self.user),
+        ]
+
+
+#: What every harness sshd needs: no PAM (nothing of the host's PAM stack runs, and PAM
+#: modules such as pam_motd would write to the host's /run), StrictModes as in production.
+BASE_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("UsePAM", "no"),
+    ("StrictModes", "yes"),
+    ("PermitRootLogin", "no"),
+)
+
+#: The hardening of deploy/sshd/hive.conf, applied globally (minus the key source). A
+#: server that Includes the real snippet should pass `hardening=BASE_OPTIONS` instead, so
+#: the snippet alone is what is tested.
+HARDENING_OPTIONS: tuple[tuple[str, str], ...] = (
+    *BASE_OPTIONS,
+    ("PasswordAuthentication", "no"),
+    ("KbdInteractiveAuthentication", "no"),
+    ("PubkeyAuthentication", "yes"),
+    ("DisableForwarding", "yes"),
+    ("PermitTTY", "no"),
+    ("PermitUserRC", "no"),
+    ("ClientAliveInterval", "10"),
+    ("ClientAliveCountMax", "3"),
+)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+_created_host_paths: dict[Path, int] = {}
+
+
+def _acquire_host_dir(path: Path, mode: int) -> None:
+    """Create a host directory sshd needs if it is missing; count users so the last
+    release removes exactly what we created."""
+    if path in _created_host_paths:
+        _created_host_paths[path] += 1
+    elif not path.exists():
+        path.mkdir(mode=mode)
+        path.chmod(mode)
+        _created_host_paths[path] = 1
+
+
+def _release_host_dir(path: Path) -> None:
+    count = _created_host_paths.get(path)
+    if count is None:
+        return
+    if count > 1:
+        _created_host_paths[path] = count - 1
+        return
+    del _created_host_paths[path]
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only if still empty: never remove something another party put there
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free right now (sshd start retries if it is taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+class SshdError(RuntimeError):
+    """sshd did not start; the message includes its log."""
+
+
+@dataclass
+class SshdServer:
+    """A real sshd on 127.0.0.1 that sees the users in `files_dir` and nothing of the host's
+    extrausers.
+
+    `workdir` receives sshd_config, the host key, pid file, nsswitch.conf and the log; it
+    must be private to this server. `keys` sets the key source globally; `include` names
+    an sshd_config snippet read first (as Debian's sshd_config reads sshd_config.d/*.conf),
+    e.g. the shipped deploy/sshd/hive.conf whose Match block brings its own key source, in
+    which case `keys` may be None. Use as a context manager, or call start()/stop().
+    """
+
+    workdir: Path
+    files_dir: Path
+    keys: KeySource | None
+    extra_options: Sequence[tuple[str, str]] = ()
+    include: Path | None = None
+    hardening: Sequence[tuple[str, str]] = HARDENING_OPTIONS
+    log_level: str = "DEBUG1"
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _namespace: str | None = field(default=None, repr=False)
+    _holds_host_dirs: bool = field(default=False, repr=False)
+
+    # paths ---------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "sshd_config"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "sshd.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.workdir / "sshd.stderr"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.workdir / "ssh_host_ed25519_key"
+
+    @property
+    def nsswitch_path(self) -> Path:
+        return self.workdir / "nsswitch.conf"
+
+    # config --------------------------------------------------------------
+    def render_config(self) -> str:
+        """The sshd_config text: own port, host key and pid file, then hardening and keys."""
+        lines = [
+            "# Written by tests/sshd_harness.py",
+            f"Port {self.port}",
+            f"ListenAddress {LOOPBACK}",
+            f"HostKey {self.host_key_path}",
+            f"PidFile {self.workdir / 'sshd.pid'}",
+            f"LogLevel {self.log_level}",
+        ]
+        if self.include is not None:
+            # First, as Debian does: sshd keeps the first value of a global keyword. A Match
+            # block in the included file ends with that file (checked with sshd -T), so the
+            # lines below stay global.
+            lines.append(f"Include {self.include}")
+        keys = self.keys.sshd_options() if self.keys is not None else []
+        options = [*self.hardening, *keys, *self.extra_options]
+        # sshd keeps the FIRST value of a keyword; here later (more specific) entries win,
+        # and each keyword is written once.
+        chosen: dict[str, str] = {}
+        for key, value in options:
+            chosen[key] = value
+        lines += [f"{key} {value}" for key, value in chosen.items()]
+        return "\n".join(lines) + "\n"
+
+    def _prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.host_key_path.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hive-test-host",
+                 "-f", str(self.host_key_path)],
+                check=True, capture_output=True,
+            )
+        self.nsswitch_path.write_text(NSSWITCH_EXTRAUSERS)
+        self.nsswitch_path.chmod(0o644)
+
+    def _command(self) -> list[str]:
+        # -n: do not record the mounts in /run/mount/utab, which lives on the host's /run.
+        script = " && ".join([
+            f"mount -n --bind {shlex.quote(str(self.nsswitch_path))} /etc/nsswitch.conf",
+            f"mount -n --bind {shlex.quote(str(self.files_dir))} {EXTRAUSERS_DIR}",
+            "exec " + shlex.join([SSHD, "-D", "-e", "-f", str(self.config_path),
+                                  "-E", str(self.log_path)]),
+        ])
+        # unshare execs sh, sh execs sshd: the Popen pid IS sshd's pid.
+        return [UNSHARE, "--mount", "--propagation", "private", "sh", "-c", script]
+
+    # lifecycle -----------------------------------------------------------
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> SshdServer:
+        """Start sshd and return once it answers with an SSH banner.
+
+        Retries on a new port if another process took the chosen one in the meantime.
+        """
+        if self.process is not None:
+            raise SshdError("already started")
+        self._prepare()
+        _acquire_host_dir(PRIVSEP_DIR, 0o755)
+        _acquire_host_dir(EXTRAUSERS_DIR, 0o755)
+        self._holds_host_dirs = True
+        try:
+            for attempt in range(attempts):
+                self.port = free_port()
+                self.config_path.write_text(self.render_config())
+                test = subprocess.run([SSHD, "-t", "-f", str(self.config_path)],
+                                      capture_output=True, text=True)
+                if test.returncode != 0:
+                    raise SshdError(f"sshd -t rejected {self.config_path}:\n{test.stderr}")
+                self.log_path.write_text("")
+                with self.stderr_path.open("wb") as err:
+                    self.process = subprocess.Popen(
+                        self._command(), stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                        start_new_session=True)
+                if self._wait_ready(timeout):
+                    self._namespace = _mount_namespace(self.process.pid)
+                    return self
+                in_use = "Address already in use" in self.log_text()
+                self._stop_process()
+                if not in_use or attempt == attempts - 1:
+                    raise SshdError(f"sshd did not start on port {self.port}:\n"
+                                    + self.log_text())
+            raise SshdError("unreachable")  # pragma: no cover
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            with (contextlib.suppress(OSError),
+                  socket.create_connection((LOOPBACK, self.port), timeout=1) as sock):
+                if sock.recv(64).startswith(b"SSH-"):
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _stop_process(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        """Stop sshd, then any session process still in its mount namespace, by pid."""
+        namespace, self._namespace = self._namespace, None
+        try:
+            self._stop_process()
+            if namespace is not None:
+                _end_namespace_processes(namespace)
+        finally:
+            if self._holds_host_dirs:
+                self._holds_host_dirs = False
+                _release_host_dir(PRIVSEP_DIR)
+                _release_host_dir(EXTRAUSERS_DIR)
+
+    def __enter__(self) -> SshdServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # diagnostics ---------------------------------------------------------
+    def log_text(self) -> str:
+        """sshd's log (-E) plus anything it wrote to stderr before redirecting."""
+        parts = []
+        for path in (self.stderr_path, self.log_path):
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace")
+                if text.strip():
+                    parts.append(f"--- {path.name}\n{text}")
+        return "\n".join(parts) or "(sshd wrote no log)"
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_mark(self) -> int:
+        """The log's current size; pass it to log_since() to see one client's session.
+
+        Clients cannot always report why sshd refused them (borg may exit before it relays
+        ssh's "Permission denied"), but sshd's own log always says.
+        """
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def wait_for_log(self, text: str, since: int = 0, timeout: float = 5.0) -> bool:
+        """Whether `text` shows up in the log after `since` within `timeout` seconds
+        (sshd's monitor may write a line a moment after the client has gone)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_since(since):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def log_since(self, mark: int) -> str:
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
+            log.seek(mark)
+            return log.read().decode(errors="replace")
+        return ""
+
+
+def _mount_namespace(pid: int) -> str | None:
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    return None
+
+
+def _end_namespace_processes(namespace: str, timeout: float = 5.0) -> None:
+    """SIGTERM (then SIGKILL) every process in the given mount namespace.
+
+    After sshd's listener exits, per-connection sshd children and their sessions (borg
+    serve) may still run; they are exactly the processes in sshd's private namespace.
+    """
+    if namespace == _mount_namespace(os.getpid()):
+        return  # never the test's own namespace
+    deadline = time.monotonic() + timeout
+    sig = signal.SIGTERM
+    while True:
+        pids = [pid for pid in _all_pids() if _mount_namespace(pid) == namespace]
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(0.05)
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """An ed25519 key pair made by ssh-keygen for one test client."""
+
+    private_key: Path
+    comment: str
+
+    @property
+    def public_key(self) -> str:
+        """`ssh-ed25519 AAAA... comment`, as hive.yaml's public_key wants it."""
+        return self.private_key.with_suffix(".pub").read_text().strip()
+
+
+def generate_ed25519_key(directory: Path, name: str, comment: str | None = None) -> ClientKey:
+    """Make `<directory>/<name>` (0600) and its .pub with ssh-keygen, no passphrase."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    comment = comment or name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True, capture_output=True,
+    )
+    return ClientKey(path, comment)
+
+
+@dataclass
+class SshClient:
+    """Run ssh, borg and rsync as one key against a server on 127.0.0.1.
+
+    `workdir` is private to this client: borg's base dir (keys cache, security dir) lives
+    there, so root's ~/.config/borg and ~/.cache/borg are never touched.
+    """
+
+    port: int
+    key: ClientKey
+    workdir: Path
+    host: str = LOOPBACK
+    passphrase: str = "hive-e2e-passphrase"
+    timeout: float = 60.0
+
+    def ssh_argv(self) -> list[str]:
+        """The ssh command without port or destination (as BORG_RSH / rsync -e want it)."""
+        return ["ssh", *SSH_CLIENT_OPTIONS, "-i", str(self.key.private_key)]
+
+    def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("BORG_", "SSH_AUTH_SOCK", "SSH_AGENT"))}
+        base = self.workdir / "borg-base"
+        base.mkdir(parents=True, exist_ok=True)
+        env.update({
+            "BORG_BASE_DIR": str(base),
+            "BORG_PASSPHRASE": self.passphrase,
+            "BORG_RSH": shlex.join(self.ssh_argv()),
+            "BORG_DISPLAY_PASSPHRASE": "no",
+            # Every server gets a new random port, which borg would call a relocation.
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no",
+        })
+        env.update(extra or {})
+        return env
+
+    def _run(self, argv: Sequence[str], input: str | None = None,
+             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(argv), input=input, stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True, text=True, env=self._env(env), timeout=self.timeout,
+            cwd=self.workdir,
+        )
+
+    def ssh(self, user: str, *command: str, input: str | None = None,
+            options: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """`ssh -p PORT user@host [command...]`; `options` go before the destination."""
+        argv = [*self.ssh_argv(), "-p", str(self.port), *options, f"{user}@{self.host}"]
+        if command:
+            argv += ["--", *command]
+        return self._run(argv, input=input)
+
+    def borg_url(self, user: str, path: str | Path) -> str:
+        return f"ssh://{user}@{self.host}:{self.port}{path}"
+
+    def borg(self, *args: str, env: Mapping[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        """The real borg client, talking to the server through BORG_RSH."""
+        return self._run(["borg", *args], env=env)
+
+    def rsync(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """rsync over this client's ssh; remote paths are written `user@127.0.0.1:path`."""
+        rsh = shlex.join([*self.ssh_argv(), "-p", str(self.port)])
+        return self._run(["rsync", "-e", rsh, *args])
+
+
+def describe(result: subprocess.CompletedProcess[str], server: SshdServer | None = None) -> str:
+    """A failure message: the command, its exit code and output, and sshd's log tail."""
+    argv = result.args if isinstance(result.args, list) else [str(result.args)]
+    text = (f"command: {shlex.join(str(a) for a in argv)}\nexit code: {result.returncode}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+    if server is not None:
+        text += f"\n--- sshd log (tail)\n{server.log_tail()}"
+    return text

@@ -1,0 +1,475 @@
+"""End to end: what `hive apply` writes lets a real sshd + borg do exactly what hive.yaml says.
+
+A real sshd (tests/sshd_harness.py) reads the users and authorized_keys files that
+`python -m hive apply` produced; real borg, ssh and rsync clients then check that each key
+reaches its own repository and nothing else. Needs root, sshd, borg and unshare; the host's
+nsswitch.conf, /var/lib/extrausers and ~/.config/borg are left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sshd_harness import (
+    BASE_OPTIONS,
+    AuthorizedKeysCommand,
+    AuthorizedKeysFile,
+    ClientKey,
+    KeySource,
+    SshClient,
+    SshdServer,
+    describe,
+    generate_ed25519_key,
+    missing_prerequisites,
+    root_owned_test_root,
+    strict_modes_problems,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive.conf"
+_MISSING = missing_prerequisites(("ssh", "ssh-keygen", "borg"))
+_NO_RSYNC = [name for name in ("rsync", "rrsync") if shutil.which(name) is None]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(bool(_MISSING), reason="real-sshd e2e: " + "; ".join(_MISSING)),
+]
+
+# Printed by a shell only if a shell evaluates it: the literal text never contains "42".
+SHELL_PROBE = "echo HIVE_SHELL_$((6*7))"
+SHELL_PROOF = "HIVE_SHELL_42"
+
+Result = subprocess.CompletedProcess[str]
+
+
+# --------------------------------------------------------------------------- the deployment
+
+
+@dataclass
+class Deployment:
+    """One test server: its folders, keys and clients."""
+
+    root: Path
+    repos_root: Path
+    state_dir: Path
+    files_dir: Path
+    keys: dict[str, ClientKey]
+    server: SshdServer | None = None
+
+    def user(self, repo: str) -> str:
+        return f"bh-{repo}"
+
+    def repo_path(self, repo: str) -> Path:
+        return self.repos_root / self.user(repo) / repo
+
+    def client(self, key: str) -> SshClient:
+        assert self.server is not None
+        workdir = self.root / "clients" / key
+        workdir.mkdir(parents=True, exist_ok=True)
+        return SshClient(port=self.server.port, key=self.keys[key], workdir=workdir)
+
+    def url(self, client: SshClient, repo: str, path: Path | None = None) -> str:
+        return client.borg_url(self.user(repo), path or self.repo_path(repo))
+
+
+def make_deployment(root: Path) -> Deployment:
+    keys_dir = root / "client-keys"
+    keys = {name: generate_ed25519_key(keys_dir, name, f"{name}@e2e")
+            for name in ("alice-key", "bob-key", "carol-key")}
+    return Deployment(root=root, repos_root=root / "repos", state_dir=root / "state",
+                      files_dir=root / "extrausers", keys=keys)
+
+
+def hive_yaml(d: Deployment) -> str:
+    """The hive.yaml under test. JSON-style quoting keeps the public keys intact."""
+    return f"""\
+version: 1
+server:
+  name: test1
+  ssh_host: 127.0.0.1
+  ssh_port: 22
+  repos_root: {d.repos_root}
+  state_dir: {d.state_dir}
+  users: {{prefix: "bh-", uid_range: [20000, 20999], shell: /bin/sh}}
+  identity: {{backend: files, files_dir: {d.files_dir}}}
+owners:
+  alice: {{}}
+  bob: {{}}
+keys:
+  alice-key: {{owner: alice, public_key: "{d.keys['alice-key'].public_key}"}}
+  bob-key: {{owner: bob, public_key: "{d.keys['bob-key'].public_key}"}}
+  carol-key: {{owner: bob, public_key: "{d.keys['carol-key'].public_key}"}}
+repositories:
+  repoa: {{owner: alice, keys: [alice-key]}}
+  repob: {{owner: bob, keys: [bob-key], append_only_keys: [carol-key]}}
+  inbox: {{owner: alice, mode: import, keys: [alice-key]}}
+  outbox: {{owner: alice, mode: export, keys: [alice-key]}}
+"""
+
+
+def hive_apply(config: Path) -> Result:
+    """`python -m hive apply -f FILE`, exactly as an operator would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "hive", "apply", "-f", str(config)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,  # -m finds ./hive
+    )
+
+
+def provision_by_hand(d: Deployment, repos: dict[str, tuple[int, list[str]]]) -> None:
+    """Write what Hive should write, by hand: the harness's own reference, independent of
+    Hive. `repos` maps repository name -> (uid, key names)."""
+    d.files_dir.mkdir(mode=0o755)
+    d.repos_root.mkdir(mode=0o755)
+    keys_dir = d.state_dir / "authorized_keys"
+    keys_dir.mkdir(mode=0o755, parents=True)
+    d.state_dir.chmod(0o755)
+    passwd, group, shadow = [], [], []
+    for repo, (uid, key_names) in repos.items():
+        user = d.user(repo)
+        home = d.repos_root / user
+        passwd.append(f"{user}:x:{uid}:{uid}:Hive repository {repo}:{home}:/bin/sh\n")
+        group.append(f"{user}:x:{uid}:\n")
+        shadow.append(f"{user}:*:19000:0:99999:7:::\n")
+        home.mkdir(mode=0o750)
+        os.chown(home, 0, uid)
+        d.repo_path(repo).mkdir(mode=0o700)
+        os.chown(d.repo_path(repo), uid, uid)
+        lines = []
+        for name in key_names:
+            kind, blob = d.keys[name].public_key.split()[:2]
+            command = f"borg serve --restrict-to-repository {d.repo_path(repo)}"
+            lines.append(f'restrict,command="{command}" {kind} {blob} hive:{name}\n')
+        (keys_dir / user).write_text("".join(lines))
+        (keys_dir / user).chmod(0o644)
+    for name, lines in (("passwd", passwd), ("group", group), ("shadow", shadow)):
+        (d.files_dir / name).write_text("".join(lines))
+    (d.files_dir / "shadow").chmod(0o640)
+
+
+def _assert_ok(result: Result, d: Deployment) -> None:
+    assert result.returncode == 0, describe(result, d.server)
+
+
+def _assert_borg_refused(result: Result, d: Deployment, why: str) -> None:
+    assert result.returncode != 0, describe(result, d.server)
+    assert why in result.stderr, describe(result, d.server)
+
+
+def _assert_login_refused(d: Deployment, user: str, attempt: Callable[[], Result]) -> None:
+    """`attempt` fails, and sshd's log says it refused the key for `user`."""
+    assert d.server is not None
+    mark = d.server.log_mark()
+    result = attempt()
+    assert result.returncode != 0, describe(result, d.server)
+    assert d.server.wait_for_log(f"Failed publickey for {user} ", since=mark), \
+        describe(result, d.server)
+    assert "Accepted publickey" not in d.server.log_since(mark), describe(result, d.server)
+
+
+def _server(d: Deployment, keys: KeySource | None = None) -> SshdServer:
+    """A harness sshd with its own hardening and the given key source (hand-made files)."""
+    return SshdServer(
+        workdir=d.root / ("sshd-" + type(keys).__name__ if keys else "sshd"),
+        files_dir=d.files_dir,
+        keys=keys or AuthorizedKeysFile(d.state_dir / "authorized_keys"),
+    )
+
+
+def deploy_snippet(d: Deployment) -> Path:
+    """deploy/sshd/hive.conf as shipped, with the test's state dir, and client-alive
+    timings cut from minutes to seconds for the dead-client test."""
+    text = DEPLOY_SNIPPET.read_text()
+    for old, new in (("/var/lib/hive/authorized_keys/", f"{d.state_dir}/authorized_keys/"),
+                     ("ClientAliveInterval 15", "ClientAliveInterval 1"),
+                     ("ClientAliveCountMax 4", "ClientAliveCountMax 1")):
+        assert old in text, f"{DEPLOY_SNIPPET} no longer says {old!r}: update this test"
+        text = text.replace(old, new)
+    path = d.root / "sshd_config.d-hive.conf"
+    path.write_text(text)
+    return path
+
+
+def _hive_server(d: Deployment) -> SshdServer:
+    """sshd as deployed: only the shipped snippet restricts and finds keys for bh-* users."""
+    return SshdServer(workdir=d.root / "sshd", files_dir=d.files_dir, keys=None,
+                      include=deploy_snippet(d), hardening=BASE_OPTIONS)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def hive_deployment() -> Iterator[Deployment]:
+    """hive apply on a fresh root, then a real sshd reading what it wrote."""
+    with root_owned_test_root() as root:
+        d = make_deployment(root)
+        config = root / "hive.yaml"
+        config.write_text(hive_yaml(d))
+        started = time.monotonic()
+        result = hive_apply(config)
+        assert result.returncode == 0, "hive apply failed:\n" + describe(result)
+        print(f"hive apply took {time.monotonic() - started:.2f}s")
+        with _hive_server(d) as server:
+            d.server = server
+            yield d
+
+
+@pytest.fixture(scope="module")
+def hand_deployment() -> Iterator[Deployment]:
+    """The same layout written by hand: proves the harness itself, independent of Hive."""
+    with root_owned_test_root() as root:
+        d = make_deployment(root)
+        provision_by_hand(d, {"repoa": (20000, ["alice-key"]), "repob": (20001, ["bob-key"])})
+        yield d
+
+
+# --------------------------------------------------------------------------- harness self-tests
+
+
+@pytest.mark.parametrize("source", ["file", "command"])
+def test_harness_with_hand_written_files(hand_deployment: Deployment, source: str) -> None:
+    """The harness alone: both key sources admit alice to her repository, and only there."""
+    d = hand_deployment
+    keys: KeySource = AuthorizedKeysFile(d.state_dir / "authorized_keys")
+    if source == "command":
+        # sshd expands %u; /bin/cat is root-owned under root-owned dirs, as sshd requires.
+        keys = AuthorizedKeysCommand(f"/bin/cat {d.state_dir}/authorized_keys/%u")
+    with _server(d, keys) as server:
+        d.server = server
+        alice = d.client("alice-key")
+        if not (d.repo_path("repoa") / "config").exists():
+            _assert_ok(alice.borg("init", "-e", "repokey", d.url(alice, "repoa")), d)
+        _assert_ok(alice.borg("list", d.url(alice, "repoa")), d)
+        _assert_login_refused(d, "bh-repob", lambda: alice.borg("list", d.url(alice, "repob")))
+    assert server.process is None
+    assert "/etc/nsswitch.conf" not in Path("/proc/self/mountinfo").read_text()
+
+
+# --------------------------------------------------------------------------- what hive wrote
+
+
+def test_authorized_keys_files_pass_strict_modes(hive_deployment: Deployment) -> None:
+    d = hive_deployment
+    for repo in ("repoa", "repob"):
+        path = d.state_dir / "authorized_keys" / d.user(repo)
+        assert path.is_file(), f"hive apply wrote no {path}"
+        assert strict_modes_problems(path) == []
+        text = path.read_text()
+        assert text.startswith("restrict,"), text
+        assert f"--restrict-to-repository {d.repo_path(repo)}" in text, text
+
+
+# --------------------------------------------------------------------------- borg over sshd
+
+
+def test_owner_key_can_init_create_and_list(hive_deployment: Deployment) -> None:
+    d = hive_deployment
+    alice = d.client("alice-key")
+    url = d.url(alice, "repoa")
+    _assert_ok(alice.borg("init", "-e", "repokey", url), d)
+    data = alice.workdir / "data.txt"
+    data.write_text("hello from alice\n")
+    _assert_ok(alice.borg("create", f"{url}::first", str(data)), d)
+    listing = alice.borg("list", "--short", url)
+    _assert_ok(listing, d)
+    assert listing.stdout.split() == ["first"], describe(listing, d.server)
+    # The repository's files belong to its user, as borg serve ran as that user.
+    owner = d.repo_path("repoa").stat().st_uid
+    assert {p.stat().st_uid for p in d.repo_path("repoa").rglob("*")} == {owner}
+    # borg serve needs no writable home: the root-owned home gained no .config/.cache.
+    home = d.repos_root / d.user("repoa")
+    assert [p.name for p in home.iterdir()] == ["repoa"]
+    assert (home.stat().st_uid, home.stat().st_mode & 0o7777) == (0, 0o750)
+
+
+def test_key_is_refused_by_another_repositorys_user(hive_deployment: Deployment) -> None:
+    d = hive_deployment
+    alice, bob = d.client("alice-key"), d.client("bob-key")
+    _assert_login_refused(
+        d, "bh-repob", lambda: alice.borg("init", "-e", "repokey", d.url(alice, "repob")))
+    _assert_login_refused(d, "bh-repoa", lambda: bob.borg("list", d.url(bob, "repoa")))
+    plain = alice.ssh(d.user("repob"), "true")
+    assert plain.returncode == 255, describe(plain, d.server)
+    assert "Permission denied (publickey)" in plain.stderr, describe(plain, d.server)
+
+
+def test_path_outside_own_repository_is_refused(hive_deployment: Deployment) -> None:
+    d = hive_deployment
+    alice = d.client("alice-key")
+    for path in (d.repo_path("repob"),                      # another repository
+                 d.repos_root / d.user("repoa") / "other",  # a sibling in her own home
+                 d.repo_path("repoa") / "nested"):          # below her repository
+        result = alice.borg("init", "-e", "repokey", d.url(alice, "repoa", path))
+        _assert_borg_refused(result, d, "Repository path not allowed")
+        assert not (path / "config").exists()
+
+
+def test_ssh_command_runs_the_forced_command_not_a_shell(hive_deployment: Deployment) -> None:
+    d = hive_deployment
+    alice = d.client("alice-key")
+    result = alice.ssh(d.user("repoa"), SHELL_PROBE)
+    assert SHELL_PROOF not in result.stdout + result.stderr, describe(result, d.server)
+    assert result.returncode != 0, describe(result, d.server)  # borg rejects "echo ..."
+    assert "borg" in result.stderr, describe(result, d.server)
+    log = d.server.log_text() if d.server else ""
+    assert "Starting session: forced-command (key-option) 'borg serve" in log
+
+
+def test_interactive_ssh_gets_no_shell_and_no_pty(hive_deployment: Deployment) -> None:
+    d = hive_deployment
+    alice = d.client("alice-key")
+    result = alice.ssh(d.user("repoa"), options=["-tt"], input=f"{SHELL_PROBE}\nexit\n")
+    assert SHELL_PROOF not in result.stdout + result.stderr, describe(result, d.server)
+    assert "PTY allocation request failed" in result.stderr, describe(result, d.server)
+
+
+# --------------------------------------------------------------------------- beyond plain borg
+
+
+def test_append_only_key_adds_but_cannot_remove(hive_deployment: Deployment) -> None:
+    """carol's key is in append_only_keys: her delete + compact frees no segment."""
+    d = hive_deployment
+    bob, carol = d.client("bob-key"), d.client("carol-key")
+    _assert_ok(bob.borg("init", "-e", "repokey", d.url(bob, "repob")), d)
+    data = carol.workdir / "data.txt"
+    data.write_text("carol's file\n")
+    url = d.url(carol, "repob")
+    _assert_ok(carol.borg("create", f"{url}::carol1", str(data)), d)
+    segments = {p for p in (d.repo_path("repob") / "data").rglob("*") if p.is_file()}
+    _assert_ok(carol.borg("delete", f"{url}::carol1"), d)
+    _assert_ok(carol.borg("compact", url), d)
+    assert all(p.exists() for p in segments), "an append-only key removed data"
+    # The forced command's --append-only did it (the repository config says 0), and
+    # borg kept the transactions log it writes only in append-only mode.
+    assert "append_only = 0" in (d.repo_path("repob") / "config").read_text()
+    assert (d.repo_path("repob") / "transactions").exists()
+
+
+@pytest.mark.skipif(bool(_NO_RSYNC), reason=f"not on PATH: {', '.join(_NO_RSYNC)}")
+def test_rsync_import_and_export_modes(hive_deployment: Deployment) -> None:
+    d = hive_deployment
+    alice = d.client("alice-key")
+    src = alice.workdir / "upload"
+    src.mkdir(exist_ok=True)
+    (src / "segment").write_text("payload\n")
+    pushed = alice.rsync("-r", f"{src}/", f"{d.user('inbox')}@127.0.0.1:")
+    _assert_ok(pushed, d)
+    assert (d.repo_path("inbox") / "segment").read_text() == "payload\n"
+    pulled = alice.rsync("-r", f"{d.user('inbox')}@127.0.0.1:", str(alice.workdir / "back"))
+    assert pulled.returncode != 0, describe(pulled, d.server)
+    assert "reading from write-only server is not allowed" in pulled.stderr, describe(pulled)
+
+    (d.repo_path("outbox") / "index.1").write_text("exported\n")
+    os.chown(d.repo_path("outbox") / "index.1", *_owner(d.repo_path("outbox")))
+    dest = alice.workdir / "download"
+    _assert_ok(alice.rsync("-r", f"{d.user('outbox')}@127.0.0.1:", f"{dest}/"), d)
+    assert (dest / "index.1").read_text() == "exported\n"
+    pushed = alice.rsync("-r", f"{src}/", f"{d.user('outbox')}@127.0.0.1:")
+    assert pushed.returncode != 0, describe(pushed, d.server)
+    assert "sending to read-only server is not allowed" in pushed.stderr, describe(pushed)
+    assert not (d.repo_path("outbox") / "segment").exists()
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_uid, info.st_gid
+
+
+def test_dead_client_frees_the_repository_lock(hive_deployment: Deployment) -> None:
+    """ClientAlive*: sshd drops a client that stopped answering, borg serve sees EOF and
+    removes its lock, so the next backup is not blocked by a stale lock."""
+    d = hive_deployment
+    alice = d.client("alice-key")
+    url = d.url(alice, "repoa")
+    if not (d.repo_path("repoa") / "config").exists():
+        _assert_ok(alice.borg("init", "-e", "repokey", url), d)
+    lock = d.repo_path("repoa") / "lock.exclusive"
+    holder = subprocess.Popen(
+        ["borg", "with-lock", url, "sleep", "60"], env=alice._env(), cwd=alice.workdir,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)  # its own process group: borg, its ssh and the sleep
+    frozen: list[int] = []
+    try:
+        deadline = time.monotonic() + 15
+        while not lock.exists():
+            assert holder.poll() is None, holder.stderr.read() if holder.stderr else ""
+            assert time.monotonic() < deadline, "borg with-lock never took the lock"
+            time.sleep(0.05)
+        # Freeze the client's ssh (borg's child): TCP stays up, but nothing answers.
+        frozen = [pid for pid in _children(holder.pid) if _comm(pid) == "ssh"]
+        assert frozen, "borg started no ssh"
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        while lock.exists():
+            assert time.monotonic() - started < 15, "stale lock survived a dead client"
+            time.sleep(0.1)
+        print(f"lock freed {time.monotonic() - started:.1f}s after the client froze")
+    finally:
+        # SIGKILL ends stopped processes too; the group id is the holder's pid.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+    _assert_ok(alice.borg("list", url), d)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_second_apply_leaves_working_repositories_alone(hive_deployment: Deployment) -> None:
+    """Re-applying the same hive.yaml over repositories with borg data changes nothing."""
+    d = hive_deployment
+    files = sorted(p for p in d.root.rglob("*")
+                   if p.is_file() and (d.state_dir / "authorized_keys" in p.parents
+                                       or d.files_dir in p.parents or d.repos_root in p.parents))
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_uid, p.stat().st_mode) for p in files}
+    result = hive_apply(d.root / "hive.yaml")
+    assert result.returncode == 0, describe(result)
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_uid, p.stat().st_mode) for p in files}
+    assert after == before
+    alice = d.client("alice-key")
+    _assert_ok(alice.borg("list", d.url(alice, "repoa")), d)
+
+
+def test_removing_a_key_from_hive_yaml_locks_it_out(hive_deployment: Deployment) -> None:
+    """Runs late: it changes the deployment. The next login after apply is refused."""
+    d = hive_deployment
+    config = d.root / "hive.yaml"
+    text = config.read_text()
+    old = "repoa: {owner: alice, keys: [alice-key]}"
+    assert old in text
+    config.write_text(text.replace(old, "repoa: {owner: alice, keys: []}"))
+    result = hive_apply(config)
+    assert result.returncode == 0, describe(result)
+    alice = d.client("alice-key")
+    _assert_login_refused(d, "bh-repoa", lambda: alice.borg("list", d.url(alice, "repoa")))
+    assert (d.repo_path("repoa") / "config").exists(), "removing a key must keep the data"
+
+
+def test_host_is_untouched() -> None:
+    """Runs last in this module: no bind mount leaked into the host's namespace."""
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert "/etc/nsswitch.conf" not in mounts
+    assert "/var/lib/extrausers" not in mounts
