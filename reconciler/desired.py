@@ -58,13 +58,13 @@ def repository_path(config: HiveConfig, repository: str) -> Path:
 
 def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str]:
     """The paths whose state the plan needs: desired ones and the ones Hive made."""
-    paths = {str(config.server.repos_root)}
+    root = str(config.server.repos_root)
+    paths = {root}
     for repo in config.repositories:
-        path = repository_path(config, repo)
-        paths.update((str(path), str(path.parent)))
+        home = f"{root}/{config.user_name(repo)}"
+        paths.update((home, f"{home}/{repo}"))
     for user, entry in inventory.accounts.items():
-        user_dir = config.server.repos_root / user
-        paths.update((str(user_dir), str(user_dir / entry["repository"])))
+        paths.update((f"{root}/{user}", f"{root}/{user}/{entry['repository']}"))
     paths.update(inventory.directories)
     return sorted(paths)
 

@@ -134,17 +134,19 @@ def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
     """Validate hive.yaml text; raise ConfigError listing every problem."""
     base = base_dir if base_dir is not None else Path(file).resolve().parent
     try:
-        data, duplicates = yamlsource.parse(text)
+        document = yamlsource.parse(text)
     except yamlsource.YamlSyntaxError as exc:
         raise ConfigError([LocatedProblem(file, exc.mark.line, exc.mark.column, "",
                                           exc.message)]) from None
+    data = document.data
 
     def located(problem: checks.Problem) -> LocatedProblem:
-        mark = yamlsource.locate(data, problem.path, key=problem.key)
+        mark = document.locate(problem.path, key=problem.key)
         return LocatedProblem(file, mark.line, mark.column, _dotted(problem.path),
                               problem.message)
 
-    result = [LocatedProblem(file, m.line, m.column, "", msg) for m, msg in duplicates]
+    result = [LocatedProblem(file, m.line, m.column, "", msg)
+              for m, msg in document.duplicates]
     if not isinstance(data, dict):
         result.append(LocatedProblem(file, 1, 1, "", "the file must be a mapping with "
                                      "'version:', 'server:' and 'repositories:'"))

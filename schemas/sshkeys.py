@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Types Hive accepts, with the human reason for the ones it refuses.
 ACCEPTED_TYPES = {
@@ -60,8 +61,12 @@ def _read_string(data: bytes, offset: int) -> tuple[bytes, int]:
     return data[offset + 4:end], end
 
 
+@lru_cache(maxsize=65536)
 def parse_public_key(text: str) -> PublicKey:
-    """Parse one `type base64 [comment]` key, or raise BadKey saying what is wrong."""
+    """Parse one `type base64 [comment]` key, or raise BadKey saying what is wrong.
+
+    Cached: validation, the whole-file checks and the key lines all ask for the same keys.
+    """
     if _CONTROL.search(text):
         raise BadKey("the key contains a newline or control character; "
                         "paste exactly one key on one line")

@@ -45,14 +45,16 @@ def test_apply_creates_everything_and_second_apply_changes_nothing(
         tmp_path: Path, pubkeys: dict[str, str]) -> None:
     cfg = write_config(tmp_path, body(pubkeys))
     (tmp_path / "extrausers").mkdir()
-    (tmp_path / "extrausers" / "passwd").write_text("snapuser:x:30000:30000::/home/s:/bin/sh\n")
+    (tmp_path / "extrausers" / "passwd").write_text("snapuser:x:30000:30000::/home/s:/bin/sh\n"
+                                                    "# a comment another tool wrote\n")
     first = hive("apply", "-f", str(cfg), "--detailed-exitcode")
     assert first.returncode == 2, first.stdout + first.stderr
     assert "Apply complete: 9 added, 0 changed, 0 removed." in first.stdout
 
     passwd = lines(tmp_path / "extrausers" / "passwd")
-    assert passwd[0] == "snapuser:x:30000:30000::/home/s:/bin/sh"  # foreign line kept
-    assert passwd[1:] == [
+    assert passwd[:2] == ["snapuser:x:30000:30000::/home/s:/bin/sh",  # foreign lines kept
+                          "# a comment another tool wrote"]
+    assert passwd[2:] == [
         f"bh-laptop:x:20000:20000:Hive repository laptop (alice):{tmp_path}/repos/bh-laptop:"
         "/bin/sh",
         f"bh-phone:x:20001:20001:Hive repository phone (bob):{tmp_path}/repos/bh-phone:/bin/sh"]

@@ -30,8 +30,15 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
-def _index(lines: list[str]) -> dict[str, int]:
-    return {line.split(":", 1)[0]: i for i, line in enumerate(lines) if ":" in line}
+def _keyed(lines: list[str]) -> dict[Any, str]:
+    """Lines by entry name, in file order. Lines that are not entries (comments, blanks) and
+    repeated names keep their place under a key no name can have, so they survive as-is;
+    updating a name keeps its position, new names go to the end."""
+    keyed: dict[Any, str] = {}
+    for i, line in enumerate(lines):
+        name = line.split(":", 1)[0] if ":" in line else None
+        keyed[name if name is not None and name not in keyed else (i,)] = line
+    return keyed
 
 
 def parse_accounts(passwd: list[str], group: list[str],
@@ -114,7 +121,7 @@ class FilesIdentity:
                 facts.system_names.add(name)
 
     def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
-        files = {name: _read_lines(self.dir / name) for name in FILES}
+        files = {name: _keyed(_read_lines(self.dir / name)) for name in FILES}
         today = str(int(time.time() // 86400))
         try:
             for change in changes:
@@ -125,7 +132,7 @@ class FilesIdentity:
             except KeyError:
                 shadow_gid = 0
             for name in FILES:
-                content = "".join(f"{line}\n" for line in files[name])
+                content = "".join(f"{line}\n" for line in files[name].values())
                 path = self.dir / name
                 try:
                     if path.read_text(encoding="utf-8") == content:
@@ -141,32 +148,24 @@ class FilesIdentity:
         return [(change, None) for change in changes]
 
     @staticmethod
-    def _edit(files: dict[str, list[str]], change: Change, today: str) -> None:
+    def _edit(files: dict[str, dict[Any, str]], change: Change, today: str) -> None:
         name = change.name
         for file_name in FILES:
             lines = files[file_name]
-            index = _index(lines).get(name)
+            old = lines.get(name)
             if change.action == "delete":
-                if index is not None:
-                    del lines[index]
+                lines.pop(name, None)
                 continue
             if file_name == "passwd":
-                current = parse_accounts([lines[index]], [], []).get(name) if index is not \
-                    None else None
+                current = parse_accounts([old], [], []).get(name) if old else None
                 attrs = {**(current or {}), **(change.after or {})}
-                new = passwd_line(name, attrs)
+                lines[name] = passwd_line(name, attrs)
             elif file_name == "group":
                 gid = (change.after or {}).get("group")
-                if gid is None:
-                    continue
-                new = group_line(name, {"group": gid})
+                if gid is not None:
+                    lines[name] = group_line(name, {"group": gid})
             else:
                 locked = (change.after or {}).get("locked")
-                if locked is None:
-                    continue
-                last = lines[index].split(":")[2] if index is not None else today
-                new = shadow_line(name, locked, last or today)
-            if index is None:
-                lines.append(new)
-            else:
-                lines[index] = new
+                if locked is not None:
+                    last = old.split(":")[2] if old else today
+                    lines[name] = shadow_line(name, locked, last or today)
