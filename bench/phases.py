@@ -1,0 +1,92 @@
+"""Where a `hive plan` spends its time, phase by phase, without a profiler's overhead.
+
+    python bench/phases.py HIVE_YAML [--repeat 3]
+
+Runs the same pipeline as `hive plan` in this process (imports, read, YAML parse, pydantic
+validation, whole-file checks, observing each target, desired state, diff) and prints the
+best wall time of each phase over --repeat runs. Reads only; the file should already have
+been applied (bench/run.py --keep leaves one) for the no-op numbers to mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def phases(path: Path) -> dict[str, float]:
+    t: dict[str, float] = {}
+
+    def lap(name: str, start: float) -> float:
+        now = time.perf_counter()
+        t[name] = t.get(name, 0.0) + now - start
+        return now
+
+    start = time.perf_counter()
+    import pydantic  # noqa: F401  (the import cost is a phase of its own)
+
+    import schemas  # noqa: F401
+    from reconciler import engine
+    from reconciler import inventory as inventory_mod
+    from reconciler.desired import Facts, desired_state
+    from reconciler.plan import diff, safety_errors
+    from schemas import checks, yamlsource
+    from schemas.models import HiveConfig
+
+    s = lap("import (first run only)", start)
+    text = path.read_text(encoding="utf-8")
+    s = lap("read file", s)
+    data, _dups = yamlsource.parse(text)
+    s = lap("yaml parse (positions)", s)
+    config = HiveConfig.model_validate(data, context={"base_dir": path.resolve().parent})
+    s = lap("pydantic validate", s)
+    problems = checks.check(config)
+    assert not problems, problems[:3]
+    s = lap("whole-file checks", s)
+    inventory = inventory_mod.load(config.server.state_dir)
+    s = lap("inventory load", s)
+    facts = Facts()
+    for kind, target in engine.targets_for(config).items():
+        target.observe(facts, inventory)
+        s = lap(f"observe {kind}", s)
+    desired = desired_state(config, inventory, facts, dt.datetime.now(dt.UTC))
+    s = lap("desired state", s)
+    plan = diff(desired, facts)
+    plan.errors.extend(safety_errors(plan, facts, desired, False))
+    lap("diff", s)
+    t["changes in plan"] = float(len(plan.changes))
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    runs = [phases(args.config) for _ in range(args.repeat)]
+    best: dict[str, Any] = {}
+    for name in runs[0]:
+        if name.startswith("import"):
+            best[name] = runs[0][name]
+        else:
+            best[name] = min(r.get(name, 0.0) for r in runs)
+    changes = int(best.pop("changes in plan"))
+    if args.json:
+        print(json.dumps({"seconds": best, "changes": changes}, indent=2))
+        return 0
+    total = sum(v for k, v in best.items() if not k.startswith("import"))
+    for name, value in best.items():
+        share = "" if name.startswith("import") else f"{100 * value / total:5.1f}%"
+        print(f"  {name:<28}{value * 1000:9.1f} ms  {share}")
+    print(f"  {'total (without imports)':<28}{total * 1000:9.1f} ms   ({changes} changes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
