@@ -168,10 +168,13 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
             if planned.plan.errors:
                 return EXIT_ERROR
             return changed_code if planned.plan.changes else EXIT_OK
-        progress = None if fmt == "json" else _print_result
-        applied = engine.apply(config, path, prune=prune, force=force,
-                               lock_timeout=lock_timeout,
-                               progress=progress if fmt == "text" else None)
+        text = fmt == "text"
+        title = f"Hive will apply to {config.server.name} ({path}):"
+        applied = engine.apply(
+            config, path, prune=prune, force=force, lock_timeout=lock_timeout,
+            progress=_Progress() if text and sys.stderr.isatty() else None,
+            on_plan=(lambda p: p.plan.changes and output.print_plan(p.plan, title))
+            if text else None)
     except (engine.RefusedError, LockBusy, InventoryError, TargetError) as exc:
         _fail(fmt, str(exc))
         return EXIT_ERROR
@@ -184,29 +187,30 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
                     errors=int(applied.error is not None))
     elif not plan_.changes:
         output.print_plan(plan_, "")
+    elif applied.error:
+        done = sum(1 for _, error in applied.results if error is None)
+        click.echo(click.style(f"\nApply failed after {done} of {len(plan_.changes)} changes: "
+                               f"{applied.error}", fg="red", bold=True), err=True)
+        click.echo("What was done is safe and journaled; fix the cause and run 'hive apply' "
+                   "again to converge.", err=True)
     else:
-        done = len(applied.results)
-        if applied.error:
-            click.echo(click.style(f"\nApply failed after {done - 1} of {len(plan_.changes)} "
-                                   f"changes: {applied.error}", fg="red", bold=True), err=True)
-            click.echo("The server is in a safe intermediate state; fix the cause and run "
-                       "'hive apply' again to converge.", err=True)
-        else:
-            s = plan_.summary
-            click.echo(click.style(f"\nApply complete: {s['add']} added, {s['change']} "
-                                   f"changed, {s['remove']} removed.", fg="green", bold=True))
-        for note in plan_.notes:
-            click.echo(click.style("Note: ", fg="cyan") + note)
+        s = plan_.summary
+        click.echo(click.style(f"\nApply complete: {s['add']} added, {s['change']} changed, "
+                               f"{s['remove']} removed.", fg="green", bold=True))
     if applied.error:
         return EXIT_ERROR
     return changed_code if plan_.changes else EXIT_OK
 
 
-def _print_result(done: int, total: int, change: Any, error: str | None) -> None:
-    status = click.style("failed: " + error, fg="red") if error else "done"
-    width = len(str(total))
-    click.echo(f"[{done:>{width}}/{total}] {change.symbol} {change.kind} {change.name}: "
-               f"{status}")
+class _Progress:
+    """One self-rewriting line on a terminal's stderr while changes are applied."""
+
+    def __call__(self, done: int, total: int, change: Any, error: str | None) -> None:
+        end = "\n" if done == total or error else ""
+        click.echo(f"\rApplying {done}/{total}: {change.symbol} {change.kind} "
+                   f"{change.name[-50:]}\033[K", err=True, nl=False)
+        if end:
+            click.echo(err=True)
 
 
 def _fail(fmt: str, message: str) -> None:

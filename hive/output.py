@@ -60,6 +60,9 @@ def change_lines(change: Change) -> list[str]:
                 lines.append(click.style(f"      ~ key {name}: ", fg="yellow")
                              + f"{_key_summary(old[name])} -> {_key_summary(new[name])}")
         return lines
+    if change.kind == "directory" and change.action == "create":
+        lines.append(f"      owner: {after['uid']}:{after['gid']}  mode: {after['mode']}")
+        return lines
     width = max((len(k) for k in after), default=0) + 1
     for key, value in after.items():
         if key in _HIDDEN and change.action == "create":

@@ -79,8 +79,13 @@ def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
 
 
 def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: bool = False,
-          lock_timeout: float = 10.0, progress: Progress | None = None) -> Applied:
-    """Make the server match the file. Raises RefusedError before changing anything."""
+          lock_timeout: float = 10.0, progress: Progress | None = None,
+          on_plan: Callable[[Planned], None] | None = None) -> Applied:
+    """Make the server match the file. Raises RefusedError before changing anything.
+
+    `on_plan` sees the plan (under the lock, before any change) so the caller can show it;
+    `progress` sees each change as it is done.
+    """
     if os.geteuid() != 0:
         raise RefusedError("hive apply needs root: it writes account files and sets the "
                            "owners of repository folders. Nothing was changed; 'hive plan' "
@@ -95,6 +100,8 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
             raise RefusedError("the plan has errors; nothing was changed:\n  "
                                + "\n  ".join(plan.errors))
         outcome = Applied(planned)
+        if on_plan:
+            on_plan(planned)
         if not plan.changes:
             if planned.desired.inventory != planned.inventory:
                 inventory_mod.save(state_dir, planned.desired.inventory)

@@ -1,0 +1,455 @@
+"""Roll an append-only borg 1.x repository back to an earlier transaction.
+
+Why: an append-only key can still `borg delete` and `borg prune`; borg then only *marks*
+archives deleted, keeps every segment file and appends one line per commit to the
+repository's `transactions` log. The way back that borg documents (usage notes, "append-only
+mode") is to remove the segments newer than the transaction to return to, and the
+index/hints/integrity files that describe the newer state; the next borg access rebuilds the
+index from the segments that are left. This module does exactly that, carefully:
+
+* the plan is pure (`parse_transactions`, `plan_rollback`) and table-tested;
+* nothing is deleted: files are *moved* into a folder beside the repository, with a note on
+  how to put them back;
+* the repository is locked the way borg locks it (`lock.exclusive/` created by renaming a
+  temporary directory, plus `lock.roster`), so no client (`borg serve`) can open it while
+  files move, and a held lock (a running backup) makes the rollback refuse;
+* the `nonce` file is never touched: borg reserves encryption counters there, and rolling it
+  back could make a client reuse a counter.
+
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+TRANSACTIONS = "transactions"
+STATE_PREFIXES = ("index", "hints", "integrity")
+_LINE = re.compile(r"^transaction (\d+), UTC time (\S+)$")
+_SEGMENT = re.compile(r"^data/(\d+)/(\d+)$")
+_STATE = re.compile(r"^(index|hints|integrity)\.(\d+)$")
+
+
+class RollbackError(Exception):
+    """The repository cannot be read or rolled back; the message says why."""
+
+
+class RepositoryBusy(RollbackError):
+    """A borg client holds the repository's lock."""
+
+
+# --------------------------------------------------------------------------- pure part
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One line of borg's `transactions` log: a commit and its time (UTC)."""
+
+    id: int
+    time: datetime | None
+
+
+def parse_transactions(text: str) -> list[Transaction]:
+    """The commits listed in a `transactions` file, oldest first.
+
+    borg 1.x appends `transaction N, UTC time 2024-01-31T12:00:00.123456` per commit made in
+    append-only mode. A torn last line (a crash mid-append, no newline) is ignored; any other
+    line that does not parse, or ids that do not increase, make the log untrustworthy.
+    """
+    result: list[Transaction] = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        match = _LINE.match(line.strip())
+        if match is None:
+            if number == len(lines):  # last line without newline: torn write
+                continue
+            raise RollbackError(f"transactions line {number} is not borg's format: {line!r}")
+        ident = int(match.group(1))
+        try:
+            when: datetime | None = datetime.fromisoformat(match.group(2)).replace(tzinfo=UTC)
+        except ValueError:
+            when = None
+        if result and ident <= result[-1].id:
+            raise RollbackError(f"transactions line {number}: transaction {ident} does not "
+                                f"follow {result[-1].id}")
+        result.append(Transaction(ident, when))
+    return result
+
+
+def truncate_log(text: str, target: int) -> str:
+    """The log's own lines up to and including transaction `target`, verbatim.
+
+    After a rollback borg numbers new commits from the segments left, so lines of undone
+    transactions would later be followed by smaller numbers again: they must go."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        match = _LINE.match(line.strip())
+        if match is not None and int(match.group(1)) > target:
+            break
+        if match is not None:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return "".join(kept)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a borg 1.x repository folder holds, by relative path."""
+
+    segments: dict[int, str]
+    state_files: dict[str, int]
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[str]) -> Layout:
+        """Sort relative paths (`data/0/13`, `index.13`, ...) into segments and the
+        index/hints/integrity files; anything else (config, nonce, README, locks) is not
+        part of a rollback."""
+        segments: dict[int, str] = {}
+        state: dict[str, int] = {}
+        for path in paths:
+            if m := _SEGMENT.match(path):
+                segments[int(m.group(2))] = path
+            elif m := _STATE.match(path):
+                state[path] = int(m.group(2))
+        return cls(segments, state)
+
+    @property
+    def current(self) -> int | None:
+        """The newest transaction on disk: the index's number, else the newest segment."""
+        if self.state_files:
+            return max(self.state_files.values())
+        return max(self.segments) if self.segments else None
+
+
+def segment_ranges(transactions: list[Transaction]) -> dict[int, tuple[int, int]]:
+    """Transaction id -> the segment numbers it wrote (a commit ends in segment `id`)."""
+    ranges: dict[int, tuple[int, int]] = {}
+    previous = -1
+    for t in transactions:
+        ranges[t.id] = (previous + 1, t.id)
+        previous = t.id
+    return ranges
+
+
+@dataclass
+class RollbackPlan:
+    """What a rollback to `target` moves aside, and why it may not go ahead.
+
+    `refusals` stop it; `warnings` stop it unless forced (the caller decides)."""
+
+    target: int
+    current: int | None
+    undone: list[Transaction] = field(default_factory=list)
+    kept: list[Transaction] = field(default_factory=list)
+    move: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.refusals and not self.move and not self.undone
+
+
+def plan_rollback(transactions: list[Transaction], layout: Layout, target: int,
+                  append_only: bool) -> RollbackPlan:
+    """Which files a rollback to transaction `target` moves aside (pure).
+
+    Moves: every segment newer than `target`, and every index/hints/integrity file newer than
+    it (they describe the newer state; borg rebuilds the index from the segments left).
+    Refuses: no log, a target not in the log, and missing segments between the log's first
+    transaction and the target (a compaction removed them: that state no longer exists).
+    Warns (needs force): a repository that is not append-only, where a full-access client may
+    have compacted; and a newest transaction that is not in the log, i.e. written by a
+    full-access session, whose work would be undone too.
+    """
+    plan = RollbackPlan(target=target, current=layout.current)
+    if not transactions:
+        plan.refusals.append("no transactions log: borg keeps one only for commits made in "
+                             "append-only mode")
+        return plan
+    ids = [t.id for t in transactions]
+    if target not in ids:
+        plan.refusals.append(f"transaction {target} is not in the log; choose one of "
+                             + ", ".join(map(str, ids)))
+        return plan
+    if not append_only:
+        plan.warnings.append("the repository is not append-only (no append-only keys in "
+                             "hive.yaml, append_only = 0 in its config): a full-access "
+                             "client may have compacted segments that older transactions "
+                             "need")
+    plan.kept = [t for t in transactions if t.id <= target]
+    plan.undone = [t for t in transactions if t.id > target]
+    missing = [n for n in range(ids[0], target + 1) if n not in layout.segments]
+    if missing:
+        plan.refusals.append(f"segments {_ranges(missing)} are missing: a compaction removed "
+                             f"them, so the state of transaction {target} no longer exists")
+    if plan.current is not None and plan.current > ids[-1]:
+        plan.warnings.append(f"the newest transaction on disk ({plan.current}) is not in the "
+                             f"log (last: {ids[-1]}): a full-access session wrote after it; "
+                             "rolling back undoes that too")
+    newer_segments = sorted((n for n in layout.segments if n > target), reverse=True)
+    state = sorted((p for p, n in layout.state_files.items() if n > target),
+                   key=lambda p: (layout.state_files[p], p))
+    # Index files first: if interrupted, borg rebuilds from whatever segments are left and
+    # a second run finishes the job; then segments newest first.
+    plan.move = [*state, *(layout.segments[n] for n in newer_segments)]
+    return plan
+
+
+def _ranges(numbers: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)
+
+
+def config_append_only(text: str) -> bool:
+    """`append_only = 1` in the [repository] section of a borg 1.x config."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+        return parser.getboolean("repository", "append_only", fallback=False)
+    except (configparser.Error, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Repository:
+    """A borg 1.x repository folder as read from disk."""
+
+    path: Path
+    transactions: list[Transaction]
+    layout: Layout
+    append_only_config: bool
+
+    @classmethod
+    def read(cls, path: Path) -> Repository:
+        config = path / "config"
+        if not config.is_file() or not (path / "data").is_dir():
+            raise RollbackError(f"{path} is not a borg 1.x repository (no config or data/)")
+        if (path / "data").is_symlink():
+            raise RollbackError(f"{path}/data is a symlink; Hive will not follow it")
+        try:
+            log = (path / TRANSACTIONS).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            log = ""
+        return cls(path, parse_transactions(log), Layout.from_paths(_relative_files(path)),
+                   config_append_only(config.read_text(encoding="utf-8", errors="replace")))
+
+
+def _relative_files(root: Path) -> Iterator[str]:
+    for name in os.listdir(root):
+        if _STATE.match(name):
+            yield name
+    data = root / "data"
+    for folder in os.listdir(data):
+        if folder.isdigit() and (data / folder).is_dir():
+            for name in os.listdir(data / folder):
+                if name.isdigit():
+                    yield f"data/{folder}/{name}"
+
+
+# --------------------------------------------------------------------------- borg's lock
+
+
+def borg_host_id() -> str:
+    """The host id borg 1.x writes into its lock names (`<fqdn>@<mac as int>`).
+
+    Using borg's own id means a borg client recognises the lock as local: it keeps out while
+    this process lives, and removes the lock as stale if this process died (kill -9)."""
+    if os.environ.get("BORG_HOST_ID"):
+        return os.environ["BORG_HOST_ID"]
+    name = socket.gethostname()
+    try:
+        for info in socket.getaddrinfo(name, None, 0, socket.SOCK_DGRAM, 0,
+                                       socket.AI_CANONNAME):
+            if info[3]:
+                name = info[3]
+                break
+    except OSError:
+        pass
+    return f"{name}@{uuid.getnode()}"
+
+
+def _alive(host: str, pid: int, thread: int, own_host: str) -> bool:
+    """borg's rule: a lock of another host, or of a thread, counts as alive."""
+    if host != own_host or thread != 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def repository_lock(path: Path, wait: float = 0.0) -> Iterator[str]:
+    """Hold borg's exclusive lock on the repository at `path`; yields the lock's name.
+
+    As borg 1.x: a temporary directory holding one empty file `<hostid>.<pid>-0` is renamed
+    to `lock.exclusive` (atomic; fails while another holder's directory is there), then
+    `lock.roster` must show no live shared lockers (readers such as `borg list`), and gets
+    this process as the exclusive one. Everything is owned by the repository's owner, so
+    that its `borg serve` can clear the lock should this process die. Retries for `wait`
+    seconds, then raises RepositoryBusy naming the holder.
+    """
+    info = path.stat()
+    host = borg_host_id()
+    name = f"{host}.{os.getpid()}-0"
+    exclusive, roster = path / "lock.exclusive", path / "lock.roster"
+    deadline = time.monotonic() + wait
+    while True:
+        temp = Path(tempfile.mkdtemp(".tmp", "lock.exclusive.", path))
+        try:
+            (temp / name).touch()
+            for item in (temp / name, temp):
+                os.chown(item, info.st_uid, info.st_gid)
+            temp.chmod(0o755)
+            os.rename(temp, exclusive)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                (temp / name).unlink()
+            with contextlib.suppress(OSError):
+                temp.rmdir()
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise RollbackError(f"cannot lock {path}: {exc}") from exc
+            holders = _lock_holders(exclusive)
+            if time.monotonic() >= deadline:
+                raise RepositoryBusy(f"{path} is locked by a borg client "
+                                     f"({', '.join(holders) or 'holder unknown'}); try again "
+                                     "when it has finished, or `borg break-lock` if it is "
+                                     "stale") from None
+            time.sleep(0.1)
+            continue
+        readers = _live_readers(roster, host)
+        if readers:
+            _release(exclusive, name)
+            if time.monotonic() >= deadline:
+                raise RepositoryBusy(f"{path} is being read by a borg client "
+                                     f"({', '.join(readers)}); try again when it has "
+                                     "finished")
+            time.sleep(0.1)
+            continue
+        break
+    try:
+        _write_roster(roster, {"exclusive": [[host, os.getpid(), 0]], "shared": []}, info)
+        yield name
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            roster.unlink()
+        _release(exclusive, name)
+
+
+def _lock_holders(exclusive: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(exclusive))
+    except OSError:
+        return []
+
+
+def _live_readers(roster: Path, host: str) -> list[str]:
+    try:
+        data = json.loads(roster.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return []
+    readers = []
+    for entry in data.get("shared", []) if isinstance(data, dict) else []:
+        with contextlib.suppress(TypeError, ValueError):
+            h, pid, thread = entry
+            if _alive(str(h), int(pid), int(thread), host):
+                readers.append(f"{h}.{pid}-{thread}")
+    return readers
+
+
+def _write_roster(roster: Path, data: dict[str, list[list[object]]], info: os.stat_result
+                  ) -> None:
+    roster.write_text(json.dumps(data), encoding="utf-8")
+    os.chown(roster, info.st_uid, info.st_gid)
+
+
+def _release(exclusive: Path, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (exclusive / name).unlink()
+    with contextlib.suppress(OSError):
+        exclusive.rmdir()
+
+
+# --------------------------------------------------------------------------- doing it
+
+
+def aside_folder(repo_path: Path, target: int, now: datetime | None = None) -> Path:
+    """Where moved files go: beside the repository, outside anything borg reads."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return repo_path.parent / f"{repo_path.name}.rollback-{stamp}-to-{target}"
+
+
+_UNDO_NOTE = """\
+Hive moved these files out of {repo} when it rolled the repository back from
+transaction {current} to transaction {target} ({when}).
+
+To undo, before any client has written to the repository again (new segments would take
+the same numbers): lock out clients, move every file below back to the same relative path
+in {repo}, and put transactions.before-rollback back as {repo}/transactions.
+
+Moved: {count} files.
+"""
+
+
+def execute(plan: RollbackPlan, repo: Repository, aside: Path) -> list[str]:
+    """Move the plan's files into `aside` (same relative paths) and cut the transactions log
+    to the transactions kept; the original log is kept in `aside` too. Call with the
+    repository locked. Returns the relative paths moved."""
+    if plan.refusals:
+        raise RollbackError("; ".join(plan.refusals))
+    aside.mkdir(mode=0o700)
+    moved: list[str] = []
+    log = repo.path / TRANSACTIONS
+    shutil.copy2(log, aside / "transactions.before-rollback")
+    (aside / "README.txt").write_text(_UNDO_NOTE.format(
+        repo=repo.path, current=plan.current, target=plan.target, count=len(plan.move),
+        when=datetime.now(UTC).isoformat(timespec="seconds")), encoding="utf-8")
+    for relative in plan.move:
+        destination = aside / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(repo.path / relative, destination)
+        moved.append(relative)
+    info = log.stat()
+    temp = repo.path / f"{TRANSACTIONS}.hive-{secrets.token_hex(4)}.tmp"
+    temp.write_text(truncate_log(log.read_text(encoding="utf-8", errors="replace"),
+                                 plan.target), encoding="utf-8")
+    os.chown(temp, info.st_uid, info.st_gid)
+    temp.chmod(info.st_mode & 0o7777)
+    os.rename(temp, log)
+    fd = os.open(repo.path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return moved
