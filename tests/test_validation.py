@@ -206,3 +206,14 @@ def test_usage_error_exits_1_not_2(tmp_path: Path) -> None:
     result = hive("plan", "--no-such-option")
     assert result.returncode == 1
     assert "No such option" in result.stderr
+
+
+def test_production_example_differs_from_the_example_only_in_paths() -> None:
+    root = Path(__file__).resolve().parent.parent
+    example = schemas.load(root / "hive.yaml.example").model_dump()
+    production = schemas.load(root / "deploy" / "hive.yaml").model_dump()
+    for data in (example, production):
+        for field in ("repos_root", "state_dir"):
+            data["server"].pop(field)
+        data["server"]["identity"].pop("files_dir")
+    assert example == production
