@@ -16,6 +16,7 @@ directory, say) is a new module here plus its kind in resources.KINDS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from reconciler.desired import Facts
@@ -36,3 +37,17 @@ class Target(Protocol):
     def observe(self, facts: Facts, inventory: Inventory) -> None: ...
 
     def apply(self, changes: list[Change]) -> list[Result]: ...
+
+
+def apply_each(changes: list[Change], apply_one: Callable[[Change], None],
+               failure: type[Exception] | tuple[type[Exception], ...]) -> list[Result]:
+    """Apply changes one by one, stopping at the first failure, as the interface asks."""
+    results: list[Result] = []
+    for change in changes:
+        try:
+            apply_one(change)
+        except failure as exc:
+            results.append((change, str(exc)))
+            break
+        results.append((change, None))
+    return results

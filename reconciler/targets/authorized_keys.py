@@ -16,6 +16,7 @@ from reconciler.desired import Facts
 from reconciler.fsutil import atomic_write, remove_stale_temporaries
 from reconciler.inventory import Inventory
 from reconciler.resources import Change
+from reconciler.targets import Result, apply_each
 from schemas.models import HiveConfig
 
 CACHE_DIR = "authorized_keys"
@@ -42,23 +43,17 @@ class AuthorizedKeys:
             text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
             facts.authorized_keys[entry.name] = {"keys": keylines.parse_file(text)}
 
-    def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
-        results: list[tuple[Change, str | None]] = []
+    def apply(self, changes: list[Change]) -> list[Result]:
         try:
             self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             remove_stale_temporaries(self.dir)
         except OSError as exc:
             return [(changes[0], f"preparing {self.dir}: {exc}")]
-        for change in changes:
-            path = self.dir / change.name
-            try:
-                if change.action == "delete":
-                    path.unlink(missing_ok=True)
-                else:
-                    content = keylines.render_file((change.after or {})["keys"])
-                    atomic_write(path, content, mode=0o644)
-            except OSError as exc:
-                results.append((change, str(exc)))
-                break
-            results.append((change, None))
-        return results
+        return apply_each(changes, self._apply_one, OSError)
+
+    def _apply_one(self, change: Change) -> None:
+        path = self.dir / change.name
+        if change.action == "delete":
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write(path, keylines.render_file((change.after or {})["keys"]), mode=0o644)

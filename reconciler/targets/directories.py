@@ -17,6 +17,7 @@ from typing import Any
 from reconciler.desired import Facts, directories_to_observe
 from reconciler.inventory import Inventory
 from reconciler.resources import UNKNOWN, Change
+from reconciler.targets import Result, apply_each
 from schemas.models import HiveConfig
 
 _TYPES = {stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink", stat.S_IFREG: "file"}
@@ -80,16 +81,8 @@ class Directories:
                                   f"user (e.g. {unreadable[0]}): they are not compared "
                                   "(run as root)")
 
-    def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
-        results: list[tuple[Change, str | None]] = []
-        for change in changes:
-            try:
-                self._apply_one(change)
-            except OSError as exc:
-                results.append((change, str(exc)))
-                break
-            results.append((change, None))
-        return results
+    def apply(self, changes: list[Change]) -> list[Result]:
+        return apply_each(changes, self._apply_one, OSError)
 
     @staticmethod
     def _apply_one(change: Change) -> None:

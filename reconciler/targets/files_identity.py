@@ -18,6 +18,7 @@ from reconciler.desired import Facts
 from reconciler.fsutil import atomic_write
 from reconciler.inventory import Inventory
 from reconciler.resources import UNKNOWN, Change
+from reconciler.targets import Result
 from schemas.models import HiveConfig
 
 FILES = ("group", "passwd", "shadow")  # write order
@@ -120,7 +121,7 @@ class FilesIdentity:
             if name not in facts.accounts:
                 facts.system_names.add(name)
 
-    def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
+    def apply(self, changes: list[Change]) -> list[Result]:
         files = {name: _keyed(_read_lines(self.dir / name)) for name in FILES}
         today = str(int(time.time() // 86400))
         try:

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from reconciler.desired import Facts
 from reconciler.inventory import Inventory
 from reconciler.resources import Change
-from reconciler.targets import TargetError
+from reconciler.targets import Result, TargetError, apply_each
 from schemas.models import HiveConfig, LdapSettings
 
 MARKER = "hive-managed repository="
@@ -232,16 +232,8 @@ class LdapIdentity:
             if not cookie:
                 return found
 
-    def apply(self, changes: list[Change]) -> list[tuple[Change, str | None]]:
-        results: list[tuple[Change, str | None]] = []
-        for change in changes:
-            try:
-                self._apply_one(change)
-            except TargetError as exc:
-                results.append((change, str(exc)))
-                break
-            results.append((change, None))
-        return results
+    def apply(self, changes: list[Change]) -> list[Result]:
+        return apply_each(changes, self._apply_one, TargetError)
 
     def user_dn(self, name: str) -> str:
         return f"uid={name},{self.people}"
