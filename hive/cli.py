@@ -51,7 +51,9 @@ def _load(config_file: str | None, fmt: str) -> tuple[Any, Path]:
         if fmt == "json":
             for problem in exc.problems:
                 output.emit("problem", **problem.data)
-            output.emit("summary", valid=False, problems=len(exc.problems))
+            # The same summary keys as every other command, so `.errors` always works.
+            output.emit("summary", valid=False, problems=len(exc.problems), add=0, change=0,
+                        remove=0, errors=len(exc.problems))
         else:
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
@@ -89,7 +91,7 @@ def validate(config_file: str | None, fmt: str) -> int:
         output.emit_version()
     config, path = _load(config_file, fmt)
     if fmt == "json":
-        output.emit("summary", valid=True, repositories=len(config.repositories),
+        output.emit("summary", valid=True, errors=0, repositories=len(config.repositories),
                     keys=len(config.keys))
     else:
         click.echo(f"{path}: valid ({len(config.repositories)} repositories, "
@@ -231,6 +233,8 @@ def history(config_file: str | None, limit: int, verbose: bool, fmt: str) -> int
     """Show the journal: every apply, who ran it, from which commit, and what it did."""
     from reconciler import journal
 
+    if fmt == "json":
+        output.emit_version()
     config, _ = _load(config_file, fmt)
     runs: dict[str, dict[str, Any]] = {}
     for record in journal.read(config.server.state_dir):
@@ -241,11 +245,10 @@ def history(config_file: str | None, limit: int, verbose: bool, fmt: str) -> int
             run[record["type"]] = record
     selected = list(runs.items())[-limit:] if limit > 0 else []
     if fmt == "json":
-        output.emit_version()
         for run_id, run in selected:
             output.emit("run", run=run_id, start=run.get("start"), finish=run.get("finish"),
                         changes=run["changes"])
-        output.emit("summary", runs=len(selected))
+        output.emit("summary", runs=len(selected), errors=0)
         return EXIT_OK
     if not selected:
         click.echo(f"No applies recorded in {config.server.state_dir} yet.")
@@ -411,5 +414,11 @@ def run() -> None:
         code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
+        code = EXIT_ERROR
+    except Exception as exc:  # a bug: still exit 1 (never 2) and say how to get details
+        if os.environ.get("HIVE_DEBUG"):
+            raise
+        click.echo(f"hive: unexpected error: {type(exc).__name__}: {exc} (set HIVE_DEBUG=1 "
+                   "for the traceback, and please report it)", err=True)
         code = EXIT_ERROR
     sys.exit(code if isinstance(code, int) else EXIT_OK)

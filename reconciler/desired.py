@@ -9,6 +9,7 @@ repository's data is gone.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str
         paths.update((home, f"{home}/{repo}"))
     for user, entry in inventory.accounts.items():
         paths.update((f"{root}/{user}", f"{root}/{user}/{entry['repository']}"))
+        if entry.get("path"):  # where the repository was when last applied
+            paths.update((entry["path"], os.path.dirname(entry["path"])))
     paths.update(inventory.directories)
     return sorted(paths)
 
@@ -75,6 +78,11 @@ def _dn_function(config: HiveConfig) -> Any:
     if identity.backend != "ldap":
         return lambda user: {}
     return lambda user: {"dn": f"uid={user},{identity.ldap.people}"}
+
+
+def _holds_data(observed: Any) -> bool:
+    """True unless a folder is known to be absent or empty (unreadable counts as data)."""
+    return observed is not None and (observed is UNKNOWN or bool(observed.get("children")))
 
 
 def _allocate(wanted: list[str], taken: set[int], low: int, high: int) -> dict[str, int]:
@@ -129,19 +137,33 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
                               "or rename the repository")
             refused.add(user)
             continue
+        if user in known_accounts and user not in facts.accounts \
+                and user in facts.system_names:
+            out.errors.append(f"user {user} (repository {name}) was Hive's but now exists "
+                              "without Hive's mark: someone else recreated it. Hive will not "
+                              "touch it; remove it or rename the repository")
+            refused.add(user)
+            continue
         if repo.uid is not None:
             uids[user] = repo.uid
             pinned_by[repo.uid] = user
         elif known is not None:
             uids[user] = known["uid"]
-    for uid, user in pinned_by.items():
-        holder = facts.ids_in_use.get(uid)
-        if holder is not None and holder != user:
-            out.errors.append(f"repositories.{users[user]}.uid: uid {uid} is already used by "
-                              f"{holder!r}; pin a free uid")
     for user, known in known_accounts.items():
         if user not in users:
             uids[user] = known["uid"]
+    # A uid Hive means to use (pinned or remembered) must not be held by anyone else:
+    # sharing it would hand that someone the repository's backups.
+    for user, uid in uids.items():
+        holder = facts.ids_in_use.get(uid)
+        if holder is not None and holder != user:
+            where = (f"repositories.{users[user]}.uid: " if user in pinned_by.values()
+                     else f"user {user}: ")
+            out.errors.append(f"{where}uid {uid} is already used by {holder!r}; "
+                              + ("pin a free uid" if user in pinned_by.values() else
+                                 "Hive keeps a repository's uid for ever, so remove or "
+                                 "renumber that entry"))
+            refused.add(user)
     taken = set(facts.ids_in_use) | set(uids.values())
     low, high = server.users.uid_range
     missing = [u for u in users if u not in uids and u not in refused]
@@ -153,12 +175,18 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
 
     # 2. Repositories in the file: account, directories, keys.
     for user, name in users.items():
-        if user not in uids:
+        if user not in uids or user in refused:
             continue
         repo = config.repositories[name]
         uid = uids[user]
         home = root / user
         path = home / name
+        before = (known_accounts.get(user) or {}).get("path")
+        if before and before != str(path) and _holds_data(facts.directories.get(before)):
+            out.errors.append(f"repository {name} was at {before} and would now be at {path} "
+                              "(server.repos_root changed?). Hive never moves backups: move "
+                              f"the folder yourself (mv {before} {path}) or set repos_root back")
+            continue
         out.add(Resource("account", user, _account(
             uid, f"Hive repository {name} ({repo.owner})", home, server.users.shell, False),
             {"repository": name, **dn(user)}))
@@ -171,25 +199,25 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
         if lines:
             out.add(Resource("authorized_keys", user, {"keys": lines}, {"repository": name}))
         out.inventory.accounts[user] = {"repository": name, "uid": uid,
-                                        "protected": repo.protected}
+                                        "protected": repo.protected, "path": str(path)}
         for p in (root, home, path):
             if str(p) not in facts.directories or str(p) in inventory.directories:
                 out.inventory.directories.add(str(p))
 
     # 3. Repositories gone from the file: revoke access, keep data; prune only when empty.
     for user, known in known_accounts.items():
-        if user in users:
+        if user in users or user in refused:
             continue
         name = known["repository"]
         if known.get("protected"):
             out.errors.append(f"repository {name} is protected but no longer in the file; "
                               "set 'protected: false' and apply first if you mean to remove it")
             continue
-        home = root / user
-        path = home / name
+        path = Path(known.get("path") or root / user / name)  # where its data really is
+        home = path.parent
         repo_dir = facts.directories.get(str(path))
         user_dir = facts.directories.get(str(home))
-        data_gone = (repo_dir is None or (repo_dir is not UNKNOWN and not repo_dir["children"]))
+        data_gone = repo_dir is None or (repo_dir is not UNKNOWN and not repo_dir["children"])
         home_clear = (user_dir is None or (user_dir is not UNKNOWN
                                            and set(user_dir["children"]) <= {name}))
         if prune and data_gone and home_clear:

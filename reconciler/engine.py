@@ -20,7 +20,7 @@ from reconciler.journal import Journal, git_commit, who
 from reconciler.lock import apply_lock
 from reconciler.plan import Plan, diff, safety_errors
 from reconciler.resources import Change
-from reconciler.targets import Target
+from reconciler.targets import Target, TargetError
 from reconciler.targets.authorized_keys import AuthorizedKeys
 from reconciler.targets.directories import Directories
 from reconciler.targets.files_identity import FilesIdentity
@@ -71,7 +71,11 @@ def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
     facts = Facts()
     targets = targets or targets_for(config)
     for target in targets.values():
-        target.observe(facts, inventory)
+        try:
+            target.observe(facts, inventory)
+        except OSError as exc:  # unreadable files: one line, not a traceback
+            where = f" {exc.filename}" if exc.filename else ""
+            raise TargetError(f"cannot read{where}: {exc.strerror or exc}") from None
     desired = desired_state(config, inventory, facts, now, prune=prune)
     plan = diff(desired, facts)
     plan.errors.extend(safety_errors(plan, facts, desired, force))

@@ -48,8 +48,11 @@ def load(state_dir: Path) -> Inventory:
         return Inventory()
     except (OSError, ValueError) as exc:
         raise InventoryError(f"{path}: cannot read the inventory ({exc}); restore it from a "
-                             "backup or remove it to let Hive treat everything as foreign") \
-            from None
+                             "backup (Hive will not guess what it owns)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("accounts", {}), dict) \
+            or not isinstance(data.get("directories", []), list):
+        raise InventoryError(f"{path}: not an inventory Hive wrote; restore it from a backup "
+                             "(Hive will not guess what it owns)")
     if data.get("version") != VERSION:
         raise InventoryError(f"{path}: inventory version {data.get('version')} is not "
                              f"{VERSION}; this Hive is too old for this server")

@@ -39,12 +39,14 @@ def observed_of(facts: Facts, kind: str, name: str) -> Any:
 
 
 def _order(change: Change) -> tuple[int, int, int, str]:
-    """Revocations first (a failure later must not leave a removed key working), then
-    creates and updates in KINDS order, parents before children, then other deletes in
-    reverse order, deepest folders first."""
+    """Key files that already exist first: deleting or rewriting them is how access is
+    revoked, and a failure later (a folder that cannot be made) must not leave a removed
+    key working. Their users exist already, so nothing they need comes later. Then creates
+    and updates in KINDS order, parents before children, then other deletes in reverse
+    order, deepest folders first."""
     kind = KINDS.index(change.kind)
     depth = len(PurePosixPath(change.name).parts) if change.kind == "directory" else 0
-    if change.action == "delete" and change.kind == "authorized_keys":
+    if change.kind == "authorized_keys" and change.action != "create":
         return (0, 0, 0, change.name)
     if change.action == "delete":
         return (2, -kind, -depth, change.name)

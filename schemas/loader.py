@@ -6,6 +6,7 @@ Nothing reaches the system unless the whole file is right, so this collects ever
 
 from __future__ import annotations
 
+import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ def _dotted(path: tuple[Any, ...]) -> str:
     """('keys', 'k', 'from', 0) -> 'keys.k.from[0]'"""
     text = ""
     for step in path:
-        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+        text += f"[{step}]" if type(step) is int else (f".{step}" if text else str(step))
     return text
 
 
@@ -107,6 +108,10 @@ def _message(error: Any, path: tuple[Any, ...]) -> str:
         hint = _FRIENDLY_PATTERNS.get(pattern, f"must match {pattern}")
         value = error.get("input")
         return f"invalid value {value!r}: {hint}"
+    if kind == "string_type" and not isinstance(error.get("input"), str):
+        value = error.get("input")
+        return (f"YAML reads this as {json.dumps(value)} ({type(value).__name__}), not a "
+                "name or text: put it in quotes")
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
@@ -114,18 +119,23 @@ def _message(error: Any, path: tuple[Any, ...]) -> str:
 
 
 def _pydantic_problems(exc: pydantic.ValidationError) -> list[checks.Problem]:
-    problems = []
+    problems: list[checks.Problem] = []
+    seen: set[tuple[Any, ...]] = set()
     for error in exc.errors():
         loc = tuple(error["loc"])
         key = bool(loc) and loc[-1] == "[key]"
         if key:
-            loc = loc[:-1]
+            # pydantic turns a key like True (YAML's `yes:`) into 1; the input is the key
+            loc = (*loc[:-2], error.get("input", loc[-2]))
         # Union members add their type name to the path; it means nothing to the user.
         loc = tuple(s for s in loc if not (isinstance(s, str) and (
             s.startswith(("function-", "tagged-union")) or s in ("date", "datetime"))))
         if loc[:2] == ("server", "identity") and len(loc) > 2 and loc[2] in ("files", "ldap"):
             loc = loc[:2] + loc[3:]  # the discriminated union repeats the backend's name
         key = key or error["type"] == "extra_forbidden"  # point at the unknown name itself
+        if loc in seen:  # a union (date | datetime) fails once per member: say it once
+            continue
+        seen.add(loc)
         problems.append(checks.Problem(loc, _message(error, loc), key=key))
     return problems
 

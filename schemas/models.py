@@ -70,7 +70,7 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
             raise ValueError("must be an absolute path")
         value = Path(base) / value
     text = str(value)
-    if not _SAFE_PATH.match(text):
+    if not _SAFE_PATH.fullmatch(text):
         raise ValueError("may only contain letters, digits and _ . / + - "
                          "(it is written into sshd forced commands unquoted)")
     return Path(*(part for part in value.parts if part != "."))
@@ -80,7 +80,7 @@ ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]
 
 
 def _safe_command(value: str) -> str:
-    if not _SAFE_COMMAND.match(value):
+    if not _SAFE_COMMAND.fullmatch(value):
         raise ValueError("must be a program name or absolute path made of letters, digits "
                          "and _ . / + = : - (it is written into a forced command)")
     return value
@@ -208,7 +208,7 @@ class Server(Strict):
         try:
             ipaddress.ip_address(value)
         except ValueError:
-            if not _HOSTNAME.match(value):
+            if not _HOSTNAME.fullmatch(value):
                 raise ValueError("must be a host name or IP address") from None
         return value
 
@@ -223,7 +223,7 @@ class Owner(Strict):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
-        if value is not None and not _EMAIL.match(value):
+        if value is not None and not _EMAIL.fullmatch(value):
             raise ValueError("is not an e-mail address")
         return value
 
@@ -237,6 +237,8 @@ class Group(Strict):
 
 def _from_pattern(value: str) -> str:
     """One entry of sshd's from="..." list: an address, a CIDR network or a host pattern."""
+    if not value.isprintable() or " " in value:
+        raise ValueError(f"{value!r} contains spaces, a newline or a control character")
     text = value[1:] if value.startswith("!") else value
     if "/" in text:
         try:
@@ -249,7 +251,7 @@ def _from_pattern(value: str) -> str:
         return value
     except ValueError:
         pass
-    if not re.match(r"^[A-Za-z0-9*?][A-Za-z0-9*?.-]*$", text):
+    if not re.fullmatch(r"[A-Za-z0-9*?][A-Za-z0-9*?.-]*", text):
         raise ValueError(f"{value!r} is not an address, network (192.168.1.0/24) or host "
                          "pattern (*.example.org)")
     return value
@@ -355,7 +357,10 @@ class HiveConfig(Strict):
     def _empty_sections(cls, data: Any) -> Any:
         """`owners:` with nothing under it is YAML null; it means 'none'."""
         if isinstance(data, dict):
-            data = dict(data)
+            # Top-level `x-...` keys are free for YAML anchors (`x-defaults: &d {...}`),
+            # as in docker compose files; Hive ignores them.
+            data = {k: v for k, v in data.items() if not (isinstance(k, str)
+                                                          and k.startswith("x-"))}
             for section in ("owners", "groups", "keys", "repositories"):
                 if section in data and data[section] is None:
                     data[section] = {}

@@ -65,7 +65,7 @@ class Document:
                     break
                 mark = _mark(pair[0] if (key and last) else pair[1])
                 node = pair[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) \
+            elif isinstance(node, yaml.SequenceNode) and type(step) is int \
                     and 0 <= step < len(node.value):
                 node = node.value[step]
                 mark = _mark(node)
@@ -77,7 +77,11 @@ class Document:
 def _same_key(node: yaml.ScalarNode, step: Any) -> bool:
     if node.tag == _STR:
         return node.value == step
-    return str(node.value) == str(step)
+    try:  # `yes:` is the key True, `1:` the key 1: compare what YAML made of the text
+        value = yaml.safe_load(node.value)
+    except yaml.YAMLError:
+        return False
+    return value == step and type(value) is type(step)
 
 
 class _Builder:
@@ -104,10 +108,12 @@ class _Builder:
         return self.loader.construct_object(node, deep=True)
 
     def _mapping(self, node: yaml.MappingNode) -> dict[Any, Any]:
+        explicit = {id(key) for key, _ in node.value}
         if any(key.tag == _MERGE for key, _ in node.value):
-            self.loader.flatten_mapping(node)
+            self.loader.flatten_mapping(node)  # merged pairs first, then the explicit ones
         result: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
+        merged: set[Any] = set()
         for key_node, value_node in node.value:
             key = self.build(key_node)
             try:
@@ -116,13 +122,17 @@ class _Builder:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
                     "found an unhashable key", key_node.start_mark) from None
-            if key in result:
+            if key in result and (key in merged or id(key_node) not in explicit):
+                merged.discard(key)  # `<<:` gives defaults that later keys may override
+            elif key in result:
                 self.duplicates.append(
                     (_mark(key_node), f"duplicate key {key!r} (first defined on line "
                                       f"{first_line[key]}); each name may appear once"))
                 continue
             result[key] = self.build(value_node)
             first_line[key] = key_node.start_mark.line + 1
+            if id(key_node) not in explicit:
+                merged.add(key)
         return result
 
 

@@ -302,3 +302,31 @@ def test_non_root_plan_works_and_apply_refuses_up_front(
     assert "hive apply needs root" in apply.stderr and "Nothing was changed" in apply.stderr
     after = {p: p.stat().st_mtime_ns for p in sysroot.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_uid_change_moves_ownership_of_the_data_and_finishes_after_a_crash(
+        tmp_path: Path, pubkeys: dict[str, str]) -> None:
+    cfg = write_config(tmp_path, body(pubkeys))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    repo = tmp_path / "repos" / "bh-laptop" / "laptop"
+    (repo / "data" / "0").mkdir(parents=True)
+    files = [repo / "config", repo / "data" / "0" / "1", repo / "data" / "0" / "2"]
+    for f in files:
+        f.write_text("x")
+    (repo / "foreign").write_text("not the repository user's")
+    for path in [repo / "data", repo / "data" / "0", *files]:
+        os.lchown(path, 20000, 20000)
+    os.lchown(repo / "foreign", 4242, 4242)
+    (repo / "link").symlink_to("/etc/passwd")
+    os.lchown(repo / "link", 20000, 20000)
+    pinned = body(pubkeys).replace("quota: 10G}", "quota: 10G, uid: 21000}")
+    write_config(tmp_path, pinned)
+    # The state an apply killed half-way leaves: some contents moved, the folder not yet.
+    os.lchown(files[0], 21000, 21000)
+    result = hive("apply", "-f", str(cfg))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in [repo, repo / "data", repo / "data" / "0", *files, repo / "link"]:
+        assert os.lstat(path).st_uid == 21000, path
+    assert os.lstat(repo / "foreign").st_uid == 4242  # only the old owner's files move
+    assert os.stat("/etc/passwd").st_uid == 0  # the symlink was not followed
+    assert hive("plan", "-f", str(cfg), "--detailed-exitcode").returncode == 0

@@ -14,7 +14,7 @@ from conftest import hive, requires_root, write_config
 from slapd import GROUPS, HIVE_DN, HIVE_PW, PEOPLE, SUFFIX, Slapd
 
 from reconciler.desired import Facts
-from reconciler.targets.ldap_identity import MARKER, parse_entries
+from reconciler.targets.ldap_identity import marker, parse_entries
 
 pytestmark = requires_root
 ENV = {"HIVE_TEST_LDAP_PW": HIVE_PW}
@@ -70,11 +70,11 @@ def test_apply_creates_marked_users_and_private_groups(
     assert r1["homeDirectory"] == f"{tmp_path}/repos/bh-r1"
     assert r1["loginShell"] == "/bin/sh"
     assert r1["gecos"] == "Hive repository r1 (alice)"
-    assert r1["description"] == MARKER + "r1"
+    assert r1["description"] == marker("test1", "r1")
     assert set(r1["objectClass"]) >= {"posixAccount", "shadowAccount"}
     assert "shadowExpire" not in r1 or r1["shadowExpire"] in ([], None)
     group = slapd.entries(GROUPS)[f"cn=bh-r1,{GROUPS}"]
-    assert group["gidNumber"] == 20000 and group["description"] == MARKER + "r1"
+    assert group["gidNumber"] == 20000 and group["description"] == marker("test1", "r1")
     assert (tmp_path / "state" / "authorized_keys" / "bh-r1").exists()
 
 
@@ -234,6 +234,8 @@ def test_interrupted_apply_converges(tmp_path: Path, slapd: Slapd,
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    history = hive("history", "-f", str(cfg), env=ENV)
+    assert "interrupted" in history.stdout, history.stdout  # at least one kill hit mid-apply
     result = hive("apply", "-f", str(cfg), env=ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert hive("plan", "-f", str(cfg), "--detailed-exitcode", env=ENV).returncode == 0
@@ -248,13 +250,43 @@ def test_parse_entries_is_pure() -> None:
         {"dn": f"uid=bh-a,{PEOPLE}", "attributes": {
             "objectClass": ["account", "posixAccount"], "uid": ["bh-a"], "uidNumber": 20000,
             "gidNumber": 20000, "gecos": "g", "homeDirectory": "/h", "loginShell": "/bin/sh",
-            "description": [MARKER + "a"], "shadowExpire": 1}},
+            "description": [marker("s1", "a")], "shadowExpire": 1}},
         {"dn": f"cn=bh-a,{GROUPS}", "attributes": {
             "objectClass": ["posixGroup"], "cn": ["bh-a"], "gidNumber": 20000,
-            "description": [MARKER + "a"]}},
+            "description": [marker("s1", "a")]}},
+        {"dn": f"uid=bh-b,{PEOPLE}", "attributes": {
+            "objectClass": ["account", "posixAccount"], "uid": ["bh-b"], "uidNumber": 20001,
+            "gidNumber": 20001, "homeDirectory": "/h", "description": [marker("s2", "b")]}},
         {"dn": f"cn=x,ou=services,{SUFFIX}", "attributes": {
             "objectClass": ["posixGroup"], "cn": ["x"], "gidNumber": 31000}},
-    ], PEOPLE, GROUPS, facts)
+    ], PEOPLE, GROUPS, "s1", facts)
     assert facts.accounts["bh-a"]["locked"] is True and facts.accounts["bh-a"]["group"] == 20000
     assert facts.marked == {"bh-a": "a"}
+    assert "bh-b" not in facts.accounts and "bh-b" in facts.system_names  # another server's
+    assert facts.ids_in_use[20001] == "bh-b"
     assert facts.ids_in_use[31000] == "x" and "x" in facts.system_names
+
+
+def test_two_hive_servers_sharing_a_directory_leave_each_other_alone(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    cfg_a = config(a, slapd, pubkeys, "  ra: {owner: alice, keys: [ka]}")
+    cfg_b = config(b, slapd, pubkeys, "  rb: {owner: bob}")
+    cfg_b.write_text(cfg_b.read_text().replace("name: test1", "name: test2"))
+    assert hive("apply", "-f", str(cfg_a), env=ENV).returncode == 0
+    result = hive("apply", "-f", str(cfg_b), env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bh-ra" not in result.stdout  # B neither locks nor changes A's user
+    found = users(slapd)
+    assert found["bh-ra"]["uidNumber"] == 20000 and found["bh-rb"]["uidNumber"] == 20001
+    assert "shadowExpire" not in found["bh-ra"] or not found["bh-ra"]["shadowExpire"]
+    pruned = hive("apply", "-f", str(cfg_a), "--prune", "--detailed-exitcode", env=ENV)
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert set(users(slapd)) == {"bh-ra", "bh-rb"}
+    # B may not take a name A holds
+    config(b, slapd, pubkeys, "  rb: {owner: bob}\n          ra: {owner: bob}")
+    cfg_b.write_text(cfg_b.read_text().replace("name: test1", "name: test2"))
+    clash = hive("plan", "-f", str(cfg_b), env=ENV)
+    assert clash.returncode == 1 and "user bh-ra (repository ra) already exists" in clash.stderr

@@ -78,3 +78,13 @@ def test_help_teaches_the_sshd_lines() -> None:
     result = hive("authorized-keys", "--help")
     assert result.returncode == 0
     assert "AuthorizedKeysCommand" in result.stdout
+
+
+def test_symlinked_config_finds_the_same_state_dir_as_apply(tmp_path: Path, cache: Path) -> None:
+    """A relative state_dir is relative to the real file, as the full loader reads it."""
+    cfg = write_config(tmp_path, "owners: {}\n")
+    link_dir = tmp_path / "etc"
+    link_dir.mkdir()
+    (link_dir / "hive.yaml").symlink_to(cfg)
+    result = hive("authorized-keys", "-f", str(link_dir / "hive.yaml"), "bh-r1")
+    assert result.stdout.endswith("hive:k\n")

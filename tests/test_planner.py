@@ -18,6 +18,7 @@ from reconciler.resources import UNKNOWN
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE025IREm0GtFJnL9BQ7kKfZEAot1lwEefHs0y9rRXaF a"
 ED2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrsAxFVn9PPclOZg1k/6yW6CYdqDmWmp/VFQjW6VPXp b"
+ED3 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINpeWremOJPK0IlRUEqlTur9mthisOGZDJegEjmXBREx c"
 ROOT = "/srv/repos"
 
 HEAD = f"""\
@@ -32,6 +33,7 @@ owners: {{alice: {{}}, bob: {{}}}}
 keys:
   k1: {{owner: alice, public_key: {ED}}}
   k2: {{owner: alice, public_key: {ED2}, expires: 2026-01-01}}
+  k3: {{owner: alice, public_key: {ED3}}}
 """
 
 
@@ -236,3 +238,46 @@ def test_unknown_cache_files_are_removed_first() -> None:
     facts.accounts["bh-r1"]["shell"] = "/bin/bash"
     plan, _ = run(cfg, facts, inventory)
     assert brief(plan) == ["- authorized_keys bh-stray", "~ account bh-r1"]
+
+
+def test_a_remembered_uid_now_held_by_someone_else_is_an_error() -> None:
+    """If bh-r1 vanished and 'eve' took its uid, re-creating bh-r1 with that uid would give
+    eve the repository's backups."""
+    cfg = config("r1: {owner: alice}")
+    facts, inventory = converged(cfg)
+    del facts.accounts["bh-r1"]
+    facts.ids_in_use[20000] = "eve"
+    plan, _ = run(cfg, facts, inventory)
+    assert any("user bh-r1: uid 20000 is already used by 'eve'" in e for e in plan.errors)
+    assert not any(c.kind == "account" for c in plan.changes)
+
+
+def test_moving_repos_root_with_data_in_place_is_refused() -> None:
+    facts, inventory = converged(config("r1: {owner: alice}"))
+    facts.directories[f"{ROOT}/bh-r1/r1"]["children"] = ("config", "data")
+    moved = schemas.load_text((HEAD + "repositories:\n  r1: {owner: alice}\n").replace(
+        f"repos_root: {ROOT}", "repos_root: /srv/elsewhere"), "hive.yaml", Path("/"))
+    plan, _ = run(moved, facts, inventory)
+    assert any(f"repository r1 was at {ROOT}/bh-r1/r1 and would now be at "
+               "/srv/elsewhere/bh-r1/r1" in e for e in plan.errors)
+
+
+def test_prune_looks_for_data_where_the_repository_really_was() -> None:
+    """After a repos_root change, a removed repository's data is still at its old path."""
+    facts, inventory = converged(config("r1: {owner: alice}\nr2: {owner: bob}"))
+    facts.directories[f"{ROOT}/bh-r2/r2"]["children"] = ("config", "data")
+    moved = schemas.load_text((HEAD + "repositories:\n  r1: {owner: alice}\n").replace(
+        f"repos_root: {ROOT}", "repos_root: /srv/elsewhere"), "hive.yaml", Path("/"))
+    facts.directories[f"{ROOT}/bh-r1/r1"]["children"] = ()
+    plan, _ = run(moved, facts, inventory, prune=True)
+    assert not any(c.action == "delete" and c.name.endswith("r2") for c in plan.changes)
+    assert any(f"its data at {ROOT}/bh-r2/r2 is kept" in n for n in plan.notes)
+
+
+def test_key_revocations_run_before_anything_that_could_fail() -> None:
+    """Removing one key from a repository that stays must not wait behind creates that
+    might fail (a compromised key has to go even if a new folder cannot be made)."""
+    facts, inventory = converged(config("r1: {owner: alice, keys: [k1, k3]}"))
+    plan, _ = run(config("r1: {owner: alice, keys: [k3]}\nr4: {owner: alice, keys: [k1]}"),
+                  facts, inventory)
+    assert brief(plan)[:2] == ["~ authorized_keys bh-r1", "+ account bh-r4"]

@@ -98,6 +98,12 @@ CASES = [
     ("from-host-bits", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
      f"    public_key: {ED}\n    from: [10.0.0.1/8]\n", 16, 12, "keys.k.from[0]",
      "has host bits set"),
+    ("from-newline", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     f"    public_key: {ED}\n    from: [\"10.0.0.1\\n\"]\n", 16, 12, "keys.k.from[0]",
+     "a newline or a control character"),
+    ("from-network-newline", BASE_OWNERS + "keys:\n  k:\n    owner: alice\n"
+     f"    public_key: {ED}\n    from: [\"10.0.0.0/8\\n\"]\n", 16, 12, "keys.k.from[0]",
+     "a newline or a control character"),
     ("unknown-section", "owners:\n  alice: {}\nnotify:\n  smtp_password_env: X\n",
      11, 1, "notify", "unknown field 'notify'"),
 ]
@@ -185,8 +191,9 @@ def test_validate_cli_exit_code_and_json(tmp_path: Path) -> None:
     as_json = hive("validate", "-f", str(path), "--output", "json")
     lines = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert as_json.returncode == 1
-    assert lines[0]["type"] == "version" and lines[-1] == {"type": "summary", "valid": False,
-                                                            "problems": 1}
+    assert lines[0]["type"] == "version" and lines[-1] == {
+        "type": "summary", "valid": False, "problems": 1, "add": 0, "change": 0, "remove": 0,
+        "errors": 1}
     assert lines[1]["line"] == 13 and lines[1]["path"] == "repositories.r1.owner"
 
 
@@ -217,3 +224,43 @@ def test_production_example_differs_from_the_example_only_in_paths() -> None:
             data["server"].pop(field)
         data["server"]["identity"].pop("files_dir")
     assert example == production
+
+
+@pytest.mark.parametrize(("field", "value"), [("borg_command", '"borg\\n"'),
+                                              ("rrsync_command", '"rrsync -x"'),
+                                              ("repos_root", '"/srv/repos\\n"')])
+def test_values_written_into_forced_commands_refuse_newlines_and_spaces(
+        tmp_path: Path, field: str, value: str) -> None:
+    path = write_config(tmp_path, BASE_OWNERS)
+    text = path.read_text()
+    if field == "repos_root":
+        text = text.replace("  repos_root: ./repos\n", f"  repos_root: {value}\n")
+    else:
+        text = text.replace("  ssh_host: 127.0.0.1\n", f"  ssh_host: 127.0.0.1\n  {field}: {value}\n")
+    path.write_text(text)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    assert f"server.{field}: " in str(info.value)
+
+
+
+def test_anchors_merge_keys_and_yaml_booleans(tmp_path: Path) -> None:
+    body = BASE_OWNERS + ("x-defaults: &d {owner: alice, quota: 100G}\n"  # line 12
+                          "repositories:\n"
+                          "  r1:\n"
+                          "    <<: *d\n"
+                          "    owner: bob\n"                             # overrides, no dup
+                          "  yes: {owner: alice}\n")                     # line 17
+    found = problems(tmp_path, body)
+    assert found == ["17:3: repositories.True: YAML reads this as true (bool), not a name "
+                     "or text: put it in quotes"]
+    config = schemas.load_text(write_config(tmp_path, body.replace("  yes:", "  'yes':"))
+                               .read_text(), "hive.yaml", tmp_path)
+    assert config.repositories["r1"].owner == "bob"
+    assert config.repositories["r1"].quota == "100G"
+
+
+def test_a_bad_date_is_reported_once(tmp_path: Path) -> None:
+    body = BASE_OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}, expires: soon}}\n"
+    found = problems(tmp_path, body)
+    assert len(found) == 1 and found[0].startswith("13:")

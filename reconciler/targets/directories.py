@@ -101,6 +101,8 @@ class Directories:
         gid = after.get("gid", st.st_gid)
         mode = int(after.get("mode", f"{stat.S_IMODE(st.st_mode):o}"), 8)
         old_uid = (change.before or {}).get("uid")
-        _set_owner_mode(path, uid, gid, mode)
         if change.meta.get("role") == "repository" and old_uid is not None and old_uid != uid:
+            # Contents first, the folder itself last: until the folder has its new owner the
+            # plan still shows this change, so an apply killed half-way finishes it next time.
             _chown_tree(path, old_uid, uid, gid)
+        _set_owner_mode(path, uid, gid, mode)

@@ -85,6 +85,17 @@ def shadow_line(name: str, locked: bool, last_change: str) -> str:
     return f"{name}:*:{last_change}:0:99999:7:::"
 
 
+def observe_local_files(facts: Facts, etc: Path = Path("/etc")) -> None:
+    """Names and ids of this host's own accounts, read from its files (not through NSS,
+    which could list the directory's users too): a repository must not take them."""
+    for name, index in (("passwd", 2), ("group", 2)):
+        for line in _read_lines(etc / name):
+            fields = line.split(":")
+            if len(fields) > index and fields[index].isdigit():
+                facts.ids_in_use.setdefault(int(fields[index]), fields[0])
+                facts.system_names.add(fields[0])
+
+
 class FilesIdentity:
     kind = "account"
 

@@ -20,9 +20,10 @@ from reconciler.desired import Facts
 from reconciler.inventory import Inventory
 from reconciler.resources import Change
 from reconciler.targets import Result, TargetError, apply_each
+from reconciler.targets.files_identity import observe_local_files
 from schemas.models import HiveConfig, LdapSettings
 
-MARKER = "hive-managed repository="
+MARKER = "hive-managed"
 USER_CLASSES = ["account", "posixAccount", "shadowAccount"]
 GROUP_CLASSES = ["posixGroup"]
 LOCKED_EXPIRE = 1  # shadowExpire in days since 1970: expired long ago
@@ -74,18 +75,33 @@ def _first(attrs: dict[str, Any], name: str) -> Any:
     return value
 
 
-def _marked(attrs: dict[str, Any]) -> str | None:
-    """The repository name in Hive's marker, or None for an entry Hive does not own."""
+def marker(server: str, repository: str) -> str:
+    """What Hive writes into `description`: which Hive server made the entry, and why."""
+    return f"{MARKER} server={server} repository={repository}"
+
+
+def _marked(attrs: dict[str, Any], server: str) -> str | None:
+    """The repository name if this server's Hive made the entry, else None.
+
+    Entries made by another server's Hive sharing the directory are foreign here: their
+    ids are taken and their names blocked, but they are never changed or pruned.
+    """
     values = attrs.get("description") or []
     for value in values if isinstance(values, list) else [values]:
-        if isinstance(value, str) and value.startswith(MARKER):
-            return value[len(MARKER):]
+        if isinstance(value, str) and value.startswith(MARKER + " "):
+            fields = dict(part.split("=", 1) for part in value.split()[1:] if "=" in part)
+            if fields.get("server") == server and fields.get("repository"):
+                return fields["repository"]
     return None
 
 
-def parse_entries(entries: list[dict[str, Any]], people: str, groups: str,
+def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, server: str,
                   facts: Facts) -> None:
-    """Fill facts from search results. Pure, so it is tested without a server."""
+    """Fill facts from search results. Pure, so it is tested without a server.
+
+    Only entries this server's Hive marked become accounts; everything else (other
+    people's entries, another Hive server's) only blocks its names and ids.
+    """
     people_l, groups_l = people.lower(), groups.lower()
     group_gids: dict[str, int] = {}
     users: dict[str, dict[str, Any]] = {}
@@ -98,15 +114,16 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str,
             name = _first(attrs, "uid")
             if uid_number is not None:
                 facts.ids_in_use.setdefault(int(uid_number), name or dn)
-            if name and dn.lower().endswith("," + people_l):
-                users[name] = {"attrs": attrs, "marked": _marked(attrs)}
+            repository = _marked(attrs, server)
+            if name and dn.lower().endswith("," + people_l) and repository is not None:
+                users[name] = {"attrs": attrs, "marked": repository}
             elif name:
                 facts.system_names.add(name)
         if "posixgroup" in classes:
             name = _first(attrs, "cn")
             if gid_number is not None:
                 facts.ids_in_use.setdefault(int(gid_number), name or dn)
-            if name and dn.lower().endswith("," + groups_l) and _marked(attrs):
+            if name and dn.lower().endswith("," + groups_l) and _marked(attrs, server):
                 group_gids[name] = int(gid_number)
             elif name:
                 facts.system_names.add(name)  # a foreign group blocks this name
@@ -119,8 +136,7 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str,
             "home": _first(attrs, "homeDirectory"), "shell": _first(attrs, "loginShell"),
             "locked": expire is not None and int(expire) == LOCKED_EXPIRE,
         }
-        if user["marked"] is not None:
-            facts.marked[name] = user["marked"]
+        facts.marked[name] = user["marked"]
 
 
 class LdapIdentity:
@@ -130,6 +146,7 @@ class LdapIdentity:
         identity = config.server.identity
         assert identity.backend == "ldap"
         self.settings: LdapSettings = identity.ldap
+        self.server = config.server.name
         self.people = self.settings.people
         self.groups = self.settings.groups
         self.connection: Any = None
@@ -167,7 +184,9 @@ class LdapIdentity:
         self.connection = conn
         return conn
 
-    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> None:
+    def _call(self, what: str, method: str, *args: Any, tolerate: str | None = None,
+              **kwargs: Any) -> bool:
+        """One write; False when the server answered `tolerate`, TargetError otherwise."""
         from ldap3.core.exceptions import LDAPException
 
         conn = self.connect()
@@ -177,9 +196,12 @@ class LdapIdentity:
             raise TargetError(f"LDAP {method} {what}: {_cause(exc)}") from None
         finally:
             self.requests += 1
+        if not ok and result.get("description") == tolerate:
+            return False
         if not ok:
             raise TargetError(f"LDAP {method} {what} refused: {result.get('description')} "
                               f"{result.get('message') or ''}".rstrip())
+        return True
 
     # -- the target interface ---------------------------------------------------------
     def observe(self, facts: Facts, inventory: Inventory) -> None:
@@ -192,7 +214,8 @@ class LdapIdentity:
         entries: list[dict[str, Any]] = []
         for base in bases:
             entries.extend(self._paged_search(conn, base))
-        parse_entries(entries, self.people, self.groups, facts)
+        parse_entries(entries, self.people, self.groups, self.server, facts)
+        observe_local_files(facts)  # /etc/passwd and /etc/group hold uids and names too
         for name in facts.accounts:
             facts.system_names.discard(name)
 
@@ -245,21 +268,22 @@ class LdapIdentity:
         import ldap3
 
         name = change.name
-        marker = MARKER + str(change.meta.get("repository", ""))
+        mark = marker(self.server, str(change.meta.get("repository", "")))
         after, before = change.after or {}, change.before or {}
         if change.action == "delete":
             self._call(self.user_dn(name), "delete", self.user_dn(name))
-            self._call(self.group_dn(name), "delete", self.group_dn(name))
+            self._call(self.group_dn(name), "delete", self.group_dn(name),
+                       tolerate="noSuchObject")  # a crash may have taken it already
             return
         if change.action == "create":
             user = {"objectClass": USER_CLASSES, "uid": name, "cn": name,
                     "uidNumber": after["uid"], "gidNumber": after["gid"],
                     "homeDirectory": after["home"], "loginShell": after["shell"],
-                    "gecos": after["gecos"], "description": marker}
+                    "gecos": after["gecos"], "description": mark}
             if after["locked"]:
                 user["shadowExpire"] = LOCKED_EXPIRE
             self._call(self.user_dn(name), "add", self.user_dn(name), attributes=user)
-            self._add_group(name, after["group"], marker)
+            self._add_group(name, after["group"], mark)
             return
         replace = {}
         for key, attr in (("uid", "uidNumber"), ("gid", "gidNumber"), ("home", "homeDirectory"),
@@ -273,15 +297,21 @@ class LdapIdentity:
             self._call(self.user_dn(name), "modify", self.user_dn(name), replace)
         if "group" in after:
             if before.get("group") is None:
-                self._add_group(name, after["group"], marker)
+                self._add_group(name, after["group"], mark)
             else:
                 self._call(self.group_dn(name), "modify", self.group_dn(name),
                            {"gidNumber": [(ldap3.MODIFY_REPLACE, [after["group"]])]})
 
-    def _add_group(self, name: str, gid: int, marker: str) -> None:
+    def _add_group(self, name: str, gid: int, mark: str) -> None:
+        import ldap3
+
         group = {"objectClass": GROUP_CLASSES, "cn": name, "gidNumber": gid,
-                 "description": marker}
-        self._call(self.group_dn(name), "add", self.group_dn(name), attributes=group)
+                 "description": mark}
+        if not self._call(self.group_dn(name), "add", self.group_dn(name), attributes=group,
+                          tolerate="entryAlreadyExists"):
+            # Our own group outlived its user (a foreign one would have stopped the plan).
+            self._call(self.group_dn(name), "modify", self.group_dn(name),
+                       {"gidNumber": [(ldap3.MODIFY_REPLACE, [gid])]})
 
 
 def _cause(exc: Exception) -> str:
