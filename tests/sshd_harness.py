@@ -21,12 +21,22 @@ How the host is kept clean:
 * Processes are ended by pid: sshd itself, then any session process left in its mount
   namespace (found through /proc/<pid>/ns/mnt), never by name.
 
+The LDAP variant (tests/test_e2e_ldap.py) needs more in the same namespace: nslcd's config
+path and socket are compiled in (/etc/nslcd.conf, /run/nslcd/socket), so a test cannot run
+its own nslcd beside the host's except by mounting over those paths where only sshd sees
+them. `SshdServer(files_dir=None, nsswitch=..., mounts=[BindMount(...)],
+daemons=[NamespaceDaemon(...)])` does that: the mounts are made, the daemons started and
+waited for, and only then sshd is exec'd, all inside one private mount namespace; stopping
+the server ends every process of that namespace, daemons included. `run_in_namespace()`
+runs a command (e.g. `getent passwd`) where sshd's view of users applies.
+
 Only the standard library is used, so the harness works before Hive itself is importable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shlex
 import shutil
@@ -53,6 +63,11 @@ NSSWITCH_EXTRAUSERS = (
     "group: files extrausers\n"
     "shadow: files extrausers\n"
 )
+
+#: glibc asks a running nscd before reading nsswitch.conf; a host nscd would answer from the
+#: host's configuration. An empty folder mounted here (in the namespace only) switches it off.
+NSCD_DIR = Path("/run/nscd")
+NSENTER = "/usr/bin/nsenter"
 
 #: Client options that make ssh non-interactive and independent of root's ~/.ssh:
 #: no config file, no known_hosts (the host key is new every run), only the given key.
@@ -128,6 +143,24 @@ def root_owned_test_root(parent: str | Path = "/run", prefix: str = "hive-e2e-")
         shutil.rmtree(root, ignore_errors=True)
 
 
+def render_shipped(shipped: Path, replacements: Sequence[tuple[str, str]], dest: Path,
+                   mode: int = 0o644) -> Path:
+    """Write a shipped config file (deploy/...) to `dest` with test values swapped in.
+
+    Tests load what ships, changing only paths and secrets; every string to replace must
+    still be there, so a change to the shipped file fails the test instead of silently
+    testing something else.
+    """
+    text = shipped.read_text()
+    for old, new in replacements:
+        if old not in text:
+            raise AssertionError(f"{shipped} no longer says {old!r}: update the test")
+        text = text.replace(old, new)
+    dest.write_text(text)
+    dest.chmod(mode)
+    return dest
+
+
 # --------------------------------------------------------------------------- key sources
 
 
@@ -193,6 +226,58 @@ HARDENING_OPTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+# --------------------------------------------------------------------------- namespace parts
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """`source` mounted over `target`, visible only inside the server's mount namespace.
+
+    A bind mount needs an existing mount point. With `create_target`, a missing `target`
+    directory is created on the host for as long as a server uses it (like /run/sshd) and
+    removed afterwards if still empty; without it a missing target is an error, so that a
+    test never silently runs against the host's file.
+    """
+
+    source: Path
+    target: Path
+    create_target: bool = False
+
+
+@dataclass(frozen=True)
+class NamespaceDaemon:
+    """A daemon started inside the namespace after the mounts and before sshd.
+
+    `argv` must keep it in the foreground (e.g. `nslcd -d`): it is started in the
+    background of the shell that then becomes sshd, so it is sshd's child (sshd reaps it)
+    and its output goes to `log`, not to the host's syslog. sshd is only started once
+    `ready_path` (a path as seen inside the namespace) exists, so the first login cannot
+    race the daemon. It ends with the namespace (SshdServer.stop).
+    """
+
+    name: str
+    argv: Sequence[str]
+    log: Path
+    ready_path: Path | None = None
+    ready_timeout: float = 10.0
+
+    def script(self) -> list[str]:
+        """Shell lines: start in the background, remember the pid, wait until ready."""
+        lines = [f"{shlex.join(self.argv)} </dev/null >{shlex.quote(str(self.log))} 2>&1 &",
+                 'pids="$pids $!"']
+        if self.ready_path is not None:
+            tries = max(1, int(self.ready_timeout / 0.05))
+            ready = shlex.quote(str(self.ready_path))
+            lines.append(
+                f"i=0; until [ -e {ready} ]; do"
+                f" kill -0 $! 2>/dev/null || {{ echo '{self.name} exited before ready' >&2;"
+                " exit 1; };"
+                f" i=$((i+1)); [ $i -le {tries} ] || {{ echo '{self.name} not ready after"
+                f" {self.ready_timeout}s' >&2; exit 1; }};"
+                " sleep 0.05; done")
+        return lines
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -243,10 +328,14 @@ class SshdServer:
     an sshd_config snippet read first (as Debian's sshd_config reads sshd_config.d/*.conf),
     e.g. the shipped deploy/sshd/hive.conf whose Match block brings its own key source, in
     which case `keys` may be None. Use as a context manager, or call start()/stop().
+
+    For other identity sources: `files_dir=None` mounts nothing over /var/lib/extrausers,
+    `nsswitch` replaces the namespace's nsswitch.conf text, `mounts` and `daemons` add bind
+    mounts and daemons (such as nslcd) to the same namespace, before sshd starts.
     """
 
     workdir: Path
-    files_dir: Path
+    files_dir: Path | None
     keys: KeySource | None
     extra_options: Sequence[tuple[str, str]] = ()
     include: Path | None = None
@@ -254,8 +343,11 @@ class SshdServer:
     log_level: str = "DEBUG1"
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    nsswitch: str = NSSWITCH_EXTRAUSERS
+    mounts: Sequence[BindMount] = ()
+    daemons: Sequence[NamespaceDaemon] = ()
     _namespace: str | None = field(default=None, repr=False)
-    _holds_host_dirs: bool = field(default=False, repr=False)
+    _held_host_dirs: list[Path] = field(default_factory=list, repr=False)
 
     # paths ---------------------------------------------------------------
     @property
@@ -312,19 +404,44 @@ class SshdServer:
                  "-f", str(self.host_key_path)],
                 check=True, capture_output=True,
             )
-        self.nsswitch_path.write_text(NSSWITCH_EXTRAUSERS)
+        self.nsswitch_path.write_text(self.nsswitch)
         self.nsswitch_path.chmod(0o644)
+        if NSCD_DIR.is_dir():
+            self._nscd_hider.mkdir(mode=0o755, exist_ok=True)
+        for mount in self.mounts:
+            if not mount.source.exists():
+                raise SshdError(f"bind mount source {mount.source} does not exist")
+            if not mount.create_target and not mount.target.exists():
+                raise SshdError(f"bind mount target {mount.target} does not exist on the host")
+
+    @property
+    def _nscd_hider(self) -> Path:
+        return self.workdir / "nscd-hidden"
+
+    def _all_mounts(self) -> list[BindMount]:
+        mounts = [BindMount(self.nsswitch_path, Path("/etc/nsswitch.conf"))]
+        if self.files_dir is not None:
+            mounts.append(BindMount(self.files_dir, EXTRAUSERS_DIR, create_target=True))
+        if NSCD_DIR.is_dir():
+            mounts.append(BindMount(self._nscd_hider, NSCD_DIR))
+        return [*mounts, *self.mounts]
 
     def _command(self) -> list[str]:
         # -n: do not record the mounts in /run/mount/utab, which lives on the host's /run.
-        script = " && ".join([
-            f"mount -n --bind {shlex.quote(str(self.nsswitch_path))} /etc/nsswitch.conf",
-            f"mount -n --bind {shlex.quote(str(self.files_dir))} {EXTRAUSERS_DIR}",
-            "exec " + shlex.join([SSHD, "-D", "-e", "-f", str(self.config_path),
-                                  "-E", str(self.log_path)]),
-        ])
-        # unshare execs sh, sh execs sshd: the Popen pid IS sshd's pid.
-        return [UNSHARE, "--mount", "--propagation", "private", "sh", "-c", script]
+        lines = ["set -e", "pids="]
+        lines += [f"mount -n --bind {shlex.quote(str(m.source))} {shlex.quote(str(m.target))}"
+                  for m in self._all_mounts()]
+        if self.daemons:
+            # If a daemon never gets ready, end the ones already started before giving up.
+            lines.append("trap 'kill $pids 2>/dev/null' EXIT")
+            for daemon in self.daemons:
+                lines += daemon.script()
+            lines.append("trap - EXIT")
+        lines.append("exec " + shlex.join([SSHD, "-D", "-e", "-f", str(self.config_path),
+                                           "-E", str(self.log_path)]))
+        # unshare execs sh, sh execs sshd: the Popen pid IS sshd's pid, and daemons started
+        # in the background are sshd's children.
+        return [UNSHARE, "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)]
 
     # lifecycle -----------------------------------------------------------
     def start(self, timeout: float = 10.0, attempts: int = 3) -> SshdServer:
@@ -335,10 +452,11 @@ class SshdServer:
         if self.process is not None:
             raise SshdError("already started")
         self._prepare()
-        _acquire_host_dir(PRIVSEP_DIR, 0o755)
-        _acquire_host_dir(EXTRAUSERS_DIR, 0o755)
-        self._holds_host_dirs = True
         try:
+            for path in (PRIVSEP_DIR, *(m.target for m in self._all_mounts()
+                                        if m.create_target)):
+                _acquire_host_dir(path, 0o755)
+                self._held_host_dirs.append(path)
             for attempt in range(attempts):
                 self.port = free_port()
                 self.config_path.write_text(self.render_config())
@@ -356,6 +474,10 @@ class SshdServer:
                     return self
                 in_use = "Address already in use" in self.log_text()
                 self._stop_process()
+                # Daemons of a failed attempt outlive its sshd: end them with their namespace.
+                namespace, self._namespace = self._namespace, None
+                if namespace is not None:
+                    _end_namespace_processes(namespace)
                 if not in_use or attempt == attempts - 1:
                     raise SshdError(f"sshd did not start on port {self.port}:\n"
                                     + self.log_text())
@@ -366,8 +488,14 @@ class SshdServer:
 
     def _wait_ready(self, timeout: float) -> bool:
         assert self.process is not None
+        own = _mount_namespace(os.getpid())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            # Learn the namespace as soon as unshare made it, so that stop() can end the
+            # namespace's daemons even if sshd itself never comes up.
+            namespace = _mount_namespace(self.process.pid)
+            if namespace is not None and namespace != own:
+                self._namespace = namespace
             if self.process.poll() is not None:
                 return False
             with (contextlib.suppress(OSError),
@@ -397,16 +525,31 @@ class SshdServer:
             if namespace is not None:
                 _end_namespace_processes(namespace)
         finally:
-            if self._holds_host_dirs:
-                self._holds_host_dirs = False
-                _release_host_dir(PRIVSEP_DIR)
-                _release_host_dir(EXTRAUSERS_DIR)
+            held, self._held_host_dirs = self._held_host_dirs, []
+            for path in reversed(held):
+                _release_host_dir(path)
+
+    @property
+    def namespace(self) -> str | None:
+        """The server's mount namespace (`mnt:[...]`) while it runs."""
+        return self._namespace
 
     def __enter__(self) -> SshdServer:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # inside the namespace ------------------------------------------------
+    def run_in_namespace(self, *argv: str, timeout: float = 30.0
+                         ) -> subprocess.CompletedProcess[str]:
+        """Run a command in sshd's mount namespace, where its nsswitch.conf, extrausers
+        and daemons apply (e.g. `getent passwd bh-x` answered through nslcd)."""
+        if self.process is None or self.process.poll() is not None:
+            raise SshdError("the server is not running")
+        return subprocess.run(
+            [NSENTER, "--target", str(self.process.pid), "--mount", "--", *argv],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
     # diagnostics ---------------------------------------------------------
     def log_text(self) -> str:
@@ -421,6 +564,16 @@ class SshdServer:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def daemon_log_tail(self, name: str, lines: int = 40) -> str:
+        """The end of a namespace daemon's own log (its stdout and stderr)."""
+        for daemon in self.daemons:
+            if daemon.name == name:
+                with contextlib.suppress(OSError):
+                    text = daemon.log.read_text(errors="replace")
+                    return "\n".join(text.splitlines()[-lines:])
+                return f"({name} wrote no log)"
+        raise KeyError(name)
 
     def log_mark(self) -> int:
         """The log's current size; pass it to log_since() to see one client's session.
@@ -480,6 +633,53 @@ def _end_namespace_processes(namespace: str, timeout: float = 5.0) -> None:
 
 def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def namespace_pids(namespace: str) -> list[int]:
+    """The processes still running in a mount namespace (SshdServer.namespace)."""
+    return [pid for pid in _all_pids() if _mount_namespace(pid) == namespace]
+
+
+def pids_named(comm: str) -> set[int]:
+    """Live (not zombie) pids whose comm is `comm`: to notice a daemon left behind, never
+    to kill by name. A zombie has ended; it only waits for its new parent to reap it."""
+    found = set()
+    for pid in _all_pids():
+        with contextlib.suppress(OSError):
+            # /proc/<pid>/stat: "pid (comm) state ..."; comm may contain spaces.
+            head, _, rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")
+            if head.split("(", 1)[1] == comm and rest.split()[0] != "Z":
+                found.add(pid)
+    return found
+
+
+#: What the harness mounts over or may create, and must leave exactly as it found it.
+WATCHED_HOST_PATHS: tuple[Path, ...] = (
+    Path("/etc/nsswitch.conf"), Path("/etc/nslcd.conf"), Path("/run/nslcd"),
+    Path("/run/mount"), EXTRAUSERS_DIR,
+)
+
+
+def host_state(paths: Sequence[Path] = WATCHED_HOST_PATHS) -> dict[str, str]:
+    """A fingerprint of host files the harness must not change, and of the test process's
+    own mount table: take one before and compare after, so a leak fails a test."""
+    state = {}
+    for path in paths:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            state[str(path)] = "missing"
+            continue
+        owner = f"{info.st_uid}:{info.st_gid} {oct(info.st_mode)}"
+        if stat.S_ISDIR(info.st_mode):
+            state[str(path)] = f"dir {owner} {sorted(os.listdir(path))}"
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "-"
+            state[str(path)] = f"file {owner} {digest}"
+    watched = {str(path) for path in paths}
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    state["mounts"] = str(sorted(m for m in mounts if m in watched))
+    return state
 
 
 # --------------------------------------------------------------------------- clients
