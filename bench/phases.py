@@ -41,7 +41,7 @@ def phases(path: Path) -> dict[str, float]:
     s = lap("import (first run only)", start)
     text = path.read_text(encoding="utf-8")
     s = lap("read file", s)
-    data, _dups = yamlsource.parse(text)
+    data = yamlsource.parse(text).data
     s = lap("yaml parse (positions)", s)
     config = HiveConfig.model_validate(data, context={"base_dir": path.resolve().parent})
     s = lap("pydantic validate", s)

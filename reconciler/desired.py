@@ -174,6 +174,7 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     uids.update(allocated)
 
     # 2. Repositories in the file: account, directories, keys.
+    expired: dict[str, dt.datetime] = {}
     for user, name in users.items():
         if user not in uids or user in refused:
             continue
@@ -194,8 +195,8 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
                          {"role": "user_dir", "repository": name}))
         out.add(Resource("directory", str(path), _dir(uid, uid, 0o700),
                          {"role": "repository", "repository": name}))
-        lines, notes = keylines.repository_lines(config, repo, path, now)
-        out.notes.extend(f"repository {name}: {note}" for note in notes)
+        lines, gone = keylines.repository_lines(config, repo, path, now)
+        expired.update(gone)
         if lines:
             out.add(Resource("authorized_keys", user, {"keys": lines}, {"repository": name}))
         out.inventory.accounts[user] = {"repository": name, "uid": uid,
@@ -203,6 +204,12 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
         for p in (root, home, path):
             if str(p) not in facts.directories or str(p) in inventory.directories:
                 out.inventory.directories.add(str(p))
+
+    if expired:
+        listed = ", ".join(f"{k} ({t:%Y-%m-%d})" for k, t in sorted(expired.items())[:10])
+        more = f" and {len(expired) - 10} more" if len(expired) > 10 else ""
+        out.notes.append(f"{len(expired)} expired key{'s' if len(expired) > 1 else ''} "
+                         f"left out: {listed}{more}; remove them from hive.yaml")
 
     # 3. Repositories gone from the file: revoke access, keep data; prune only when empty.
     for user, known in known_accounts.items():

@@ -37,7 +37,8 @@ class Inventory:
         return Inventory({k: dict(v) for k, v in self.accounts.items()}, set(self.directories))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Inventory) and self.to_json() == other.to_json()
+        return (isinstance(other, Inventory) and self.accounts == other.accounts
+                and self.directories == other.directories)
 
 
 def load(state_dir: Path) -> Inventory:

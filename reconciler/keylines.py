@@ -52,22 +52,21 @@ def key_line(config: HiveConfig, repo: Repository, path: Path, key_name: str, ke
 
 
 def repository_lines(config: HiveConfig, repo: Repository, path: Path,
-                     now: dt.datetime) -> tuple[dict[str, str], list[str]]:
-    """Key name -> line for one repository, and notes on keys left out (expired)."""
+                     now: dt.datetime) -> tuple[dict[str, str], dict[str, dt.datetime]]:
+    """Key name -> line for one repository, and the keys left out because they expired."""
     lines: dict[str, str] = {}
-    notes: list[str] = []
+    expired: dict[str, dt.datetime] = {}
     if repo.mode == "disabled":
-        return lines, notes
+        return lines, expired
     for append_only, names in ((False, repo.keys), (True, repo.append_only_keys)):
         for name in names:
             key = config.keys[name]
             expires_at = key.expires_at()
             if expires_at is not None and expires_at <= now:
-                notes.append(f"key {name!r} expired on {expires_at:%Y-%m-%d %H:%M} UTC: "
-                             "left out")
+                expired[name] = expires_at
                 continue
             lines[name] = key_line(config, repo, path, name, key, append_only)
-    return lines, notes
+    return lines, expired
 
 
 def render_file(lines: dict[str, str]) -> str:
