@@ -422,3 +422,11 @@ def run() -> None:
                    "for the traceback, and please report it)", err=True)
         code = EXIT_ERROR
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+# Commands that live in their own packages (they import their heavy parts lazily).
+from watcher.commands import stats, status, watch  # noqa: E402
+
+cli.add_command(watch)
+cli.add_command(stats)
+cli.add_command(status)

@@ -1,0 +1,183 @@
+"""`hive status`: one line per repository in hive.yaml, and an exit code a check can use.
+
+What it knows comes from three places, so that it answers even where one is missing:
+the file (owner, mode, quota, stale_after), a short look at each repository folder (is it
+there, is it locked, its last commit: the same scan the watcher uses) and the database
+(the last backup the watcher saw, the last size `hive stats` measured). Run as a user who
+cannot read the repositories, it relies on what the watcher recorded.
+
+"Last backup" is the last commit that was not `borg init`'s. The server cannot tell a
+`borg create` from a `borg prune` or `delete`: all of them commit. A client that only
+prunes would look backed up; in practice backups and prunes run together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from watcher import events as ev
+from watcher import scan
+
+STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk")
+TROUBLE = frozenset({"stale", "never backed up", "locked", "missing on disk"})
+
+
+@dataclass
+class Recorded:
+    """What the database holds about one repository path."""
+
+    last_backup: datetime | None = None
+    size_bytes: int | None = None
+    size_time: datetime | None = None
+    state: ev.RepoState | None = None
+
+
+@dataclass
+class RepoStatus:
+    repository: str
+    owner: str
+    mode: str
+    state: str
+    last_backup: datetime | None
+    age_seconds: float | None
+    size_bytes: int | None
+    quota_bytes: int | None
+    quota_used: float | None
+    locked: bool | None
+    path: str
+    unix_user: str
+    groups: list[str] = field(default_factory=list)
+    stale_after_seconds: int = 0
+    size_measured: datetime | None = None
+    lock_since: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("last_backup", "size_measured", "lock_since"):
+            data[key] = data[key].isoformat() if data[key] is not None else None
+        if data["age_seconds"] is not None:
+            data["age_seconds"] = round(data["age_seconds"])
+        return data
+
+
+@dataclass
+class Disk:
+    """One look at the folder: state None = not there; readable False = not allowed."""
+
+    state: ev.RepoState | None
+    readable: bool = True
+    holders_alive: bool | None = None
+
+
+def _ts(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: datetime,
+             lock_stale_after: float) -> RepoStatus:
+    """The status of one repository, from the file, the disk and the database (pure)."""
+    repo = config.repositories[repository]
+    user = config.user_name(repository)
+    path = str(config.server.repos_root / user / repository)
+    state = disk.state if disk.readable else recorded.state
+    last = recorded.last_backup
+    if disk.readable and disk.state is not None and disk.state.backed_up:
+        on_disk = _ts(disk.state.commit_time)
+        if on_disk is not None and (last is None or on_disk > last):
+            last = on_disk
+    age = (now - last).total_seconds() if last is not None else None
+    stale_after = config.stale_after_seconds(repository)
+    locked = state.locked if state is not None else None
+    if repo.mode == "disabled":
+        verdict = "disabled"
+    elif disk.readable and disk.state is None:
+        verdict = "missing on disk"
+    elif state is not None and ev.is_stale_lock(state, now.timestamp(), lock_stale_after,
+                                                disk.holders_alive if disk.readable else None):
+        verdict = "locked"
+    elif last is None:
+        verdict = "never backed up"
+    elif age is not None and age > stale_after:
+        verdict = "stale"
+    else:
+        verdict = "ok"
+    quota = repo.quota_bytes
+    size = recorded.size_bytes
+    return RepoStatus(
+        repository=repository, owner=repo.owner, mode=repo.mode, state=verdict,
+        last_backup=last, age_seconds=age, size_bytes=size, quota_bytes=quota,
+        quota_used=(size / quota) if size is not None and quota else None, locked=locked,
+        path=path, unix_user=user, groups=list(repo.groups),
+        stale_after_seconds=stale_after, size_measured=recorded.size_time,
+        lock_since=_ts(state.lock_since) if state is not None else None)
+
+
+def look(path: str) -> Disk:
+    """Scan a repository folder as status needs it; never raises for missing or denied."""
+    try:
+        state = scan.scan_repository(path)
+    except PermissionError:
+        return Disk(None, readable=False)
+    if state is None:
+        return Disk(None)
+    alive = scan.holders_alive(scan.lock_holders(path, state)) if state.locked else None
+    return Disk(state, holders_alive=alive)
+
+
+def recorded_by_path(con: Any, host: str) -> dict[str, Recorded]:
+    """The last backup event, last snapshot and watcher state per repository path."""
+    found: dict[str, Recorded] = {}
+    for path, last in con.execute(
+            "SELECT path, max(time) FROM events WHERE host = $1 AND kind = 'updated' "
+            "AND details->>'backup' = 'true' GROUP BY path", [host]).fetchall():
+        found.setdefault(path, Recorded()).last_backup = last
+    for path, size, when in con.execute(
+            "SELECT path, arg_max(size_bytes, time), max(time) FROM snapshots "
+            "WHERE host = $1 AND present GROUP BY path", [host]).fetchall():
+        entry = found.setdefault(path, Recorded())
+        entry.size_bytes, entry.size_time = size, when
+    for path, layout, transaction, commit_time, archives, locks, lock_since in con.execute(
+            "SELECT path, layout, transaction, commit_time, archives, locks, lock_since "
+            "FROM repository_state WHERE host = $1", [host]).fetchall():
+        found.setdefault(path, Recorded()).state = ev.RepoState(
+            layout=layout, transaction=transaction,
+            commit_time=commit_time.timestamp() if commit_time else None,
+            archives=bool(archives), locks=frozenset(locks or ()),
+            lock_since=lock_since.timestamp() if lock_since else None)
+    return found
+
+
+def matches(config: Any, repository: str, owners: tuple[str, ...],
+            groups: tuple[str, ...]) -> bool:
+    """--owner and --group: a group matches repositories shared with it or owned by a
+    member of it."""
+    repo = config.repositories[repository]
+    if owners and repo.owner not in owners:
+        return False
+    if groups:
+        members = {m for g in groups if g in config.groups for m in config.groups[g].members}
+        if not (set(repo.groups) & set(groups)) and repo.owner not in members:
+            return False
+    return True
+
+
+def gather(config: Any, owners: tuple[str, ...] = (), groups: tuple[str, ...] = (),
+           lock_stale_after: float = 86_400.0, now: datetime | None = None) -> list[RepoStatus]:
+    from watcher import store
+
+    now = now or datetime.now(UTC)
+    host = config.server.name
+    with store.read(config.server.state_dir) as con:
+        recorded = recorded_by_path(con, host) if con is not None else {}
+    result = []
+    for name in sorted(config.repositories):
+        if not matches(config, name, owners, groups):
+            continue
+        path = str(config.server.repos_root / config.user_name(name) / name)
+        disk = look(path) if config.repositories[name].mode != "disabled" else Disk(None,
+                                                                                    False)
+        result.append(evaluate(config, name, disk, recorded.get(path, Recorded()), now,
+                               lock_stale_after))
+    return result
