@@ -23,8 +23,9 @@ def state_dir_from_config(path: str) -> str | None:
     """Find `server.state_dir` in hive.yaml without a YAML parser (too slow for a login).
 
     Reads block-style YAML as `hive.yaml.example` writes it: the `state_dir:` line indented
-    under the top-level `server:` key. Relative paths are resolved against the file's folder,
-    as the full loader does (through symlinks, like it). Returns None when it cannot tell; the caller then denies.
+    under the top-level `server:` key. Relative paths are resolved against the real file's
+    folder (through symlinks), as the full loader does. Returns None when it cannot tell;
+    the caller then denies.
     """
     try:
         with open(path, encoding="utf-8") as handle:
@@ -41,7 +42,8 @@ def state_dir_from_config(path: str) -> str | None:
                     value = line.split(":", 1)[1].split(" #", 1)[0].strip().strip("'\"")
                     if not value:
                         return None
-                    return os.path.join(os.path.dirname(os.path.realpath(path)), value)
+                    folder = os.path.dirname(os.path.realpath(path))
+                    return os.path.join(folder, value)
     except (OSError, UnicodeDecodeError):
         return None
     return None

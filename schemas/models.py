@@ -52,6 +52,7 @@ def duration_seconds(text: str) -> int:
     """'26h' -> 93600. Only for strings that passed DURATION_PATTERN."""
     return int(text[:-1]) * _DURATION_UNITS[text[-1]]
 _QUOTA_FACTORS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+MIN_QUOTA = 10 * 10**6  # borg 1.x: "quota is too small ... At least 10M are required"
 # Field names that are secrets: hive.yaml is committed to git, so they are never accepted.
 SECRET_FIELD = re.compile(r"(^|_)(password|passwd|secret|token|api_key|apikey)$")
 
@@ -334,8 +335,14 @@ class Repository(Strict):
     @field_validator("quota")
     @classmethod
     def _quota(cls, value: str | None) -> str | None:
-        if value is not None and float(value.rstrip("KMGTP")) <= 0:
-            raise ValueError("must be above zero; leave it out for no quota")
+        if value is None:
+            return value
+        suffix = value[-1] if value[-1] in _QUOTA_FACTORS else ""
+        size = float(value.removesuffix(suffix)) * _QUOTA_FACTORS.get(suffix, 1)
+        if size < MIN_QUOTA:
+            # borg serve refuses to start with a smaller quota: every login would fail.
+            raise ValueError(f"{value} is below borg's minimum storage quota of 10M; leave "
+                             "it out for no quota")
         return value
 
 

@@ -85,7 +85,9 @@ CASES = [
     ("quota-syntax", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: 500GB}\n",
      13, 29, "repositories.r1.quota", "500G, 1.5T"),
     ("quota-zero", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: '0'}\n",
-     13, 29, "repositories.r1.quota", "must be above zero"),
+     13, 29, "repositories.r1.quota", "below borg's minimum storage quota of 10M"),
+    ("quota-small", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: 9.5M}\n",
+     13, 29, "repositories.r1.quota", "below borg's minimum storage quota of 10M"),
     ("duration", BASE_OWNERS + "repositories:\n  r1: {owner: alice, stale_after: 2 days}\n",
      13, 35, "repositories.r1.stale_after", "90s, 30m, 26h, 3d, 2w"),
     ("mode", BASE_OWNERS + "repositories:\n  r1: {owner: alice, mode: rw}\n",
@@ -236,7 +238,8 @@ def test_values_written_into_forced_commands_refuse_newlines_and_spaces(
     if field == "repos_root":
         text = text.replace("  repos_root: ./repos\n", f"  repos_root: {value}\n")
     else:
-        text = text.replace("  ssh_host: 127.0.0.1\n", f"  ssh_host: 127.0.0.1\n  {field}: {value}\n")
+        text = text.replace("  ssh_host: 127.0.0.1\n",
+                            f"  ssh_host: 127.0.0.1\n  {field}: {value}\n")
     path.write_text(text)
     with pytest.raises(schemas.ConfigError) as info:
         schemas.load(path)
