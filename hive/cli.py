@@ -430,3 +430,7 @@ from watcher.commands import stats, status, watch  # noqa: E402
 cli.add_command(watch)
 cli.add_command(stats)
 cli.add_command(status)
+
+from hive.rollback_cmd import rollback  # noqa: E402
+
+cli.add_command(rollback)

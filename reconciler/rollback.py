@@ -68,8 +68,10 @@ def parse_transactions(text: str) -> list[Transaction]:
     """The commits listed in a `transactions` file, oldest first.
 
     borg 1.x appends `transaction N, UTC time 2024-01-31T12:00:00.123456` per commit made in
-    append-only mode. A torn last line (a crash mid-append, no newline) is ignored; any other
-    line that does not parse, or ids that do not increase, make the log untrustworthy.
+    append-only mode, and again with the same N when it rebuilds that transaction's index
+    (after a rollback): the first time is the commit's. A torn last line (a crash
+    mid-append, no newline) is ignored; any other line that does not parse, or ids that go
+    down, make the log untrustworthy.
     """
     result: list[Transaction] = []
     lines = text.split("\n")
@@ -86,9 +88,11 @@ def parse_transactions(text: str) -> list[Transaction]:
             when: datetime | None = datetime.fromisoformat(match.group(2)).replace(tzinfo=UTC)
         except ValueError:
             when = None
-        if result and ident <= result[-1].id:
-            raise RollbackError(f"transactions line {number}: transaction {ident} does not "
-                                f"follow {result[-1].id}")
+        if result and ident == result[-1].id:
+            continue  # borg rebuilt the index of this transaction (seen after a rollback)
+        if result and ident < result[-1].id:
+            raise RollbackError(f"transactions line {number}: transaction {ident} follows "
+                                f"{result[-1].id}; was the repository rolled back by hand?")
         result.append(Transaction(ident, when))
     return result
 
@@ -225,14 +229,15 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(parts)
 
 
-def config_append_only(text: str) -> bool:
-    """`append_only = 1` in the [repository] section of a borg 1.x config."""
+def read_config(text: str) -> tuple[bool, str | None]:
+    """(`append_only = 1`?, the repository id) from a borg 1.x config file."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text)
-        return parser.getboolean("repository", "append_only", fallback=False)
+        append_only = parser.getboolean("repository", "append_only", fallback=False)
+        return append_only, parser.get("repository", "id", fallback=None)
     except (configparser.Error, ValueError):
-        return False
+        return False, None
 
 
 # --------------------------------------------------------------------------- reading
@@ -246,6 +251,7 @@ class Repository:
     transactions: list[Transaction]
     layout: Layout
     append_only_config: bool
+    id: str | None
 
     @classmethod
     def read(cls, path: Path) -> Repository:
@@ -258,8 +264,9 @@ class Repository:
             log = (path / TRANSACTIONS).read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             log = ""
+        append_only, ident = read_config(config.read_text(encoding="utf-8", errors="replace"))
         return cls(path, parse_transactions(log), Layout.from_paths(_relative_files(path)),
-                   config_append_only(config.read_text(encoding="utf-8", errors="replace")))
+                   append_only, ident)
 
 
 def _relative_files(root: Path) -> Iterator[str]:
