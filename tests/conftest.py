@@ -6,8 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,40 @@ def sysroot() -> Any:
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def nobody_hive_argv(sysroot: Path) -> list[str] | None:
+    """argv prefix that runs this checkout's `hive` as `nobody`. The interpreter may live
+    under /root (0700): a private mount namespace binds its prefix to a path nobody can
+    reach; the host is untouched. None where that cannot work (a virtualenv, odd layout)."""
+    prefix = Path(sys.base_prefix)
+    exe = Path(sys.executable).resolve()
+    if not exe.is_relative_to(prefix) or Path(sys.prefix) != prefix:
+        return None
+    mount = sysroot / "python"
+    mount.mkdir(exist_ok=True)
+    inner = mount / exe.relative_to(prefix)
+    # Seen here: a prefix reached through another path does not add its site-packages by
+    # itself, so add it (and its .pth files, for an editable install) explicitly.
+    site = mount / Path(sysconfig.get_paths()["purelib"]).relative_to(prefix)
+    boot = (f"import site, runpy, sys; site.addsitedir('{site}'); sys.argv[0] = 'hive'; "
+            "runpy.run_module('hive', run_name='__main__')")
+    script = (f"mount -n --bind {prefix} {mount} && exec setpriv --reuid=65534 --regid=65534 "
+              f'--clear-groups {inner} -c "{boot}" "$@"')
+    return ["unshare", "--mount", "sh", "-c", script, "sh"]
+
+
+@pytest.fixture(scope="session")
+def hive_install() -> Iterator[Any]:
+    """Hive installed as deploy/sshd/hive-keys-command.conf says (a venv of Debian's python3
+    under a root-owned folder, reachable by `nobody`), built once per session for every
+    test that needs it; a string (the reason) when it cannot be built here."""
+    from hive_install import InstallUnavailable, build_venv_install
+    from sshd_harness import root_owned_test_root
+
+    with root_owned_test_root(prefix="hive-venv-") as parent:
+        try:
+            yield build_venv_install(parent)
+        except InstallUnavailable as why:
+            yield str(why)
+

@@ -37,7 +37,6 @@ from typing import Any
 
 import pytest
 import yaml
-from hive_install import HiveInstall, InstallUnavailable, build_venv_install
 from sshd_harness import (
     BASE_OPTIONS,
     ClientKey,
@@ -293,18 +292,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     else:
         metafunc.parametrize("matrix", ["file", "command"] if both else ["file"],
                              indirect=True, scope="module")
-
-
-@pytest.fixture(scope="session")
-def hive_install() -> Iterator[HiveInstall | str]:
-    """Hive installed as deploy/sshd/hive-keys-command.conf says (a venv of Debian's python3
-    under a root-owned folder, reachable by `nobody`), built once; a string when it cannot
-    be built here (the reason)."""
-    with root_owned_test_root(prefix="hive-matrix-venv-") as parent:
-        try:
-            yield build_venv_install(parent)
-        except InstallUnavailable as why:
-            yield str(why)
 
 
 def _server(m: Matrix, request: pytest.FixtureRequest) -> SshdServer:

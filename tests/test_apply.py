@@ -10,12 +10,11 @@ import signal
 import stat
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
-from conftest import hive, requires_root, write_config
+from conftest import hive, nobody_hive_argv, requires_root, write_config
 
 pytestmark = requires_root
 
@@ -262,26 +261,10 @@ def test_apply_killed_at_any_point_converges(tmp_path: Path, pubkeys: dict[str, 
 
 @pytest.fixture
 def nobody_python(sysroot: Path) -> list[str]:
-    """Run this interpreter as `nobody`: it lives under /root (0700), so a private mount
-    namespace binds its prefix to a reachable path; the host is untouched."""
-    mount = sysroot / "python"
-    mount.mkdir()
-    prefix = Path(sys.base_prefix)
-    exe = Path(sys.executable).resolve()
-    if not exe.is_relative_to(prefix):
-        pytest.skip("interpreter lives outside its prefix")
-    venv = Path(sys.prefix)
-    if venv != prefix:
-        pytest.skip("running inside a virtualenv: the venv is reachable as it is")
-    inner = mount / exe.relative_to(prefix)
-    # Seen here: a prefix reached through another path does not add its site-packages by
-    # itself, so add it (and its .pth files, for an editable install) explicitly.
-    site = mount / Path(sysconfig.get_paths()["purelib"]).relative_to(prefix)
-    boot = (f"import site, runpy, sys; site.addsitedir('{site}'); sys.argv[0] = 'hive'; "
-            "runpy.run_module('hive', run_name='__main__')")
-    script = (f"mount -n --bind {prefix} {mount} && exec setpriv --reuid=65534 --regid=65534 "
-              f'--clear-groups {inner} -c "{boot}" "$@"')
-    return ["unshare", "--mount", "sh", "-c", script, "sh"]
+    argv = nobody_hive_argv(sysroot)
+    if argv is None:
+        pytest.skip("this interpreter's layout cannot be lent to nobody")
+    return argv
 
 
 def test_non_root_plan_works_and_apply_refuses_up_front(

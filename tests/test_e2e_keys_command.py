@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hive_install import HiveInstall, InstallUnavailable, build_venv_install
+from hive_install import HiveInstall
 from sshd_harness import (
     BASE_OPTIONS,
     AuthorizedKeysCommand,
@@ -67,18 +67,13 @@ Result = subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="session")
-def hive_install() -> Iterator[HiveInstall]:
-    """Hive in a venv of Debian's python3 under /run/hive-venv-*, built once, then removed."""
+def installed(hive_install: HiveInstall | str) -> HiveInstall:
+    """The session's reachable install (conftest.py), or a skip saying why there is none."""
     if _MISSING:
         pytest.skip("real-sshd e2e: " + "; ".join(_MISSING))
-    with root_owned_test_root(prefix="hive-venv-") as parent:
-        started = time.monotonic()
-        try:
-            install = build_venv_install(parent)
-        except InstallUnavailable as why:
-            pytest.skip(f"cannot install Hive where nobody can reach it: {why}")
-        print(f"\nvenv install of Hive took {time.monotonic() - started:.1f}s")
-        yield install
+    if isinstance(hive_install, str):
+        pytest.skip(f"cannot install Hive where nobody can reach it: {hive_install}")
+    return hive_install
 
 
 @dataclass
@@ -148,20 +143,20 @@ def file_snippet(d: Deployment) -> Path:
 
 
 @pytest.fixture(scope="module")
-def deployment(hive_install: HiveInstall) -> Iterator[Deployment]:
+def deployment(installed: HiveInstall) -> Iterator[Deployment]:
     """`hive apply` by the installed Hive, then sshd with the shipped command snippet."""
     before = host_state()
     namespace = None
     with root_owned_test_root(prefix="hive-e2e-cmd-") as root:
         keys_dir = root / "client-keys"
-        d = Deployment(root=root, install=hive_install, config=root / "hive.yaml",
+        d = Deployment(root=root, install=installed, config=root / "hive.yaml",
                        repos_root=root / "repos", state_dir=root / "state",
                        files_dir=root / "extrausers",
                        keys={name: generate_ed25519_key(keys_dir, name, f"{name}@e2e")
                              for name in ("alice-key", "bob-key")})
         d.config.write_text(hive_yaml(d))
         # The installed Hive, not the test's: the install is complete enough to apply.
-        result = subprocess.run([str(hive_install.hive), "apply", "-f", str(d.config)],
+        result = subprocess.run([str(installed.hive), "apply", "-f", str(d.config)],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, "hive apply failed:\n" + describe(result)
         # DEBUG3: the only level at which sshd names the user it runs the command as.

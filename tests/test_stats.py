@@ -10,13 +10,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import requires_root
+from conftest import nobody_hive_argv, requires_root
 from test_watcher_support import (
     Borg,
     backup_in_progress,
     hive_cli,
     make_config,
-    nobody_argv,
     optional_borgs,
     query,
     repo_path,
@@ -135,7 +134,7 @@ def test_stats_never_leaves_the_repository_through_a_symlink(tmp_path: Path) -> 
 def test_an_unreadable_repository_is_reported_not_fatal(sysroot: Path) -> None:
     """As `nobody`, a 0700 repository cannot be measured: say so and exit 1, measure the
     rest."""
-    argv = nobody_argv(sysroot)
+    argv = nobody_hive_argv(sysroot)
     if argv is None:
         pytest.skip("cannot run this interpreter as nobody")
     config = make_config(sysroot, {"r1": "owner: alice", "open": "owner: alice"})

@@ -13,12 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import requires_root
+from conftest import nobody_hive_argv, requires_root
 from test_watcher_support import (
     Borg,
     hive_cli,
     make_config,
-    nobody_argv,
     repo_path,
     watching,
 )
@@ -177,7 +176,7 @@ def test_status_table_and_sizes_after_stats(server: Path) -> None:
 @requires_root
 def test_status_as_a_user_who_cannot_read_the_repositories(sysroot: Path) -> None:
     """The repositories are 0700; `nobody` sees what the watcher and stats recorded."""
-    argv = nobody_argv(sysroot)
+    argv = nobody_hive_argv(sysroot)
     if argv is None:
         pytest.skip("cannot run this interpreter as nobody")
     config = make_config(sysroot, {"r1": "owner: alice"})

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -254,22 +253,3 @@ def backup_in_progress(borg: Borg, repo: Path, archive: str,
     finally:
         with contextlib.suppress(OSError):
             os.close(writer)
-
-
-def nobody_argv(sysroot: Path) -> list[str] | None:
-    """argv prefix that runs `hive` as `nobody`. This interpreter may live under /root
-    (0700): a private mount namespace binds its prefix to a path nobody can reach; the
-    host is untouched. None where that cannot work (a virtualenv, an odd layout)."""
-    prefix = Path(sys.base_prefix)
-    exe = Path(sys.executable).resolve()
-    if not exe.is_relative_to(prefix) or Path(sys.prefix) != prefix:
-        return None
-    mount = sysroot / "python"
-    mount.mkdir(exist_ok=True)
-    inner = mount / exe.relative_to(prefix)
-    site = mount / Path(sysconfig.get_paths()["purelib"]).relative_to(prefix)
-    boot = (f"import site, runpy, sys; site.addsitedir('{site}'); sys.argv[0] = 'hive'; "
-            "runpy.run_module('hive', run_name='__main__')")
-    script = (f"mount -n --bind {prefix} {mount} && exec setpriv --reuid=65534 --regid=65534 "
-              f'--clear-groups {inner} -c "{boot}" "$@"')
-    return ["unshare", "--mount", "sh", "-c", script, "sh"]
