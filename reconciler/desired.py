@@ -235,7 +235,11 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
             out.notes.append(f"repository {name} removed from the file: --prune deletes its "
                              "user, group and empty folders")
             continue
-        if prune:
+        if prune and data_gone and user_dir is not UNKNOWN and user_dir is not None:
+            others = ", ".join(c for c in user_dir["children"] if c != name)
+            out.notes.append(f"repository {name} removed from the file: {home} still holds "
+                             f"{others} (a rollback copy?); move or delete it, then prune")
+        elif prune:
             out.notes.append(f"repository {name} removed from the file: its data at {path} "
                              f"is kept; run 'hive purge {name}' to delete it, then prune")
         out.add(Resource("account", user, _account(

@@ -281,3 +281,13 @@ def test_key_revocations_run_before_anything_that_could_fail() -> None:
     plan, _ = run(config("r1: {owner: alice, keys: [k3]}\nr4: {owner: alice, keys: [k1]}"),
                   facts, inventory)
     assert brief(plan)[:2] == ["~ authorized_keys bh-r1", "+ account bh-r4"]
+
+
+def test_prune_names_what_else_keeps_a_users_folder() -> None:
+    facts, inventory = converged(config("r1: {owner: alice}\nr2: {owner: bob}"))
+    del facts.directories[f"{ROOT}/bh-r1/r1"]  # purged
+    facts.directories[f"{ROOT}/bh-r1"]["children"] = ("r1.rollback-20261126-to-9",)
+    plan, _ = run(config("r2: {owner: bob}"), facts, inventory, prune=True)
+    assert brief(plan) == ["~ account bh-r1"]
+    assert any(f"{ROOT}/bh-r1 still holds r1.rollback-20261126-to-9" in n for n in plan.notes)
+
