@@ -121,8 +121,13 @@ def _show_plan(planned: Any, fmt: str, title: str) -> None:
 
 @cli.command()
 @_plan_options
+@click.option("--server-from", type=click.Path(dir_okay=False), default=None,
+              help="Take the server: section from this trusted file (the server's own "
+                   "hive.yaml) instead of FILE. For plans of an untrusted proposal, such as "
+                   "a pull request: it cannot then point Hive at other files, another LDAP "
+                   "server or other secrets.")
 def plan(config_file: str | None, fmt: str, prune: bool, force: bool,
-         detailed_exitcode: bool) -> int:
+         detailed_exitcode: bool, server_from: str | None) -> int:
     """Show what 'hive apply' would change, without changing anything.
 
     \b
@@ -130,7 +135,7 @@ def plan(config_file: str | None, fmt: str, prune: bool, force: bool,
     Works as any user that can read the files; run as root for a complete view.
     """
     return _plan_or_apply(config_file, fmt, prune, force, detailed_exitcode, dry_run=True,
-                          lock_timeout=0)
+                          lock_timeout=0, server_from=server_from)
 
 
 @cli.command()
@@ -151,7 +156,8 @@ def apply(config_file: str | None, fmt: str, prune: bool, force: bool,
 
 
 def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
-                   detailed_exitcode: bool, dry_run: bool, lock_timeout: float) -> int:
+                   detailed_exitcode: bool, dry_run: bool, lock_timeout: float,
+                   server_from: str | None = None) -> int:
     from reconciler import engine
     from reconciler.inventory import InventoryError
     from reconciler.lock import LockBusy
@@ -160,6 +166,16 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
     if fmt == "json":
         output.emit_version()
     config, path = _load(config_file, fmt)
+    if server_from:
+        import schemas
+
+        trusted, _ = _load(server_from, fmt)
+        try:
+            config = schemas.with_trusted_server(config, trusted, str(path))
+        except schemas.ConfigError as exc:
+            for problem in exc.problems:
+                _fail(fmt, str(problem))
+            return EXIT_ERROR
     changed_code = EXIT_CHANGES if detailed_exitcode else EXIT_OK
     try:
         if dry_run:

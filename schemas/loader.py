@@ -187,3 +187,21 @@ def load(path: Path | str) -> HiveConfig:
         raise ConfigError([LocatedProblem(str(path), 1, 1, "", f"cannot read: {exc}")]) \
             from None
     return load_text(text, str(path), path.resolve().parent)
+
+
+def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:
+    """`config` with the `server:` section of `trusted`.
+
+    For plans of a proposed hive.yaml (a pull request): the server section says which
+    files Hive reads, which directory it binds to and where secrets come from, so an
+    untrusted proposal must not choose it; the rest of the proposal is checked again
+    against the trusted settings (the user-name prefix, for one).
+    """
+    merged = config.model_copy(update={"server": trusted.server})
+    problems = checks.check(merged)
+    if problems:
+        raise ConfigError([LocatedProblem(file, 1, 1, _dotted(p.path),
+                                          f"{p.message} (with the trusted server: section)")
+                           for p in problems])
+    return merged
+

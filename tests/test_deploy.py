@@ -234,13 +234,33 @@ def _hive_ci(command: str, stdin: str = "", env: dict[str, str] | None = None
 
 def test_hive_ci_validates_and_plans_from_stdin(tmp_path: Path) -> None:
     body = "owners: {alice: {}}\nrepositories:\n  r1: {owner: alice}\n"
-    config = write_config(tmp_path, body).read_text()
-    assert _hive_ci("validate", config).returncode == 0
-    bad = _hive_ci("validate", config.replace("owner: alice}", "owner: nobody}"))
+    trusted = write_config(tmp_path, body.replace("  r1:", "  r0: {owner: alice}\n  r1:"))
+    config = trusted.read_text().replace("  r0: {owner: alice}\n", "")
+    env = {"HIVE_CHECKOUT": str(tmp_path)}
+    assert _hive_ci("validate", config, env).returncode == 0
+    bad = _hive_ci("validate", config.replace("owner: alice}", "owner: nobody}"), env)
     assert bad.returncode == 1
-    planned = _hive_ci("plan", config)
+    planned = _hive_ci("plan", config, env)
     assert planned.returncode == 2, planned.stderr   # everything still to create
-    assert "Plan:" in planned.stdout
+    assert "Plan:" in planned.stdout and "bh-r1" in planned.stdout
+    assert f"{tmp_path}/repos" in planned.stdout     # the trusted file's paths
+
+
+def test_hive_ci_plan_ignores_the_proposals_server_section(tmp_path: Path) -> None:
+    """A pull request must not make the server read other files or send a secret to an
+    LDAP server of its choosing: the plan uses the server's own server: section."""
+    trusted = write_config(tmp_path, "owners: {alice: {}}\nrepositories:\n"
+                                     "  r1: {owner: alice}\n")
+    evil = trusted.read_text().replace(
+        "identity: {backend: files, files_dir: ./extrausers}",
+        "identity: {backend: ldap, ldap: {url: 'ldap://127.0.0.1:9', base_dn: 'dc=x', "
+        "bind_dn: 'cn=x', bind_password_file: /etc/shadow}}").replace(
+        "repos_root: ./repos", "repos_root: /root")
+    assert evil != trusted.read_text()
+    planned = _hive_ci("plan", evil, {"HIVE_CHECKOUT": str(tmp_path)})
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "LDAP" not in planned.stdout + planned.stderr
+    assert "/root/" not in planned.stdout and f"{tmp_path}/repos" in planned.stdout
 
 
 @pytest.mark.parametrize("command", ["", "sh", "plan extra", "apply 1234 alice",
