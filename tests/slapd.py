@@ -57,7 +57,7 @@ directory {root}/db
 maxsize 1073741824
 limits dn.exact="{hive}" size={hive_size} time=unlimited
 access to dn.subtree="{people}" by dn.exact="{hive}" write by * read
-access to dn.subtree="{groups}" by dn.exact="{hive}" write by * read
+access to dn.subtree="{groups}" by dn.exact="{hive}" {groups_access} by * read
 access to attrs=userPassword by self read by anonymous auth by * none
 access to * by * read
 
@@ -75,10 +75,13 @@ def _simple(value: Any) -> Any:
 
 
 class Slapd:
-    def __init__(self, root: Path, tls: bool = False, hive_size: str = "unlimited") -> None:
-        """hive_size: the size limit for Hive's bind DN (slapd's default for others: 500)."""
+    def __init__(self, root: Path, tls: bool = False, hive_size: str = "unlimited",
+                 groups_writable: bool = True) -> None:
+        """hive_size: the size limit for Hive's bind DN (slapd's default for others: 500);
+        groups_writable: False makes every write of Hive's below ou=groups fail."""
         self.root = root
         self.hive_size = hive_size
+        self.groups_writable = groups_writable
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.cert: Path | None = None
@@ -92,8 +95,9 @@ class Slapd:
     def ldaps_url(self) -> str:
         return f"ldaps://127.0.0.1:{self.tls_port}"
 
-    def start(self) -> Slapd:
-        (self.root / "db").mkdir(parents=True)
+    def start(self, fresh: bool = True) -> Slapd:
+        if fresh:
+            (self.root / "db").mkdir(parents=True)
         tls = ""
         urls = self.url + "/"
         if self.tls_port:
@@ -103,7 +107,9 @@ class Slapd:
         conf = self.root / "slapd.conf"
         conf.write_text(CONFIG.format(root=self.root, suffix=SUFFIX, admin=ADMIN_DN,
                                       admin_pw=ADMIN_PW, people=PEOPLE, groups=GROUPS,
-                                      hive=HIVE_DN, tls=tls, hive_size=self.hive_size))
+                                      hive=HIVE_DN, tls=tls, hive_size=self.hive_size,
+                                      groups_access="write" if self.groups_writable
+                                      else "read"))
         self.log = open(self.root / "slapd.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(["slapd", "-f", str(conf), "-h", urls, "-d", "0"],
                                         stdout=self.log, stderr=subprocess.STDOUT)
@@ -117,10 +123,23 @@ class Slapd:
                     raise RuntimeError("slapd did not start:\n"
                                        + (self.root / "slapd.log").read_text()) from None
                 time.sleep(0.05)
-        self._base_entries()
+        if fresh:
+            self._base_entries()
         return self
 
+    def restart(self, groups_writable: bool) -> None:
+        """The same database under a changed ACL (a sysadmin fixing permissions)."""
+        self._terminate()
+        self.log.close()
+        self.groups_writable = groups_writable
+        self.start(fresh=False)
+
     def stop(self) -> None:
+        self._terminate()
+        self.log.close()
+        shutil.rmtree(self.root / "db", ignore_errors=True)
+
+    def _terminate(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -128,8 +147,6 @@ class Slapd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.root / "db", ignore_errors=True)
 
     def admin(self) -> Any:
         conn = ldap3.Connection(ldap3.Server(self.url, get_info=ldap3.NONE), ADMIN_DN,

@@ -198,6 +198,31 @@ def test_a_truncated_search_is_an_error_not_missing_users(
         small.stop()
 
 
+def test_a_write_refused_half_way_is_one_line_and_the_next_apply_converges(
+        tmp_path: Path, pubkeys: dict[str, str]) -> None:
+    """Hive may write users but not groups: the user entry is written, its group refused."""
+    (tmp_path / "acl").mkdir()
+    server = Slapd(tmp_path / "acl", groups_writable=False).start()
+    try:
+        cfg = config(tmp_path, server, pubkeys)
+        result = hive("apply", "-f", str(cfg), env=ENV)
+        assert result.returncode == 1
+        assert "LDAP add cn=bh-r1,ou=groups,dc=example,dc=org refused: " \
+               "insufficientAccessRights" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert set(users(server)) == {"bh-r1"}  # half-way: the user, not its group
+        assert not (tmp_path / "state" / "authorized_keys" / "bh-r1").exists()  # no access
+        server.restart(groups_writable=True)
+        again = hive("apply", "-f", str(cfg), env=ENV)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert set(users(server)) == {"bh-r1", "bh-r2"}
+        assert len(server.entries(GROUPS)) == 2
+        assert (tmp_path / "state" / "authorized_keys" / "bh-r1").exists()
+        assert hive("plan", "-f", str(cfg), "--detailed-exitcode", env=ENV).returncode == 0
+    finally:
+        server.stop()
+
+
 def test_tls_with_the_servers_ca_works_and_unverified_tls_is_announced(
         tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
     cfg = config(tmp_path, slapd, pubkeys, url=slapd.ldaps_url,
