@@ -8,6 +8,7 @@ what it did. Imported by hive/cli.py at its end; nothing heavy is imported at mo
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -178,42 +179,55 @@ def _execute(config: Any, path: Path, name: str, repo_path: Path, target: int,
     from reconciler.lock import LockBusy, apply_lock
 
     state_dir = config.server.state_dir
-    try:
-        with apply_lock(state_dir, 10.0), rb.repository_lock(repo_path, lock_wait):
+
+    def locked_rollback() -> tuple[Any, Any, list[str], str | None]:
+        """Runs as the repository's user (rb.as_owner): lock, re-plan, move."""
+        with rb.repository_lock(repo_path, lock_wait):
             # Read again under the lock: a client may have committed since the plan shown.
             repo = rb.Repository.read(repo_path)
             plan = rb.plan_rollback(repo.transactions, repo.layout, target, append_only)
             if plan.refusals or (plan.warnings and not force):
-                return _fail(fmt, "; ".join(plan.refusals + plan.warnings))
-            aside = rb.aside_folder(repo_path, target)
+                return plan, repo.id, [], "; ".join(plan.refusals + plan.warnings)
+            try:
+                return plan, repo.id, rb.execute(plan, repo, aside), None
+            except OSError as exc:
+                return plan, repo.id, [], str(exc)
+
+    try:
+        with apply_lock(state_dir, 10.0):
+            aside = rb.make_aside_folder(repo_path, target)
             journal = Journal(state_dir, config.server.name)
             journal.write(journal.record("start", user=who(), file=str(path), commit=None,
                                          command="rollback", summary={"change": 1}))
-            error = None
             try:
-                moved = rb.execute(plan, repo, aside)
-            except OSError as exc:
-                error, moved = str(exc), []
+                plan, repo_id, moved, error = rb.as_owner(repo_path, locked_rollback)
+            except (rb.RollbackError, OSError) as exc:
+                plan, repo_id, moved, error = None, None, [], str(exc)
+            if not moved:
+                with contextlib.suppress(OSError):
+                    aside.rmdir()  # refused before anything moved: leave no empty folder
             journal.write(
                 journal.record("change", action="update", kind="repository rollback",
                                name=str(repo_path),
-                               before={"transaction": plan.current},
+                               before={"transaction": plan.current if plan else None},
                                after={"transaction": target, "aside": str(aside),
                                       "moved": len(moved),
-                                      "undone": [t.id for t in plan.undone]},
+                                      "undone": [t.id for t in plan.undone] if plan else []},
                                error=error),
                 journal.record("finish", error=error, done=1, total=1))
-            if error:
+            if error and moved:
                 return _fail(fmt, f"rollback failed: {error}; files moved so far are in "
                                   f"{aside}")
-    except (LockBusy, rb.RollbackError) as exc:
+            if error:
+                return _fail(fmt, error)
+    except (LockBusy, OSError) as exc:
         return _fail(fmt, str(exc))
     _say(fmt, "summary", f"Rolled {name} back to transaction {target}: moved {len(moved)} "
                          f"files to {aside}.", moved=len(moved), aside=str(aside),
          dry_run=False)
     if fmt == "text":
         click.echo("The next borg access rebuilds the repository index.")
-        click.echo(client_hint(repo.id))
+        click.echo(client_hint(repo_id))
     return EXIT_OK
 
 

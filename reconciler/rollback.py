@@ -24,19 +24,23 @@ from __future__ import annotations
 import configparser
 import contextlib
 import errno
+import functools
 import json
 import os
+import pickle
 import re
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 TRANSACTIONS = "transactions"
 STATE_PREFIXES = ("index", "hints", "integrity")
@@ -284,6 +288,7 @@ def _relative_files(root: Path) -> Iterator[str]:
 # --------------------------------------------------------------------------- borg's lock
 
 
+@functools.cache
 def borg_host_id() -> str:
     """The host id borg 1.x writes into its lock names (`<fqdn>@<mac as int>`).
 
@@ -408,6 +413,66 @@ def _release(exclusive: Path, name: str) -> None:
         exclusive.rmdir()
 
 
+# --------------------------------------------------------------------------- as the owner
+
+
+def as_owner(path: Path, work: Callable[[], Any]) -> Any:
+    """Run `work` in a child process with the uid and gid of the repository at `path`.
+
+    Everything inside a repository belongs to its unix user, who can plant symlinks, fifos
+    or a `lock.roster` pointing at /etc/shadow there. Done as that user, no such trick can
+    reach a file the user could not already touch; done as root, it could. The result (or
+    the exception) comes back through a pipe.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RollbackError(f"{path} is not a directory")
+    if os.geteuid() != 0 or st.st_uid == 0:
+        return work()  # nothing to drop
+    # Whatever needs imports or lookups happens now: the user may not be able to read the
+    # interpreter's own files (a Python under /root).
+    borg_host_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        status = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(st.st_gid, st.st_gid, st.st_gid)
+            os.setresuid(st.st_uid, st.st_uid, st.st_uid)
+            payload = pickle.dumps((True, work()))
+        except BaseException as exc:
+            status = 1
+            try:
+                payload = pickle.dumps((False, exc))
+            except Exception:
+                payload = pickle.dumps((False, RollbackError(repr(exc))))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(payload)
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RollbackError("the rollback process died")
+    ok, value = pickle.loads(data)
+    if ok:
+        return value
+    raise value
+
+
+def make_aside_folder(repo_path: Path, target: int) -> Path:
+    """Create the folder moved files go to, owned by the repository's user (who does the
+    moving). Made by root in the root-owned user folder, where the user cannot race it."""
+    aside = aside_folder(repo_path, target)
+    st = os.lstat(repo_path)
+    aside.mkdir(mode=0o700)
+    os.chown(aside, st.st_uid, st.st_gid, follow_symlinks=False)
+    return aside
+
+
 # --------------------------------------------------------------------------- doing it
 
 
@@ -435,7 +500,10 @@ def execute(plan: RollbackPlan, repo: Repository, aside: Path) -> list[str]:
     repository locked. Returns the relative paths moved."""
     if plan.refusals:
         raise RollbackError("; ".join(plan.refusals))
-    aside.mkdir(mode=0o700)
+    if not aside.exists():
+        aside.mkdir(mode=0o700)
+    elif aside.is_symlink() or not aside.is_dir() or any(aside.iterdir()):
+        raise RollbackError(f"{aside} must be a new, empty folder (make_aside_folder)")
     moved: list[str] = []
     log = repo.path / TRANSACTIONS
     shutil.copy2(log, aside / "transactions.before-rollback")

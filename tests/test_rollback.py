@@ -259,3 +259,25 @@ def test_rollback_locally_brings_back_the_deleted_archive(local_repo: Path) -> N
     again = _borg(base, "list", "--short", str(local_repo))
     assert again.returncode == 0, again.stderr
     assert again.stdout.split() == ["a1", "a2"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_repository_work_runs_as_its_owner_so_planted_symlinks_reach_nothing(
+        sysroot: Path) -> None:
+    """A repository's user controls what is inside it: a `lock.roster` symlink to a root
+    file must not let the rollback (run by root) write or chown that file."""
+    repo = sysroot / "repo"
+    repo.mkdir()
+    os.chown(repo, 20000, 20000)
+    victim = sysroot / "victim"
+    victim.write_text("root's secret\n")
+    victim.chmod(0o600)
+    (repo / "lock.roster").symlink_to(victim)
+    os.lchown(repo / "lock.roster", 20000, 20000)
+    assert rb.as_owner(repo, os.geteuid) == 20000
+    with pytest.raises(PermissionError):
+        rb.as_owner(repo, lambda: rb._write_roster(repo / "lock.roster", {"shared": []},
+                                                   os.stat(repo)))
+    assert victim.stat().st_uid == 0 and victim.read_text() == "root's secret\n"
+    aside = rb.make_aside_folder(repo, 9)
+    assert aside.stat().st_uid == 20000 and aside.parent == repo.parent
