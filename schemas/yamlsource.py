@@ -23,6 +23,8 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+# A hive.yaml of 5,000 repositories holds ~130,000 values; forty times that is no config.
+MAX_VALUES = 5_000_000
 
 
 class Mark(NamedTuple):
@@ -95,8 +97,14 @@ class _Builder:
     def __init__(self, loader: yaml.SafeLoader) -> None:
         self.loader = loader
         self.duplicates: list[tuple[Mark, str]] = []
+        self.budget = MAX_VALUES
 
     def build(self, node: yaml.Node) -> Any:
+        self.budget -= 1
+        if self.budget < 0:  # aliases of aliases ("billion laughs") expand without end
+            raise yaml.constructor.ConstructorError(
+                None, None, f"more than {MAX_VALUES:,} values: are aliases (*name) "
+                "expanding each other?", node.start_mark)
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _STR:
                 return node.value

@@ -267,3 +267,14 @@ def test_a_bad_date_is_reported_once(tmp_path: Path) -> None:
     body = BASE_OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}, expires: soon}}\n"
     found = problems(tmp_path, body)
     assert len(found) == 1 and found[0].startswith("13:")
+
+
+def test_alias_bomb_is_refused_not_expanded(tmp_path: Path) -> None:
+    """Nine levels of nine aliases would be 387 million values: refuse, in bounded time."""
+    lines = ['x-a0: &a0 "lol"']
+    for level in range(1, 10):
+        refs = ", ".join([f"*a{level - 1}"] * 9)
+        lines.append(f"x-a{level}: &a{level} [{refs}]")
+    found = problems(tmp_path, BASE_OWNERS + "\n".join(lines) + "\n")
+    assert len(found) == 1 and "aliases (*name) expanding each other" in found[0], found
+
