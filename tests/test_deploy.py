@@ -312,6 +312,12 @@ def test_hive_ci_applies_a_commit_of_main(tmp_path: Path) -> None:
     assert starts[0]["user"] == "alice"
     assert starts[0]["commit"] == commit
     assert (checkout / "repos" / "bh-r1" / "r1").is_dir()
+    # A newer commit on main: re-running the old pipeline must not apply the old state.
+    (origin / "hive.yaml").write_text((origin / "hive.yaml").read_text().replace(
+        "  r1: {owner: alice}", "  r1: {owner: alice}\n  r2: {owner: alice}"))
+    _git(origin, "commit", "-q", "-am", "r2")
+    old = _hive_ci(f"apply {commit} alice", env=env)
+    assert old.returncode == 1 and "is not the tip of main" in old.stderr, old.stderr
 
 
 def test_python_is_the_one_running_the_tests() -> None:
