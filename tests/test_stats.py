@@ -149,3 +149,25 @@ def test_an_unreadable_repository_is_reported_not_fatal(sysroot: Path) -> None:
     records = {r.get("repository"): r for r in map(json.loads, result.stdout.splitlines())}
     assert records["r1"]["errors"] == [f"cannot read {repo}: Permission denied"]
     assert records["open"]["present"] is False and records["open"]["errors"] == []
+
+
+def test_rollback_aside_folders_are_not_repositories(tmp_path: Path) -> None:
+    """`hive rollback` moves files into `<repo>.rollback-<time>-to-<N>` beside the
+    repository: that folder is not a repository to measure (nor is borg's `.cache`), by
+    the same name rule the watcher uses; a repository removed from hive.yaml still is."""
+    from reconciler.rollback import aside_folder
+
+    config = make_config(tmp_path, {"r1": "owner: alice"})
+    repo = repo_path(tmp_path, "r1")
+    repo.mkdir()
+    (repo / "config").write_text("[repository]\nversion = 1\n")
+    aside = aside_folder(repo, 3)
+    aside.mkdir()
+    (aside / "index.5").write_bytes(b"x" * 100)
+    (repo.parent / ".cache").mkdir()
+    (tmp_path / "repos" / "bh-old" / "old").mkdir(parents=True)
+    result = hive_cli("stats", "-f", str(config), "-o", "json", "--no-record")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(r["repository"] for r in records if r["type"] == "repository") == [
+        "old", "r1"]

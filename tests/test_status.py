@@ -173,6 +173,26 @@ def test_status_table_and_sizes_after_stats(server: Path) -> None:
                          "1 missing on disk.")
 
 
+def test_a_fifo_in_a_repository_never_blocks_status_or_stats(tmp_path: Path) -> None:
+    """A repository user can put a FIFO where borg keeps a small file (borg 1's `config`,
+    borg 2's `config/version` and `locks/*`): reading it must not hang the scan."""
+    config = make_config(tmp_path, {"one": "owner: alice", "two": "owner: alice"})
+    one, two = repo_path(tmp_path, "one"), repo_path(tmp_path, "two")
+    one.mkdir()
+    os.mkfifo(one / "config")
+    (two / "config").mkdir(parents=True)
+    (two / "locks").mkdir()
+    os.mkfifo(two / "config" / "version")
+    os.mkfifo(two / "locks" / "holder")
+    for args in (("status", "-o", "json"), ("stats", "--no-record", "-o", "json")):
+        try:  # the assertion is that it finished, not how fast
+            result = hive_cli(*args, "-f", str(config), timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"hive {args[0]} hung on a FIFO in a repository")
+        assert result.returncode in (0, 2), result.stderr
+        assert "Traceback" not in result.stderr
+
+
 @requires_root
 def test_status_as_a_user_who_cannot_read_the_repositories(sysroot: Path) -> None:
     """The repositories are 0700; `nobody` sees what the watcher and stats recorded."""

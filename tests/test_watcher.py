@@ -262,6 +262,24 @@ def test_watch_limit_names_the_sysctl(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_second_watcher_refuses_to_start(tmp_path: Path) -> None:
+    """Two watchers on one state_dir would record every event twice: the second exits 1 at
+    once, naming the first; once the first has stopped, a new one starts."""
+    config = make_config(tmp_path, {"r1": "owner: alice"})
+    with watching(config) as first:
+        assert first.process is not None
+        pid = first.process.pid
+        assert (tmp_path / "state" / "watch.lock").read_text() == f"{pid}\n"
+        second = hive_cli("watch", "-f", str(config), timeout=30)
+        assert second.returncode == 1, second.stderr
+        assert f"pid {pid}" in second.stderr and "already running" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.process.poll() is None
+        assert first.stop() == 0
+    with watching(config) as again:
+        assert again.stop() == 0
+
+
 # ----------------------------------------------------------------------------- side by side
 
 

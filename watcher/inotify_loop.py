@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -41,9 +41,7 @@ log = logging.getLogger("hive.watch")
 DIR_MASK = (flags.CREATE | flags.MOVED_TO | flags.DELETE | flags.MOVED_FROM
             | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW)
 BORG2_SUBDIRS = ("config", "locks", "archives")
-# Repository names as hive.yaml allows them; `.cache` and `.config` that `borg serve`
-# may create in a user's home (the user folder) are not repositories.
-_REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+_REPO_NAME = scan.REPO_NAME  # what is a repository folder (see scan.py)
 EVENT_COLUMNS = ("time", "host", "repository", "unix_user", "path", "kind", "source",
                  "details")
 MAX_BUFFER = 200_000  # events held while the database cannot be written (~100 MB)
@@ -54,6 +52,33 @@ STATE_COLUMNS = ("host", "path", "repository", "unix_user", "layout", "layout_ve
 
 class WatchError(Exception):
     """The watcher cannot do its job; the message says what to change."""
+
+
+WATCH_LOCK = "watch.lock"
+
+
+def hold_watch_lock(state_dir: Path) -> int:
+    """Take `<state_dir>/watch.lock` (exclusive flock, held until the process ends, with
+    its pid in the file) or fail at once: a second watcher would record every event twice.
+    """
+    path = state_dir / WATCH_LOCK
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise WatchError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        who = f"pid {holder}" if holder.isdigit() else "another process"
+        raise WatchError(f"another hive watch is already running ({who} holds {path}); "
+                         "one watcher per state_dir, or every event is recorded twice"
+                         ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _limit_message(what: str, count: int) -> str:
@@ -487,6 +512,13 @@ class Watcher:
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; then flush what is buffered and return 0."""
+        lock_fd = hold_watch_lock(self.state_dir)
+        try:
+            return self._run()
+        finally:
+            os.close(lock_fd)
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         repositories = self.start()

@@ -12,11 +12,17 @@ import json
 import os
 import re
 import socket
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from watcher.events import BORG1, BORG2, RepoState
+
+# Repository names as hive.yaml allows them; `.cache` and `.config` that `borg serve`
+# may create in a user's home (the user folder) are not repositories, nor are the
+# `<repo>.rollback-<time>-to-<N>` folders `hive rollback` moves files aside into.
+REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 # borg 1.x names the holder file inside lock.exclusive/ "<host id>.<pid>-<thread>", where
 # the host id is "<fqdn>@<uuid.getnode()>" (or $BORG_HOST_ID).
@@ -33,11 +39,15 @@ class Holder:
 
 
 def _read_small(path: str, limit: int = 4096) -> str | None:
+    """A small regular file's text; None for anything else (a FIFO, a device or a socket
+    in a repository must never block a scan: opened non-blocking, and never read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         return os.read(fd, limit).decode("utf-8", errors="replace")
     except OSError:
         return None

@@ -176,7 +176,8 @@ def measure(repository: str, unix_user: str, path: str, in_config: bool,
 
 def targets(config: Any, only: Iterable[str] = ()) -> list[tuple[str, str, str, bool, int | None]]:
     """(repository, unix user, path, in hive.yaml, quota) for every repository in the file
-    and every repository folder found on disk (removed from the file, data kept)."""
+    and every repository folder found on disk (removed from the file, data kept); not
+    `hive rollback`'s aside folders nor dot folders, by the watcher's name rule."""
     wanted = set(only)
     root = config.server.repos_root
     found: dict[str, tuple[str, str, str, bool, int | None]] = {}
@@ -191,8 +192,8 @@ def targets(config: Any, only: Iterable[str] = ()) -> list[tuple[str, str, str, 
         users = []
     for user in sorted(users):
         try:
-            names = [e.name for e in os.scandir(root / user)
-                     if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+            names = [e.name for e in os.scandir(root / user)  # what the watcher watches
+                     if scan.REPO_NAME.match(e.name) and e.is_dir(follow_symlinks=False)]
         except OSError:
             continue
         for name in names:
