@@ -84,6 +84,8 @@ def rollback(repository: str, config_file: str | None, list_only: bool, target: 
     append_only = bool(settings is not None and settings.append_only_keys) \
         or repo.append_only_config
     plan = rb.plan_rollback(repo.transactions, repo.layout, target, append_only)
+    rb.warn_unlogged(plan, rb.unlogged_commits(repo_path, repo.layout, repo.transactions,
+                                               target))
     _show_plan(plan, repository, repo_path, fmt)
     if plan.refusals:
         return _fail(fmt, "; ".join(plan.refusals))
@@ -186,6 +188,8 @@ def _execute(config: Any, path: Path, name: str, repo_path: Path, target: int,
             # Read again under the lock: a client may have committed since the plan shown.
             repo = rb.Repository.read(repo_path)
             plan = rb.plan_rollback(repo.transactions, repo.layout, target, append_only)
+            rb.warn_unlogged(plan, rb.unlogged_commits(repo_path, repo.layout,
+                                                       repo.transactions, target))
             if plan.refusals or (plan.warnings and not force):
                 return plan, repo.id, [], "; ".join(plan.refusals + plan.warnings)
             try:

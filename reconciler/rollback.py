@@ -220,6 +220,48 @@ def plan_rollback(transactions: list[Transaction], layout: Layout, target: int,
     return plan
 
 
+COMMIT_TAG = 2  # borg 1.x segment entry: crc32 (4), size (4), tag (1); a COMMIT is 9 bytes
+
+
+def unlogged_commits(path: Path, layout: Layout, transactions: list[Transaction],
+                     target: int) -> list[int]:
+    """Segments newer than `target` that end with a commit the log does not list.
+
+    borg logs only append-only commits, so a full-access key's commit between two logged
+    transactions is invisible in `transactions`; its segment still ends with a COMMIT
+    entry. Rolling back past it undoes that work too, which needs the operator's consent.
+    Reads 9 bytes per segment, never following links nor blocking on odd files.
+    """
+    logged = {t.id for t in transactions}
+    found = []
+    for n, relative in sorted(layout.segments.items()):
+        if n <= target or n in logged:
+            continue
+        try:
+            fd = os.open(path / relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            tail = os.pread(fd, 9, st.st_size - 9) if stat.S_ISREG(st.st_mode) \
+                and st.st_size >= 17 else b""
+        finally:
+            os.close(fd)
+        if len(tail) == 9 and int.from_bytes(tail[4:8], "little") == 9 \
+                and tail[8] == COMMIT_TAG:
+            found.append(n)
+    return found
+
+
+def warn_unlogged(plan: RollbackPlan, commits: list[int]) -> None:
+    """Add the warning for commits the log does not list (needs --force to go ahead)."""
+    commits = [n for n in commits if n != plan.current]  # already warned about
+    if commits:
+        plan.warnings.append(f"segments {_ranges(commits)} end with commits that are not in "
+                             "the transactions log (a full-access key wrote them): rolling "
+                             "back undoes them too")
+
+
 def _ranges(numbers: list[int]) -> str:
     parts: list[str] = []
     start = prev = numbers[0]
@@ -264,13 +306,27 @@ class Repository:
             raise RollbackError(f"{path} is not a borg 1.x repository (no config or data/)")
         if (path / "data").is_symlink():
             raise RollbackError(f"{path}/data is a symlink; Hive will not follow it")
-        try:
-            log = (path / TRANSACTIONS).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            log = ""
-        append_only, ident = read_config(config.read_text(encoding="utf-8", errors="replace"))
+        log = _read_regular(path / TRANSACTIONS) or ""
+        append_only, ident = read_config(_read_regular(config) or "")
         return cls(path, parse_transactions(log), Layout.from_paths(_relative_files(path)),
                    append_only, ident)
+
+
+def _read_regular(path: Path, limit: int = 16 << 20) -> str | None:
+    """A small file's text, or None: never through a symlink, never blocking on a FIFO.
+    (The repository's user controls these files; the caller may be root.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RollbackError(f"{path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RollbackError(f"{path} is not a regular file")
+        return os.read(fd, limit).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
 
 
 def _relative_files(root: Path) -> Iterator[str]:
@@ -279,7 +335,7 @@ def _relative_files(root: Path) -> Iterator[str]:
             yield name
     data = root / "data"
     for folder in os.listdir(data):
-        if folder.isdigit() and (data / folder).is_dir():
+        if folder.isdigit() and stat.S_ISDIR(os.lstat(data / folder).st_mode):
             for name in os.listdir(data / folder):
                 if name.isdigit():
                     yield f"data/{folder}/{name}"

@@ -281,3 +281,32 @@ def test_repository_work_runs_as_its_owner_so_planted_symlinks_reach_nothing(
     assert victim.stat().st_uid == 0 and victim.read_text() == "root's secret\n"
     aside = rb.make_aside_folder(repo, 9)
     assert aside.stat().st_uid == 20000 and aside.parent == repo.parent
+
+
+@pytest.mark.skipif(_NO_BORG, reason="borg is not installed")
+def test_a_full_access_commit_between_logged_transactions_needs_force(
+        local_repo: Path) -> None:
+    """borg logs only append-only commits: a full-access commit in between is found by the
+    COMMIT entry ending its segment, and rolling back past it is a warning."""
+    base = local_repo.parent / "base"
+    data = local_repo.parent / "file.txt"
+    for args in (("config", str(local_repo), "append_only", "0"),
+                 ("create", f"{local_repo}::full", str(data)),
+                 ("config", str(local_repo), "append_only", "1"),
+                 ("create", f"{local_repo}::a3", str(data))):
+        result = _borg(base, *args)
+        assert result.returncode == 0, result.stderr
+    repo = rb.Repository.read(local_repo)
+    logged = [t.id for t in repo.transactions]
+    target = logged[-2]  # the transaction before a3; the full-access commit lies between
+    plan = rb.plan_rollback(repo.transactions, repo.layout, target, True)
+    commits = rb.unlogged_commits(local_repo, repo.layout, repo.transactions, target)
+    assert len(commits) == 1 and target < commits[0] < logged[-1], (commits, logged)
+    rb.warn_unlogged(plan, commits)
+    assert any("not in the transactions log (a full-access key wrote them)" in w
+               for w in plan.warnings)
+    # Rolling back only a3 (to the state after the full-access commit) is not flagged.
+    later = rb.plan_rollback(repo.transactions, repo.layout, logged[-1], True)
+    rb.warn_unlogged(later, rb.unlogged_commits(local_repo, repo.layout, repo.transactions,
+                                                logged[-1]))
+    assert later.warnings == []
