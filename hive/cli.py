@@ -173,8 +173,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         try:
             config = schemas.with_trusted_server(config, trusted, str(path))
         except schemas.ConfigError as exc:
-            for problem in exc.problems:
-                _fail(fmt, str(problem))
+            _fail(fmt, "\n".join(map(str, exc.problems)))
             return EXIT_ERROR
     changed_code = EXIT_CHANGES if detailed_exitcode else EXIT_OK
     try:
