@@ -77,6 +77,11 @@ def cli() -> None:
       hive history                   who applied what, when, from which git commit
 
     \b
+    On the server: 'hive watch' records repository events (a service), 'hive stats'
+    measures them (a timer), 'hive status' says which are stale (monitoring exit codes),
+    'hive rollback' undoes what append-only keys did. 'hive COMMAND --help' for each.
+
+    \b
     Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode).
     Nothing that Hive does deletes repository data; only 'hive purge' does, when asked.
     """
