@@ -121,13 +121,55 @@ def test_borg1_rollback_is_an_update_to_a_lower_transaction() -> None:
     """`hive rollback` moves index.13 aside; borg's next open rebuilds index.9."""
     state = RepoState(layout=BORG1, transaction=13)
     state, found = run([("integrity.13", False, False), ("index.13", False, False)], state)
-    assert found == [] and state.transaction is None
+    assert found == [] and state.dropped == 13
     state, found = run([("index.9.tmp", True, False), ("index.9", True, False)], state)
     assert found == [("updated", {"transaction": 9, "previous": 13, "backup": True,
                                   "rollback": True})]
     state, found = run([("index.11", True, False), ("index.9", False, False)], state)
     assert found == [("updated", {"transaction": 11, "previous": 9, "backup": True})]
     assert reconcile(state, replace(state, dropped=None), T)[1] == []
+
+
+ROLLED_BACK = {"transaction": 9, "previous": 13, "backup": True, "rollback": True}
+NEXT_BACKUP = {"transaction": 13, "previous": 9, "backup": True}
+AT_13 = RepoState(layout=BORG1, layout_version=1, transaction=13, commit_time=T - 60)
+NO_INDEX = replace(AT_13, transaction=None, commit_time=None)
+
+
+def _index(state: RepoState, number: int, how: str,
+           step: int) -> tuple[RepoState, list[tuple[str, dict]]]:
+    """index.<number> appears, seen live ("event") or found by a rescan ("scan")."""
+    if how == "event":
+        new, found = apply(state, FileEvent(T + step, f"index.{number}", True))
+    else:
+        scanned = replace(AT_13, transaction=number, commit_time=T + step)
+        merged, found = reconcile(state, scanned, T + step)
+        assert merged is not None
+        new = merged
+    return new, [(e.kind, e.details) for e in found]
+
+
+@pytest.mark.parametrize("removed", ["event", "scan"])
+@pytest.mark.parametrize("appears", ["event", "scan"])
+def test_borg1_rollback_survives_rescans_without_an_index(removed: str, appears: str) -> None:
+    """`hive rollback` leaves no index until borg rebuilds a lower one (index.9 after 13);
+    the next backup may commit at 13 again. Rescans in between must not forget the drop,
+    and the rebuilt number is what the next commit is compared with, whichever input
+    (live file events or rescans) reports the removal and the new indexes."""
+    state = AT_13
+    if removed == "event":
+        state, found = apply(state, FileEvent(T, "index.13", False))
+        assert found == []
+    for step in (1, 2):  # periodic rescans while no index exists
+        merged, found = reconcile(state, NO_INDEX, T + step)
+        assert found == [] and merged is not None
+        state = merged
+    state, found = _index(state, 9, appears, 3)
+    assert found == [("updated", ROLLED_BACK)]
+    state, found = _index(state, 13, appears, 4)
+    assert found == [("updated", NEXT_BACKUP)]
+    assert state.transaction == 13 and state.dropped is None
+    assert reconcile(state, replace(AT_13, commit_time=T + 4), T + 5)[1] == []
 
 
 def test_borg2_init_and_create() -> None:

@@ -44,7 +44,7 @@ class RepoState:
     locks: frozenset[str] = frozenset()  # lock names held: {"lock.exclusive"} or locks/ files
     lock_since: float | None = None
     stale_reported: bool = False       # lock_stale was recorded for the current lock
-    dropped: int | None = None         # borg 1.x: the current index vanished (a rollback)
+    dropped: int | None = None         # borg 1.x: that index went, none newer came (rollback)
 
     @property
     def locked(self) -> bool:
@@ -133,12 +133,14 @@ def apply(state: RepoState, event: FileEvent) -> tuple[RepoState, list[RepoEvent
                     return state, []  # the old index a commit replaced
                 # The current index went without a newer one: rolled back (hive rollback
                 # moves it aside) or being deleted. The next index counts, even if lower.
-                return replace(state, transaction=None, dropped=number), []
-            if state.transaction is not None and number <= state.transaction:
+                return replace(state, dropped=number), []
+            if state.dropped is not None:
+                if number == state.transaction:
+                    return replace(state, dropped=None), []  # the same index is back
+            elif state.transaction is not None and number <= state.transaction:
                 return state, []  # an older index, or one a scan already counted
             new = replace(state, transaction=number, commit_time=t, dropped=None)
-            old = replace(state, transaction=state.dropped) if state.dropped else state
-            return new, [_updated(old, new, t, "inotify")]
+            return new, [_updated(state, new, t, "inotify")]
         if top == "lock.exclusive" and event.is_dir:
             locks = frozenset({"lock.exclusive"}) if event.added else frozenset()
             return _lock_change(state, locks, t, "inotify")
@@ -173,11 +175,12 @@ def reconcile(old: RepoState | None, new: RepoState | None,
                                     "scan"))
         return new, events
     base = old if old is not None and old.layout is not None else RepoState()
-    if base.transaction is None and base.dropped is not None:
-        base = replace(base, transaction=base.dropped)
     if new.transaction is None and base.transaction is not None and new.layout == base.layout:
-        # no index readable this instant (a commit replacing it): nothing was undone
-        new = replace(new, transaction=base.transaction, commit_time=base.commit_time)
+        # No index readable: a commit replacing it this instant (nothing was undone), or a
+        # rollback (no index until borg rebuilds a lower one). Keep the transaction and, as
+        # apply does when the index goes, let the next index count whatever its number.
+        new = replace(new, transaction=base.transaction, commit_time=base.commit_time,
+                      dropped=base.transaction if new.layout == BORG1 else None)
     if base.layout is None:
         events.append(RepoEvent(now, "created", {"layout": new.layout}, "scan"))
     if new.transaction is not None and new.transaction != base.transaction:
