@@ -776,6 +776,36 @@ class SshClient:
         return self._run(["rsync", "-e", rsh, *args])
 
 
+@dataclass(kw_only=True)
+class Deployment:
+    """One test server as the e2e tests see it: Hive's folders, client keys, the sshd.
+    Each test module adds what its setup needs (an extrausers folder, a slapd, an install).
+    """
+
+    root: Path
+    repos_root: Path
+    state_dir: Path
+    keys: dict[str, ClientKey]
+    server: SshdServer | None = None
+
+    def user(self, repo: str) -> str:
+        return f"bh-{repo}"
+
+    def repo_path(self, repo: str) -> Path:
+        return self.repos_root / self.user(repo) / repo
+
+    def client(self, key: str, server: SshdServer | None = None) -> SshClient:
+        """A client with `key` against `server` (default: the deployment's own sshd)."""
+        server = server or self.server
+        assert server is not None
+        workdir = self.root / "clients" / key
+        workdir.mkdir(parents=True, exist_ok=True)
+        return SshClient(port=server.port, key=self.keys[key], workdir=workdir)
+
+    def url(self, client: SshClient, repo: str, path: Path | None = None) -> str:
+        return client.borg_url(self.user(repo), path or self.repo_path(repo))
+
+
 def describe(result: subprocess.CompletedProcess[str], server: SshdServer | None = None) -> str:
     """A failure message: the command, its exit code and output, and sshd's log tail."""
     argv = result.args if isinstance(result.args, list) else [str(result.args)]

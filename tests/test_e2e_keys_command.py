@@ -31,7 +31,6 @@ from sshd_harness import (
     BASE_OPTIONS,
     AuthorizedKeysCommand,
     AuthorizedKeysFile,
-    ClientKey,
     KeySource,
     SshClient,
     SshdServer,
@@ -43,6 +42,9 @@ from sshd_harness import (
     render_shipped,
     root_owned_test_root,
     strict_modes_problems,
+)
+from sshd_harness import (
+    Deployment as BaseDeployment,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,32 +78,13 @@ def installed(hive_install: HiveInstall | str) -> HiveInstall:
     return hive_install
 
 
-@dataclass
-class Deployment:
-    root: Path
+@dataclass(kw_only=True)
+class Deployment(BaseDeployment):
+    """The test server, with Hive from the reachable install."""
+
     install: HiveInstall
     config: Path
-    repos_root: Path
-    state_dir: Path
     files_dir: Path
-    keys: dict[str, ClientKey]
-    server: SshdServer | None = None
-
-    def user(self, repo: str) -> str:
-        return f"bh-{repo}"
-
-    def repo_path(self, repo: str) -> Path:
-        return self.repos_root / self.user(repo) / repo
-
-    def client(self, key: str, server: SshdServer | None = None) -> SshClient:
-        server = server or self.server
-        assert server is not None
-        workdir = self.root / "clients" / key
-        workdir.mkdir(parents=True, exist_ok=True)
-        return SshClient(port=server.port, key=self.keys[key], workdir=workdir)
-
-    def url(self, client: SshClient, repo: str) -> str:
-        return client.borg_url(self.user(repo), self.repo_path(repo))
 
 
 def hive_yaml(d: Deployment) -> str:

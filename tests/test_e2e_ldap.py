@@ -32,9 +32,7 @@ from sshd_harness import (
     BASE_OPTIONS,
     NSENTER,
     BindMount,
-    ClientKey,
     NamespaceDaemon,
-    SshClient,
     SshdServer,
     describe,
     generate_ed25519_key,
@@ -44,6 +42,9 @@ from sshd_harness import (
     pids_named,
     render_shipped,
     root_owned_test_root,
+)
+from sshd_harness import (
+    Deployment as BaseDeployment,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,35 +86,15 @@ NSLCD_PW = "nslcd-e2e-secret"
 HIVE_PW = "hive-secret"  # tests/slapd.py's password for cn=hive
 
 
-@dataclass
-class LdapDeployment:
+@dataclass(kw_only=True)
+class LdapDeployment(BaseDeployment):
     """The test's slapd, Hive's files, the namespace with nslcd + sshd, and client keys."""
 
-    root: Path
     slapd: Slapd
     config: Path
-    repos_root: Path
-    state_dir: Path
-    keys: dict[str, ClientKey]
-    server: SshdServer | None = None
-
-    def user(self, repo: str) -> str:
-        return f"bh-{repo}"
-
-    def repo_path(self, repo: str) -> Path:
-        return self.repos_root / self.user(repo) / repo
 
     def cache(self, repo: str) -> Path:
         return self.state_dir / "authorized_keys" / self.user(repo)
-
-    def client(self, key: str) -> SshClient:
-        assert self.server is not None
-        workdir = self.root / "clients" / key
-        workdir.mkdir(parents=True, exist_ok=True)
-        return SshClient(port=self.server.port, key=self.keys[key], workdir=workdir)
-
-    def url(self, client: SshClient, repo: str) -> str:
-        return client.borg_url(self.user(repo), self.repo_path(repo))
 
     def ldap_user(self, repo: str) -> dict:
         return self.slapd.entries(PEOPLE)[f"uid={self.user(repo)},{PEOPLE}"]

@@ -26,15 +26,16 @@ from sshd_harness import (
     BASE_OPTIONS,
     AuthorizedKeysCommand,
     AuthorizedKeysFile,
-    ClientKey,
     KeySource,
-    SshClient,
     SshdServer,
     describe,
     generate_ed25519_key,
     missing_prerequisites,
     root_owned_test_root,
     strict_modes_problems,
+)
+from sshd_harness import (
+    Deployment as BaseDeployment,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,31 +54,11 @@ Result = subprocess.CompletedProcess[str]
 # --------------------------------------------------------------------------- the deployment
 
 
-@dataclass
-class Deployment:
-    """One test server: its folders, keys and clients."""
+@dataclass(kw_only=True)
+class Deployment(BaseDeployment):
+    """One test server with users in extrausers files."""
 
-    root: Path
-    repos_root: Path
-    state_dir: Path
     files_dir: Path
-    keys: dict[str, ClientKey]
-    server: SshdServer | None = None
-
-    def user(self, repo: str) -> str:
-        return f"bh-{repo}"
-
-    def repo_path(self, repo: str) -> Path:
-        return self.repos_root / self.user(repo) / repo
-
-    def client(self, key: str) -> SshClient:
-        assert self.server is not None
-        workdir = self.root / "clients" / key
-        workdir.mkdir(parents=True, exist_ok=True)
-        return SshClient(port=self.server.port, key=self.keys[key], workdir=workdir)
-
-    def url(self, client: SshClient, repo: str, path: Path | None = None) -> str:
-        return client.borg_url(self.user(repo), path or self.repo_path(repo))
 
 
 def make_deployment(root: Path) -> Deployment:
