@@ -321,7 +321,7 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
     if repo is not None and repo.mode != "disabled":
         return _refuse(f"repository {repository!r} is still active in {path}; remove it or "
                        "set 'mode: disabled', run 'hive apply', then purge")
-    target = config.server.repos_root / user / repository
+    target = config.repo_path(repository)
     if not target.exists():
         click.echo(f"{target} does not exist: nothing to purge.")
         return EXIT_OK

@@ -120,7 +120,7 @@ def _repository_path(config: Any, repository: str) -> Path | str:
     if repository not in config.repositories and (
             known is None or known.get("repository") != repository):
         return f"repository {repository!r} is not one Hive manages on this server"
-    repo_path = Path(config.server.repos_root) / user / repository
+    repo_path = config.repo_path(repository)
     if repo_path.is_symlink():
         return f"{repo_path} is a symlink; Hive will not follow it"
     if not repo_path.is_dir():

@@ -52,11 +52,6 @@ class Desired:
         self.resources[resource.key] = resource
 
 
-def repository_path(config: HiveConfig, repository: str) -> Path:
-    user = config.user_name(repository)
-    return config.server.repos_root / user / repository
-
-
 def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str]:
     """The paths whose state the plan needs: desired ones and the ones Hive made."""
     root = str(config.server.repos_root)

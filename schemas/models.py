@@ -378,7 +378,21 @@ class HiveConfig(Strict):
         return data
 
     def user_name(self, repository: str) -> str:
+        """The unix user (and private group) of a repository: <prefix><repository>."""
         return f"{self.server.users.prefix}{repository}"
+
+    def repo_path(self, repository: str) -> Path:
+        """Where a repository lives: <repos_root>/<unix user>/<repository>. The one home of
+        this rule; everything that needs a repository's folder asks here."""
+        user = self.user_name(repository)
+        return self.server.repos_root / user / repository
+
+    def client_url(self, repository: str) -> str:
+        """The URL a client gives borg (or BORG_REPO), exactly as README shows it."""
+        server = self.server
+        host = f"[{server.ssh_host}]" if ":" in server.ssh_host else server.ssh_host
+        return (f"ssh://{self.user_name(repository)}@{host}:{server.ssh_port}"
+                f"{self.repo_path(repository)}")
 
     def stale_after_seconds(self, repository: str) -> int:
         """How old a repository's last backup may be before it counts as stale."""

@@ -182,9 +182,8 @@ def targets(config: Any, only: Iterable[str] = ()) -> list[tuple[str, str, str, 
     root = config.server.repos_root
     found: dict[str, tuple[str, str, str, bool, int | None]] = {}
     for name, repo in config.repositories.items():
-        user = config.user_name(name)
-        path = str(root / user / name)
-        found[path] = (name, user, path, True, repo.quota_bytes)
+        path = str(config.repo_path(name))
+        found[path] = (name, config.user_name(name), path, True, repo.quota_bytes)
     try:
         users = [e.name for e in os.scandir(root)
                  if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]

@@ -80,7 +80,7 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
     """The status of one repository, from the file, the disk and the database (pure)."""
     repo = config.repositories[repository]
     user = config.user_name(repository)
-    path = str(config.server.repos_root / user / repository)
+    path = str(config.repo_path(repository))
     state = disk.state if disk.readable else recorded.state
     last = recorded.last_backup
     if disk.readable and disk.state is not None and disk.state.backed_up:
@@ -175,7 +175,7 @@ def gather(config: Any, owners: tuple[str, ...] = (), groups: tuple[str, ...] = 
     for name in sorted(config.repositories):
         if not matches(config, name, owners, groups):
             continue
-        path = str(config.server.repos_root / config.user_name(name) / name)
+        path = str(config.repo_path(name))
         disk = look(path) if config.repositories[name].mode != "disabled" else Disk(None,
                                                                                     False)
         result.append(evaluate(config, name, disk, recorded.get(path, Recorded()), now,
