@@ -190,7 +190,11 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
                          {"role": "user_dir", "repository": name}))
         out.add(Resource("directory", str(path), _dir(uid, uid, 0o700),
                          {"role": "repository", "repository": name}))
-        lines, gone = keylines.repository_lines(config, repo, path, now)
+        try:
+            lines, gone = keylines.repository_lines(config, repo, path, now)
+        except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
+            out.errors.append(f"repository {name}: {exc}")
+            lines, gone = {}, {}
         expired.update(gone)
         if lines:
             out.add(Resource("authorized_keys", user, {"keys": lines}, {"repository": name}))

@@ -3,6 +3,8 @@
 Every line starts with `restrict` (no PTY, no forwarding, no agent, no X11, no user rc) and
 carries a forced command; a repository whose mode grants nothing gets no lines at all.
 The trailing comment is `hive:<key name>`, so plans and humans can tell lines apart.
+Every line is checked against the strict grammar of schemas/keyoptions.py before it is
+returned: a line sshd might read differently is never written (UnsafeKeyLine).
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from schemas.keyoptions import UnsafeKeyLine, check_key_line, command_option, from_option
 from schemas.models import HiveConfig, Key, Repository
 from schemas.sshkeys import parse_public_key
 
 COMMENT_PREFIX = "hive:"
 
 
-def forced_command(config: HiveConfig, repo: Repository, path: Path, append_only: bool) -> str:
-    """The command sshd runs instead of whatever the client asked for."""
+def forced_command_words(config: HiveConfig, repo: Repository, path: Path,
+                         append_only: bool) -> list[str]:
+    """The command sshd runs instead of whatever the client asked for, word by word."""
     server = config.server
     if repo.mode == "borg":
         parts = [server.borg_command, "serve", "--restrict-to-repository", str(path)]
@@ -25,12 +29,17 @@ def forced_command(config: HiveConfig, repo: Repository, path: Path, append_only
             parts.append("--append-only")
         if repo.quota:
             parts += ["--storage-quota", repo.quota]
-        return " ".join(parts)
+        return parts
     if repo.mode == "import":
-        return f"{server.rrsync_command} -wo {path}"
+        return [server.rrsync_command, "-wo", str(path)]
     if repo.mode == "export":
-        return f"{server.rrsync_command} -ro {path}"
+        return [server.rrsync_command, "-ro", str(path)]
     raise ValueError(f"mode {repo.mode!r} grants no access")
+
+
+def forced_command(config: HiveConfig, repo: Repository, path: Path, append_only: bool) -> str:
+    """The forced command as sshd's command="..." holds it."""
+    return " ".join(forced_command_words(config, repo, path, append_only))
 
 
 def expiry_option(expires_at: dt.datetime) -> str:
@@ -40,15 +49,21 @@ def expiry_option(expires_at: dt.datetime) -> str:
 
 def key_line(config: HiveConfig, repo: Repository, path: Path, key_name: str, key: Key,
              append_only: bool) -> str:
-    options = ["restrict"]
-    if key.from_:
-        options.append('from="{}"'.format(",".join(key.from_)))
-    expires_at = key.expires_at()
-    if expires_at is not None:
-        options.append(f'expiry-time="{expiry_option(expires_at)}"')
-    options.append(f'command="{forced_command(config, repo, path, append_only)}"')
-    public = parse_public_key(key.public_key)
-    return f"{','.join(options)} {public.type} {public.blob} {COMMENT_PREFIX}{key_name}"
+    """One line, or UnsafeKeyLine if any part of it is outside sshd's strict grammar."""
+    try:
+        options = ["restrict"]
+        if key.from_:
+            options.append(from_option(list(key.from_)))
+        expires_at = key.expires_at()
+        if expires_at is not None:
+            options.append(f'expiry-time="{expiry_option(expires_at)}"')
+        options.append(command_option(forced_command_words(config, repo, path, append_only)))
+        public = parse_public_key(key.public_key)
+        line = f"{','.join(options)} {public.type} {public.blob} {COMMENT_PREFIX}{key_name}"
+        return check_key_line(line)
+    except UnsafeKeyLine as exc:
+        raise UnsafeKeyLine(f"key {key_name}: refusing to write its authorized_keys line: "
+                            f"{exc}") from None
 
 
 def repository_lines(config: HiveConfig, repo: Repository, path: Path,
