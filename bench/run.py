@@ -2,7 +2,7 @@
 
     python bench/run.py [--repos 5000] [--keys 10000] [--runs 50] [--profile]
 
-Generates a large hive.yaml (bench/generate.py) in a fresh folder under /var/tmp, runs the
+Generates a large hive.yaml (bench/generate.py) in a fresh folder under /var/lib, runs the
 real `hive` console script on it as subprocesses, exactly as a user or sshd would, prints
 a table and writes bench/out/results.json. Needs root for `hive apply`; without root the
 apply steps are skipped. See bench/README.md for what each number means and the targets.
@@ -405,8 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50,
                         help="timed runs per authorized-keys variant")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
-                        help="where the temporary folder goes (default /var/tmp; /run is "
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the temporary folder goes (default /var/lib as root: "
+                             "the login path refuses a cache below a world-writable folder "
+                             "such as /var/tmp, as sshd does; /var/tmp otherwise; /run is "
                              "tmpfs on most systems, which makes fsync free)")
     parser.add_argument("--hive", default=None, help="path of the hive console script")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -422,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     interpreter = interpreter_of(hive)
     is_root = os.geteuid() == 0
     OUT.mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="hive-bench-", dir=args.workdir))
+    workdir = args.workdir or Path("/var/lib" if is_root else "/var/tmp")
+    work = Path(tempfile.mkdtemp(prefix="hive-bench-", dir=workdir))
+    work.chmod(0o755)
     started = time.perf_counter()
     try:
         print(f"hive: {hive} (interpreter {shlex.join(interpreter)}); work dir {work}",

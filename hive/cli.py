@@ -406,7 +406,10 @@ def authorized_keys_help(args: tuple[str, ...]) -> int:
     \b
     hive authorized-keys [-f FILE | --state-dir DIR] USER
     Runs on every login, so it reads one file and imports nothing heavy. Unknown users
-    and a missing cache print nothing and exit 0 (no access). In sshd_config:
+    and a missing cache print nothing and exit 0 (no access). A cache sshd's StrictModes
+    would refuse (any folder from / down, or the file, not root-owned, group- or world-
+    writable, a symlink; not a regular file) prints nothing, says why on stderr and
+    exits 1. In sshd_config:
       AuthorizedKeysCommand /usr/local/bin/hive authorized-keys --state-dir /var/lib/hive %u
       AuthorizedKeysCommandUser nobody
     """

@@ -1,8 +1,19 @@
 """`hive authorized-keys USER`: print a user's cached key lines for sshd. The login path.
 
-It imports only `os` and `sys`, reads one file and never fails loudly: for an unknown user,
-a missing cache or any surprise it prints nothing and exits 0, which sshd takes as "no
-keys" (fail closed). A non-zero exit would make sshd log noise and discard keys anyway.
+It imports only `os` and `sys` and reads one file, which it trusts no further than sshd's
+StrictModes would trust an AuthorizedKeysFile, and a little less: every component from `/`
+to the file must be owned by root and not group- or world-writable, none may be a symlink
+(the walk opens each folder with O_NOFOLLOW relative to the one before, so nothing can be
+swapped in between check and use), and the file must be a regular, root-owned file of at
+most MAX_BYTES, opened without blocking. The command runs as the AuthorizedKeysCommandUser
+(nobody); a file that user, a repository user or anyone but root could change would let
+them choose who logs in, so only root counts as an owner (sshd would also accept the
+logging-in user, which for Hive is exactly the account that must not).
+
+Outcomes, as sshd sees them:
+- an unknown user, or no cache at all: nothing on stdout, exit 0 ("no keys");
+- anything the rules above refuse, or a config it cannot read: nothing on stdout, one
+  line on stderr, exit 1. sshd logs the failure and uses no keys: closed, and visible.
 """
 
 import os
@@ -11,6 +22,20 @@ import sys
 DEFAULT_CONFIG = "/etc/hive/hive.yaml"
 DEFAULT_STATE_DIR = "/var/lib/hive"
 USAGE = "usage: hive authorized-keys [-f FILE | --state-dir DIR] USER\n"
+MAX_BYTES = 1 << 20  # a cache file larger than this is refused, never printed in part
+MAX_CONFIG_BYTES = 1 << 20  # how far into hive.yaml the `server:` section may be
+EXIT_REFUSED = 1
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# O_PATH: walking a folder needs only search permission (nobody may not read /var/lib).
+_DIR_FLAGS = (getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW
+              | _CLOEXEC)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _CLOEXEC
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, 0o040000, 0o100000
+
+
+class Refused(Exception):
+    """The cache (or the way to it) is not one sshd's StrictModes would trust."""
 
 
 def _valid_user(name: str) -> bool:
@@ -19,18 +44,107 @@ def _valid_user(name: str) -> bool:
     return all(c in "abcdefghijklmnopqrstuvwxyz0123456789_.-" for c in name)
 
 
+def _trusted(info: os.stat_result, path: str, kind: int) -> None:
+    """Root-owned, not group/world-writable, and the expected kind of file."""
+    if info.st_mode & _S_IFMT != kind:
+        what = "a folder" if kind == _S_IFDIR else "a regular file"
+        raise Refused(f"{path} is not {what}")
+    if info.st_uid != 0:
+        raise Refused(f"{path} is owned by uid {info.st_uid}, not root")
+    if info.st_mode & 0o022:
+        raise Refused(f"{path} is group- or world-writable "
+                      f"(mode {info.st_mode & 0o7777:04o})")
+
+
+def _open_error(path: str, exc: OSError) -> Refused:
+    if exc.errno in (getattr(os, "ELOOP", 40), getattr(os, "ENOTDIR", 20)):
+        return Refused(f"{path} is a symlink or not a folder; give the real path")
+    return Refused(f"{path}: {exc.strerror or exc}")
+
+
+def read_cache(state_dir: str, user: str) -> bytes | None:
+    """The bytes of <state_dir>/authorized_keys/<user>, None if there is no such file, or
+    Refused. Walks from / with one folder descriptor at a time, checking each."""
+    if not state_dir.startswith("/"):
+        raise Refused(f"state dir {state_dir!r} is not an absolute path")
+    names = [part for part in state_dir.split("/") if part not in ("", ".")]
+    if ".." in names:
+        raise Refused(f"state dir {state_dir!r} holds '..'; give the real path")
+    names.append("authorized_keys")
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        _trusted(os.fstat(fd), "/", _S_IFDIR)
+        path = ""
+        for name in names:
+            path += "/" + name
+            try:
+                inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise _open_error(path, exc) from None
+            os.close(fd)
+            fd = inner
+            _trusted(os.fstat(fd), path, _S_IFDIR)  # O_PATH|O_NOFOLLOW may open a link
+        path += "/" + user
+        try:
+            file_fd = os.open(user, _FILE_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == getattr(os, "ELOOP", 40):
+                raise Refused(f"{path} is a symlink") from None
+            raise Refused(f"{path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    try:
+        _trusted(os.fstat(file_fd), path, _S_IFREG)
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(file_fd, 65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise Refused(f"{path} is larger than {MAX_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise Refused(f"{path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(file_fd)
+
+
 def state_dir_from_config(path: str) -> str | None:
     """Find `server.state_dir` in hive.yaml without a YAML parser (too slow for a login).
 
     Reads block-style YAML as `hive.yaml.example` writes it: the `state_dir:` line indented
     under the top-level `server:` key. Relative paths are resolved against the real file's
-    folder (through symlinks), as the full loader does. Returns None when it cannot tell;
-    the caller then denies.
+    folder (through symlinks), as the full loader does. Returns None when it cannot tell
+    (including a FIFO or device instead of a file: opened without blocking, read only up to
+    MAX_CONFIG_BYTES); the caller then denies.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | _CLOEXEC)
+    except OSError:
+        return None
+    try:
+        handle = os.fdopen(fd, encoding="utf-8")
+    except OSError:
+        os.close(fd)
+        return None
+    try:
+        with handle:
+            if os.fstat(handle.fileno()).st_mode & _S_IFMT != _S_IFREG:
+                return None
             in_server = False
-            for line in handle:
+            budget = MAX_CONFIG_BYTES
+            while budget > 0:
+                line = handle.readline(budget)
+                if not line:
+                    return None
+                budget -= len(line)
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
                 if not line[0].isspace():
@@ -47,6 +161,11 @@ def state_dir_from_config(path: str) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return None
+
+
+def _refuse(message: str) -> int:
+    sys.stderr.write(f"hive authorized-keys: {message}; printing no keys\n")
+    return EXIT_REFUSED
 
 
 def authorized_keys(args: list[str]) -> int:
@@ -72,19 +191,17 @@ def authorized_keys(args: list[str]) -> int:
         elif config == DEFAULT_CONFIG:
             state_dir = DEFAULT_STATE_DIR
         if state_dir is None:
-            sys.stderr.write(f"hive authorized-keys: no state_dir found in {config}; "
-                             "use --state-dir\n")
-            return 0
+            return _refuse(f"no state_dir found in {config}; use --state-dir")
     try:
-        fd = os.open(os.path.join(state_dir, "authorized_keys", user),
-                     os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return 0
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(1 << 20)
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    except OSError:
-        return 0
+        data = read_cache(state_dir, user)
+    except Refused as exc:
+        return _refuse(str(exc))
+    except OSError as exc:
+        return _refuse(f"{state_dir}: {exc.strerror or exc}")
+    if data:
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except OSError:
+            return EXIT_REFUSED
     return 0

@@ -1,65 +1,194 @@
 """`hive authorized-keys`: the login path. Prints the cache, imports nothing heavy, and
-never fails loudly (no output, exit 0) when it cannot answer."""
+trusts the cache only as sshd's StrictModes would: otherwise it prints nothing, says why
+on stderr and exits 1 (sshd logs the failure and uses no keys).
+
+The state folders live under a root-owned 0755 folder in /run (`sysroot`): below /tmp
+(1777) every cache would rightly be refused."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import hive, write_config
+from conftest import hive, requires_root, write_config
+
+pytestmark = requires_root  # the rules are about root ownership
 
 HEAVY = ("click", "pydantic", "yaml", "schemas", "reconciler", "json", "datetime")
+LINE = 'restrict,command="borg serve" ssh-ed25519 AAAA hive:k\n'
+REPO_UID = 20000  # a repository user's uid
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> Path:
-    folder = tmp_path / "state" / "authorized_keys"
+def cache(sysroot: Path) -> Path:
+    """<sysroot>/state/authorized_keys/bh-r1, root-owned, 0755 folders and a 0644 file."""
+    folder = sysroot / "state" / "authorized_keys"
     folder.mkdir(parents=True)
-    (folder / "bh-r1").write_text('restrict,command="borg serve" ssh-ed25519 AAAA hive:k\n')
-    return tmp_path / "state"
+    for path in (folder.parent, folder):
+        path.chmod(0o755)
+    (folder / "bh-r1").write_text(LINE)
+    (folder / "bh-r1").chmod(0o644)
+    return sysroot / "state"
+
+
+def keys(state: Path, user: str = "bh-r1") -> subprocess.CompletedProcess[str]:
+    return hive("authorized-keys", "--state-dir", str(state), user, timeout=20)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    """Nothing printed, one line on stderr saying why, exit 1."""
+    assert (result.returncode, result.stdout) == (1, ""), result
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_prints_the_users_cache_file(cache: Path) -> None:
-    result = hive("authorized-keys", "--state-dir", str(cache), "bh-r1")
-    assert result.returncode == 0
-    assert result.stdout == 'restrict,command="borg serve" ssh-ed25519 AAAA hive:k\n'
+    result = keys(cache)
+    assert (result.returncode, result.stdout, result.stderr) == (0, LINE, "")
 
 
 @pytest.mark.parametrize("user", ["bh-nobody", "../authorized_keys/bh-r1", "BH-R1", "", "-x"])
 def test_unknown_or_malformed_user_prints_nothing(cache: Path, user: str) -> None:
-    result = hive("authorized-keys", "--state-dir", str(cache), user)
+    result = keys(cache, user)
     assert (result.returncode, result.stdout) == (0, "")
     assert "Traceback" not in result.stderr
 
 
-def test_missing_cache_prints_nothing(tmp_path: Path) -> None:
-    result = hive("authorized-keys", "--state-dir", str(tmp_path / "absent"), "bh-r1")
+def test_missing_cache_prints_nothing(sysroot: Path) -> None:
+    result = keys(sysroot / "absent")
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
-def test_symlinked_cache_file_is_not_followed(cache: Path, tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("ssh-ed25519 AAAA planted\n")
-    (cache / "authorized_keys" / "bh-r2").symlink_to(tmp_path / "secret")
-    result = hive("authorized-keys", "--state-dir", str(cache), "bh-r2")
-    assert (result.returncode, result.stdout) == (0, "")
+# ------------------------------------------------------------------ what StrictModes refuses
 
 
-def test_finds_state_dir_through_the_config_file(tmp_path: Path, cache: Path) -> None:
-    cfg = write_config(tmp_path, "owners: {}\n")  # state_dir: ./state, relative to the file
+def _chown(path: Path, uid: int) -> None:
+    os.chown(path, uid, -1, follow_symlinks=False)
+
+
+CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "folder owned by a repository user": (
+        lambda s: _chown(s / "authorized_keys", REPO_UID), "owned by uid 20000, not root"),
+    "folder mode 0777": (
+        lambda s: (s / "authorized_keys").chmod(0o777), "group- or world-writable (mode 0777)"),
+    "folder group-writable": (
+        lambda s: (s / "authorized_keys").chmod(0o775), "group- or world-writable"),
+    "state dir owned by a repository user": (
+        lambda s: _chown(s, REPO_UID), "/state is owned by uid 20000"),
+    "state dir world-writable": (
+        lambda s: s.chmod(0o1777), "/state is group- or world-writable (mode 1777)"),
+    "parent of the state dir world-writable": (
+        lambda s: s.parent.chmod(0o777), "group- or world-writable (mode 0777)"),
+    "cache file owned by another uid": (
+        lambda s: _chown(s / "authorized_keys" / "bh-r1", REPO_UID), "owned by uid 20000"),
+    "cache file world-writable": (
+        lambda s: (s / "authorized_keys" / "bh-r1").chmod(0o666), "(mode 0666)"),
+    "cache file group-writable": (
+        lambda s: (s / "authorized_keys" / "bh-r1").chmod(0o664), "(mode 0664)"),
+    "cache file is a folder": (
+        lambda s: _replace(s / "authorized_keys" / "bh-r1", lambda p: p.mkdir(mode=0o755)),
+        "is not a regular file"),
+    "cache file is a FIFO": (
+        lambda s: _replace(s / "authorized_keys" / "bh-r1", lambda p: os.mkfifo(p, 0o644)),
+        "is not a regular file"),
+    "cache file is a symlink": (
+        lambda s: _replace(s / "authorized_keys" / "bh-r1",
+                           lambda p: p.symlink_to(s / "planted")), "bh-r1 is a symlink"),
+    "cache file too big": (
+        lambda s: (s / "authorized_keys" / "bh-r1").write_bytes(LINE.encode() * 20000),
+        "larger than 1048576 bytes"),
+}
+
+
+def _replace(path: Path, make: Callable[[Path], None]) -> None:
+    path.unlink()
+    make(path)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_cache_sshd_would_refuse_prints_nothing_and_says_why(cache: Path, case: str) -> None:
+    (cache / "planted").write_text(LINE.replace("hive:k", "planted"))
+    change, fragment = CASES[case]
+    change(cache)
+    started = time.monotonic()
+    result = keys(cache)
+    assert time.monotonic() - started < 10  # a FIFO must not hang the login
+    assert_refused(result, fragment)
+
+
+def test_folder_symlinked_into_tmp_is_refused(cache: Path, tmp_path: Path) -> None:
+    """The attack of issue 13: the folder replaced by a link to a copy somebody controls."""
+    elsewhere = tmp_path / "authorized_keys"
+    elsewhere.mkdir()
+    (elsewhere / "bh-r1").write_text(LINE.replace("hive:k", "planted"))
+    real = cache / "authorized_keys"
+    (real / "bh-r1").unlink()
+    real.rmdir()
+    real.symlink_to(elsewhere)
+    assert_refused(keys(cache), "/state/authorized_keys is a symlink or not a folder")
+
+
+def test_state_dir_through_a_symlink_is_refused(cache: Path, sysroot: Path) -> None:
+    """Even a link between root-owned folders: the walk never follows one (give the real
+    path); sshd's own check would resolve it, this one does not have to guess."""
+    link = sysroot / "link"
+    link.symlink_to(cache)
+    assert_refused(keys(link), "/link is a symlink or not a folder")
+    assert keys(cache).stdout == LINE
+
+
+def test_relative_or_dotted_state_dir_is_refused(cache: Path) -> None:
+    assert_refused(keys(Path("state")), "is not an absolute path")
+    assert_refused(keys(cache / ".." / "state"), "holds '..'")
+    assert keys(cache / "." / ".").stdout == LINE
+
+
+def test_only_search_permission_is_needed_on_the_way(cache: Path) -> None:
+    """/var/lib-like folders may be 0711: the walk opens folders with O_PATH."""
+    cache.chmod(0o711)
+    assert keys(cache).stdout == LINE
+
+
+# ------------------------------------------------------------------ finding the state dir
+
+
+def test_finds_state_dir_through_the_config_file(sysroot: Path, cache: Path) -> None:
+    cfg = write_config(sysroot, "owners: {}\n")  # state_dir: ./state, relative to the file
     result = hive("authorized-keys", "-f", str(cfg), "bh-r1")
-    assert result.stdout.endswith("hive:k\n")
+    assert result.stdout == LINE
     env = hive("authorized-keys", "bh-r1", env={"HIVE_CONFIG": str(cfg)})
     assert env.stdout == result.stdout
 
 
-def test_config_without_a_findable_state_dir_denies(tmp_path: Path) -> None:
-    cfg = tmp_path / "flow.yaml"
+def test_config_without_a_findable_state_dir_denies(sysroot: Path) -> None:
+    cfg = sysroot / "flow.yaml"
     cfg.write_text("version: 1\nserver: {name: x, state_dir: /var/lib/hive}\n")
-    result = hive("authorized-keys", "-f", str(cfg), "bh-r1")
-    assert (result.returncode, result.stdout) == (0, "")
-    assert "use --state-dir" in result.stderr
+    assert_refused(hive("authorized-keys", "-f", str(cfg), "bh-r1"), "use --state-dir")
+
+
+def test_a_fifo_as_the_config_file_does_not_hang(sysroot: Path, cache: Path) -> None:
+    fifo = sysroot / "hive.yaml"
+    os.mkfifo(fifo)
+    result = hive("authorized-keys", "-f", str(fifo), "bh-r1", timeout=10)
+    assert_refused(result, "use --state-dir")
+
+
+def test_symlinked_config_finds_the_same_state_dir_as_apply(sysroot: Path, cache: Path) -> None:
+    """A relative state_dir is relative to the real file, as the full loader reads it."""
+    cfg = write_config(sysroot, "owners: {}\n")
+    link_dir = sysroot / "etc"
+    link_dir.mkdir()
+    (link_dir / "hive.yaml").symlink_to(cfg)
+    result = hive("authorized-keys", "-f", str(link_dir / "hive.yaml"), "bh-r1")
+    assert result.stdout == LINE
+
+
+# ------------------------------------------------------------------ cost and help
 
 
 def test_imports_nothing_heavy(cache: Path) -> None:
@@ -67,7 +196,7 @@ def test_imports_nothing_heavy(cache: Path) -> None:
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "hive",
                              "authorized-keys", "--state-dir", str(cache), "bh-r1"],
                             capture_output=True, text=True, check=True)
-    assert result.stdout.endswith("hive:k\n")
+    assert result.stdout == LINE
     imported = {line.split("|")[-1].strip().split(".")[0]
                 for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "hive" in imported
@@ -78,13 +207,3 @@ def test_help_teaches_the_sshd_lines() -> None:
     result = hive("authorized-keys", "--help")
     assert result.returncode == 0
     assert "AuthorizedKeysCommand" in result.stdout
-
-
-def test_symlinked_config_finds_the_same_state_dir_as_apply(tmp_path: Path, cache: Path) -> None:
-    """A relative state_dir is relative to the real file, as the full loader reads it."""
-    cfg = write_config(tmp_path, "owners: {}\n")
-    link_dir = tmp_path / "etc"
-    link_dir.mkdir()
-    (link_dir / "hive.yaml").symlink_to(cfg)
-    result = hive("authorized-keys", "-f", str(link_dir / "hive.yaml"), "bh-r1")
-    assert result.stdout.endswith("hive:k\n")
