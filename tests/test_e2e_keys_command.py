@@ -275,6 +275,36 @@ def test_other_and_unknown_users_get_no_keys(deployment: Deployment) -> None:
     assert "AuthorizedKeysCommand command" not in d.server.log_since(mark)
 
 
+def test_a_cache_strict_modes_would_refuse_gives_no_keys(deployment: Deployment) -> None:
+    """Issue 13: the command ran as nobody and printed keys from a cache folder anyone
+    could write, or a file a repository user owned. Now sshd gets nothing and logs the
+    command's failure; the same login works again once the cache is root's alone."""
+    d = deployment
+    assert d.server is not None
+    alice, user = d.client("alice-key"), d.user("repoa")
+    folder = d.state_dir / "authorized_keys"
+    cache = folder / user
+    uid = d.repo_path("repoa").stat().st_uid
+    spoiled = [("folder mode 0777", lambda: folder.chmod(0o777), lambda: folder.chmod(0o755)),
+               ("file owned by the repository user", lambda: os.chown(cache, uid, 0),
+                lambda: os.chown(cache, 0, 0))]
+    for what, spoil, restore in spoiled:
+        spoil()
+        try:
+            mark = d.server.log_mark()
+            result = alice.ssh(user, "true")
+            assert result.returncode == 255, what + "\n" + describe(result, d.server)
+            assert d.server.wait_for_log(f"--state-dir {d.state_dir} {user} failed, status 1",
+                                         since=mark), what + "\n" + d.server.log_tail()
+            assert "Accepted publickey" not in d.server.log_since(mark), what
+        finally:
+            restore()
+    mark = d.server.log_mark()
+    alice.ssh(user, "true")
+    assert d.server.wait_for_log(f"Accepted publickey for {user} ", since=mark), \
+        d.server.log_tail()
+
+
 # --------------------------------------------------------------------------- latency
 
 
