@@ -125,7 +125,7 @@ def check_key_line(line: str) -> str:
     match = KEY_LINE.fullmatch(line)
     if match is None:
         raise UnsafeKeyLine("its options are not in the strict authorized_keys grammar")
-    for entry in (match["from"] or "").split(",") if match["from"] else ():
+    for entry in match["from"].split(",") if match["from"] else ():
         problem = from_entry_problem(entry)
         if problem:
             raise UnsafeKeyLine(f"from=: {problem}")
