@@ -25,6 +25,10 @@ from schemas.models import (
     HiveConfig,
 )
 
+# Messages quote what the file says, and a value can be 30,000 characters long: keep the
+# start (what it was) and the end (what to do), in every problem, in one place.
+MAX_MESSAGE = 500
+
 
 @dataclass(frozen=True)
 class LocatedProblem:
@@ -33,6 +37,12 @@ class LocatedProblem:
     column: int
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MESSAGE:
+            cut = len(self.message) - 400
+            object.__setattr__(self, "message", f"{self.message[:250]} [... {cut:,} "
+                                                f"characters ...] {self.message[-150:]}")
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"

@@ -274,3 +274,15 @@ def test_an_endless_or_binary_file_is_refused(tmp_path: Path) -> None:
     result = hive("validate", "-f", str(latin))
     assert result.returncode == 1
     assert result.stderr.startswith(f"{latin}:2:9: not UTF-8 text (byte 0xe9)"), result.stderr
+
+
+def test_an_email_is_at_most_254_characters(tmp_path: Path) -> None:
+    """SMTP's limit; it also keeps the address pattern's work small on hostile input."""
+    long = "a@" + "b." * 150 + "org"
+    expect_one(problems(tmp_path, f"owners:\n  alice: {{email: '{long}'}}\n"),
+               "10:18: owners.alice.email: ", "305 characters long; an e-mail address has at "
+               "most 254")
+    fits = "a@" + "b." * 124 + "org"
+    assert problems(tmp_path, f"owners:\n  alice: {{email: '{fits}'}}\n") == []
+    expect_one(problems(tmp_path, "owners:\n  alice: {email: 'a@b..org'}\n"),
+               "10:18: owners.alice.email: ", "is not an e-mail address")
