@@ -152,6 +152,8 @@ def _wrong_type(kind: str, value: Any) -> str | None:
         return text + ": put it in quotes"
     if isinstance(value, str) and expected in ("a whole number", "true or false"):
         return text + ": write it without quotes"
+    if expected == "a list" and isinstance(value, str):
+        return text + f": write it as a list, [{_clip(value, 40)}]"
     return text
 
 

@@ -464,6 +464,14 @@ class HiveConfig(Strict):
                               frozen=True, strict=True)
 
     version: Literal[1] = Field(description="Format version of this file.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        """Literal[1] compares with ==, and True == 1.0 == 1 in Python; YAML's are not."""
+        if type(value) is not int:
+            raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return value
     server: Server
     owners: dict[Name, Owner] = Field(default_factory=dict)
     groups: dict[Name, Group] = Field(default_factory=dict)

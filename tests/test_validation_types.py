@@ -91,6 +91,24 @@ def test_a_value_of_the_wrong_yaml_type_is_a_located_error(
     expect_one(problems(tmp_path, body), prefix, *fragments)
 
 
+@pytest.mark.parametrize(("version", "fragment"), [
+    ("true", "true (bool), not a whole number"), ("1.0", "1.0 (float), not a whole number"),
+    ("'1'", '"1" (text), not a whole number: write it without quotes')])
+def test_the_format_version_is_the_number_1(tmp_path: Path, version: str,
+                                            fragment: str) -> None:
+    path = write_config(tmp_path, OWNERS)
+    path.write_text(path.read_text().replace("version: 1\n", f"version: {version}\n"))
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    assert str(info.value) == f"{path}:1:10: version: YAML reads this as {fragment}"
+
+
+def test_a_single_value_where_a_list_belongs_says_how_to_write_it(tmp_path: Path) -> None:
+    body = OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}, from: 10.0.0.0/8}}\n"
+    expect_one(problems(tmp_path, body), "12:", "keys.k.from: YAML reads this as "
+               '"10.0.0.0/8" (text), not a list: write it as a list, [10.0.0.0/8]')
+
+
 def test_ssh_port_as_text_is_refused(tmp_path: Path) -> None:
     path = write_config(tmp_path, OWNERS)
     path.write_text(path.read_text().replace("  ssh_host: 127.0.0.1\n",
