@@ -273,7 +273,7 @@ def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
     return config
 
 
-# A hive.yaml of 5,000 repositories is ~1.5 MB; a bound keeps `-f /dev/zero` (or a
+# A hive.yaml of 5,000 repositories is ~2.3 MB; a bound keeps `-f /dev/zero` (or a
 # proposal's hive.yaml symlinked to it) from reading until memory runs out.
 MAX_FILE_BYTES = 64 * 2**20
 
@@ -304,7 +304,7 @@ def load(path: Path | str) -> HiveConfig:
     except UnicodeDecodeError as exc:
         before = data[:exc.start]
         line = before.count(b"\n") + 1
-        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
         raise ConfigError([LocatedProblem(str(path), line, column, "", "not UTF-8 text (byte "
                                           f"0x{data[exc.start]:02x}); save the file as "
                                           "UTF-8")]) from None
