@@ -173,7 +173,8 @@ class _Builder:
 
 def _too_deep(mark: Any) -> yaml.constructor.ConstructorError:
     return yaml.constructor.ConstructorError(
-        None, None, f"nested more than {MAX_DEPTH} levels deep; hive.yaml needs five",
+        None, None, f"nested more than {MAX_DEPTH} levels deep, counting what aliases "
+        "(*name) expand to; hive.yaml needs five",
         mark)
 
 

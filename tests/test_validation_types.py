@@ -135,6 +135,9 @@ YAML_VALUES = [
      "nested more than 64 levels"),
     ("very-deep-nesting", "x-a: " + "[" * 30000 + "]" * 30000 + "\n", "11:69: YAML: ",
      "nested more than 64 levels"),
+    ("alias-chain", "x-a0: &a0 [x]\n" + "".join(f"x-a{i}: &a{i} [*a{i - 1}]\n"
+                                                 for i in range(1, 100)),
+     "11:7: YAML: ", "counting what aliases (*name) expand to"),
 ]
 
 
