@@ -278,12 +278,12 @@ def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
 MAX_FILE_BYTES = 64 * 2**20
 
 
-def load(path: Path | str) -> HiveConfig:
-    """Read and validate hive.yaml from disk."""
-    path = Path(path)
+def _read(path: Path, label: str) -> str:
+    """The text of a hive.yaml; every way it can fail is a problem at `label`:1:1 (or at
+    the line and column of the first byte that is not UTF-8)."""
 
     def fail(message: str) -> ConfigError:
-        return ConfigError([LocatedProblem(str(path), 1, 1, "", message)])
+        return ConfigError([LocatedProblem(label, 1, 1, "", message)])
 
     if path.is_dir():
         inside = path / "hive.yaml"
@@ -300,15 +300,20 @@ def load(path: Path | str) -> HiveConfig:
     if len(data) > MAX_FILE_BYTES:
         raise fail(f"is larger than {MAX_FILE_BYTES // 2**20} MB; that is no hive.yaml")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         before = data[:exc.start]
         line = before.count(b"\n") + 1
         column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
-        raise ConfigError([LocatedProblem(str(path), line, column, "", "not UTF-8 text (byte "
+        raise ConfigError([LocatedProblem(label, line, column, "", "not UTF-8 text (byte "
                                           f"0x{data[exc.start]:02x}); save the file as "
                                           "UTF-8")]) from None
-    return load_text(text, str(path), path.resolve().parent)
+
+
+def load(path: Path | str) -> HiveConfig:
+    """Read and validate hive.yaml from disk."""
+    path = Path(path)
+    return load_text(_read(path, str(path)), str(path), path.resolve().parent)
 
 
 def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:
