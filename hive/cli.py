@@ -33,7 +33,7 @@ def _default_config() -> str:
 
 
 def _file_option(f: Any) -> Any:
-    return click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False),
+    return click.option("-f", "--file", "config_file", type=click.Path(),
                         default=None, help=_FILE_HELP)(f)
 
 
@@ -126,7 +126,7 @@ def _show_plan(planned: Any, fmt: str, title: str) -> None:
 
 @cli.command()
 @_plan_options
-@click.option("--server-from", type=click.Path(dir_okay=False), default=None,
+@click.option("--server-from", type=click.Path(), default=None,
               help="Take the server: section from this trusted file (the server's own "
                    "hive.yaml) instead of FILE. For plans of an untrusted proposal, such as "
                    "a pull request: it cannot then point Hive at other files, another LDAP "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from reconciler import inventory as inventory_mod
 from reconciler.desired import Desired, Facts, desired_state
+from reconciler.fsutil import remove_stale_temporaries
 from reconciler.journal import Journal, git_commit, who
 from reconciler.lock import apply_lock
 from reconciler.plan import Plan, diff, safety_errors
@@ -97,6 +98,8 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
     state_dir = config.server.state_dir
     state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     with apply_lock(state_dir, lock_timeout):
+        # An apply killed while writing the inventory leaves its temporary file behind.
+        remove_stale_temporaries(state_dir, [inventory_mod.FILE_NAME])
         targets = targets_for(config)  # one connection each, reused to apply
         planned = make_plan(config, prune=prune, force=force, targets=targets)
         plan = planned.plan

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+# atomic_write's temporary files: `.<name>.<8 characters of tempfile's alphabet>.tmp`.
+# Cleaning matches exactly this, so it can never take a file that is not Hive's own.
+_TEMP_PREFIX, _TEMP_SUFFIX = ".{}.", ".tmp"
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: Path, content: str, mode: int = 0o644, uid: int = 0,
@@ -14,7 +21,8 @@ def atomic_write(path: Path, content: str, mode: int = 0o644, uid: int = 0,
     A temporary file in the same directory is written, fsynced, given its owner and mode,
     then renamed over the target; the directory is fsynced so the rename survives a crash.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX.format(path.name), suffix=_TEMP_SUFFIX,
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(content)
@@ -38,13 +46,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(directory: Path) -> None:
-    """Remove `.name.XXXX.tmp` files an interrupted atomic_write left behind."""
+def remove_stale_temporaries(directory: Path, names: Iterable[str] | None = None) -> None:
+    """Remove the temporary files an interrupted atomic_write left in `directory`.
+
+    Only `.<name>.XXXXXXXX.tmp` regular files, and with `names` only those of these target
+    files: a shared folder such as /var/lib/extrausers may hold other tools' files. Call it
+    under the apply lock, where no atomic_write of the same files can be running.
+    """
+    wanted = None if names is None else set(names)
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return
     for entry in entries:
-        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(
-                follow_symlinks=False):
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match and (wanted is None or match["name"] in wanted) \
+                and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)

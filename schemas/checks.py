@@ -100,11 +100,8 @@ def _repositories(config: HiveConfig) -> Iterator[Problem]:
                     yield Problem(path, f"key {key_name!r} belongs to {key_owner!r}, who is "
                                         f"neither the owner ({repo.owner!r}) nor in one of "
                                         "this repository's groups")
-        if repo.uid is not None:
-            if repo.uid < 1000:
-                yield Problem((*where, "uid"), f"uid {repo.uid} is below 1000, where system "
-                                               "users live")
-            elif repo.uid in pins:
+        if repo.uid is not None:  # its bounds are the model's (schemas/models.py MIN_UID)
+            if repo.uid in pins:
                 yield Problem((*where, "uid"), f"uid {repo.uid} is already pinned by "
                                                f"repository {pins[repo.uid]!r}")
             else:

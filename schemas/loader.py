@@ -6,7 +6,9 @@ Nothing reaches the system unless the whole file is right, so this collects ever
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,10 @@ from schemas.models import (
     HiveConfig,
 )
 
+# Messages quote what the file says, and a value can be 30,000 characters long: keep the
+# start (what it was) and the end (what to do), in every problem, in one place.
+MAX_MESSAGE = 500
+
 
 @dataclass(frozen=True)
 class LocatedProblem:
@@ -31,6 +37,12 @@ class LocatedProblem:
     column: int
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MESSAGE:
+            cut = len(self.message) - 400
+            object.__setattr__(self, "message", f"{self.message[:250]} [... {cut:,} "
+                                                f"characters ...] {self.message[-150:]}")
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
@@ -63,7 +75,85 @@ def _dotted(path: tuple[Any, ...]) -> str:
     """('keys', 'k', 'from', 0) -> 'keys.k.from[0]'"""
     text = ""
     for step in path:
-        text += f"[{step}]" if type(step) is int else (f".{step}" if text else str(step))
+        if type(step) is int:
+            text += f"[{step}]"
+        else:
+            name = _clip(step if isinstance(step, str) else _shown(step), 60)
+            text += f".{name}" if text else name
+    return text
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+# What YAML made of an unquoted value, in the words of the YAML spec, for messages.
+_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "bool"), (int, "int"), (float, "float"), (str, "text"), (bytes, "binary"),
+    (dt.datetime, "timestamp"), (dt.date, "date"), (list, "list"), (dict, "mapping"),
+    (set, "set"), (type(None), "null"))
+
+
+def _kind(value: Any) -> str:
+    return next((name for cls, name in _KINDS if isinstance(value, cls)), type(value).__name__)
+
+
+def _shown(value: Any) -> str:
+    """A YAML value as the user wrote it, whatever its type, short, never raising: dates,
+    binary, sets and 4,000-digit numbers all reach error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if value.bit_length() > 128:
+            return f"a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+        return str(value)
+    if isinstance(value, float):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf") \
+            if math.isinf(value) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(_clip(value, 60))
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return f"{len(value):,} bytes"
+    if isinstance(value, (list, dict, set)):
+        return f"a {_kind(value)} of {len(value):,} entries"
+    return _clip(type(value).__name__, 40)
+
+
+# pydantic error type -> what the field wanted, for values of the wrong YAML type.
+_EXPECTED = {
+    "string_type": "a name or text",
+    "int_type": "a whole number", "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "list_type": "a list", "tuple_type": "a list", "set_type": "a list",
+    "dict_type": "a mapping (name: value)", "model_type": "a mapping (field: value)",
+    "model_attributes_type": "a mapping (field: value)",
+    "path_type": "a path", "literal_error": None,
+    "date_type": "a date (2027-06-30) or time (2027-06-30T12:00:00Z)",
+    "date_parsing": "a date (2027-06-30) or time (2027-06-30T12:00:00Z)",
+    "datetime_type": "a date (2027-06-30) or time (2027-06-30T12:00:00Z)",
+    "datetime_parsing": "a date (2027-06-30) or time (2027-06-30T12:00:00Z)",
+    "datetime_from_date_parsing": "a date (2027-06-30) or time (2027-06-30T12:00:00Z)",
+}
+
+
+def _wrong_type(kind: str, value: Any) -> str | None:
+    """'YAML reads this as 2024-01-01 (date), not a name or text: put it in quotes'."""
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        return None
+    text = f"YAML reads this as {_shown(value)} ({_kind(value)}), not {expected}"
+    if (kind == "string_type" and isinstance(value, (bool, int, float, dt.date, bytes))) \
+            or (value is None and kind == "string_type"):
+        return text + ": put it in quotes"
+    if isinstance(value, str) and expected in ("a whole number", "true or false"):
+        return text + ": write it without quotes"
+    if expected == "a list" and isinstance(value, str):
+        return text + f": write it as a list, [{_clip(value, 40)}]"
     return text
 
 
@@ -93,7 +183,8 @@ def _model_at(path: tuple[Any, ...]) -> type[pydantic.BaseModel] | None:
 def _message(error: Any, path: tuple[Any, ...]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        field = str(path[-1])
+        field = path[-1] if isinstance(path[-1], str) else _shown(path[-1])
+        field = _clip(field, 60)
         if SECRET_FIELD.search(field):
             return (f"{field!r} looks like a secret; secrets never live in hive.yaml (it is "
                     f"committed to git): use '{field}_env' (an environment variable name) or "
@@ -107,11 +198,18 @@ def _message(error: Any, path: tuple[Any, ...]) -> str:
         pattern = error.get("ctx", {}).get("pattern")
         hint = _FRIENDLY_PATTERNS.get(pattern, f"must match {pattern}")
         value = error.get("input")
-        return f"invalid value {value!r}: {hint}"
-    if kind == "string_type" and not isinstance(error.get("input"), str):
-        value = error.get("input")
-        return (f"YAML reads this as {json.dumps(value)} ({type(value).__name__}), not a "
-                "name or text: put it in quotes")
+        return f"invalid value {_clip(repr(value), 80)}: {hint}"
+    if "parsing" in kind and kind.startswith("date") and isinstance(error.get("input"), str):
+        reason = error["msg"].split(", ", 1)[-1]
+        return (f"{_shown(error['input'])} is not a date or time ({reason}): write "
+                "2027-06-30 or 2027-06-30T12:00:00Z")
+    if kind in _EXPECTED and _wrong_type(kind, error.get("input")):
+        return str(_wrong_type(kind, error.get("input")))
+    bounds = {"greater_than_equal": "at least", "less_than_equal": "at most",
+              "greater_than": "above", "less_than": "below"}
+    if kind in bounds:
+        limit = next(iter(error.get("ctx", {}).values()), "?")
+        return f"{_shown(error.get('input'))} is out of range: it must be {bounds[kind]} {limit}"
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
@@ -175,18 +273,47 @@ def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
     return config
 
 
+# A hive.yaml of 5,000 repositories is ~2.3 MB; a bound keeps `-f /dev/zero` (or a
+# proposal's hive.yaml symlinked to it) from reading until memory runs out.
+MAX_FILE_BYTES = 64 * 2**20
+
+
+def _read(path: Path, label: str) -> str:
+    """The text of a hive.yaml; every way it can fail is a problem at `label`:1:1 (or at
+    the line and column of the first byte that is not UTF-8)."""
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError([LocatedProblem(label, 1, 1, "", message)])
+
+    if path.is_dir():
+        inside = path / "hive.yaml"
+        raise fail("is a directory, not a hive.yaml file; " + (
+            f"did you mean -f {inside}?" if inside.is_file() else
+            "give the file itself with -f FILE (or set HIVE_CONFIG)"))
+    try:
+        with open(path, "rb") as handle:  # pipes too: -f <(git show main:hive.yaml)
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise fail("file not found; give the file with -f or set HIVE_CONFIG") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise fail(f"is larger than {MAX_FILE_BYTES // 2**20} MB; that is no hive.yaml")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        raise ConfigError([LocatedProblem(label, line, column, "", "not UTF-8 text (byte "
+                                          f"0x{data[exc.start]:02x}); save the file as "
+                                          "UTF-8")]) from None
+
+
 def load(path: Path | str) -> HiveConfig:
     """Read and validate hive.yaml from disk."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([LocatedProblem(str(path), 1, 1, "", "file not found; give the "
-                                          "file with -f or set HIVE_CONFIG")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([LocatedProblem(str(path), 1, 1, "", f"cannot read: {exc}")]) \
-            from None
-    return load_text(text, str(path), path.resolve().parent)
+    return load_text(_read(path, str(path)), str(path), path.resolve().parent)
 
 
 def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:

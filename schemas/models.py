@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -23,6 +25,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic import Strict as Strictness
+from pydantic_core import PydanticCustomError
 
 from schemas.keyoptions import COMMAND_PROGRAM, from_entry_problem
 from schemas.sshkeys import BadKey, parse_public_key
@@ -40,28 +44,76 @@ Name = Annotated[
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 _SAFE_COMMAND = re.compile(COMMAND_PROGRAM)
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The domain's labels cannot hold a dot, so the match is linear: `[^@\s]+\.[^@\s]+` took
+# minutes on 100,000 dots. 254 characters is SMTP's limit for a whole address.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+MAX_EMAIL = 254
 QUOTA_PATTERN = r"^[0-9]+(\.[0-9]+)?[KMGTP]?$"
 DURATION_PATTERN = r"^[1-9][0-9]*[smhdw]$"
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN),
-                     Field(description="A duration: a whole number and a unit, s m h d w "
-                                       "(90s, 26h, 3d, 2w).")]
+# Ten years: past that, "stale after" means "never", and timedelta, DuckDB intervals and
+# float seconds all stay far from their limits.
+MAX_DURATION = 3650 * 86400
+
+
+def _number(value: int) -> str:
+    """An int for a message: a 4,000-digit one is not worth printing in full."""
+    if abs(value) < 10**15:
+        return str(value)
+    return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+
+
+def parse_duration(text: str) -> int:
+    """'26h' -> 93600 seconds; ValueError, saying what to write, for anything else or more
+    than MAX_DURATION (the one rule for hive.yaml and the command line alike)."""
+    if not re.fullmatch(DURATION_PATTERN.strip("^$"), text):
+        raise ValueError(f"{text[:40]!r} is not a duration: use a whole number and a unit, "
+                         "90s, 30m, 26h, 3d, 2w")
+    if len(text) > 12 or duration_seconds(text) > MAX_DURATION:
+        raise ValueError(f"{text[:40]}{'...' if len(text) > 40 else ''} is longer than ten "
+                         f"years; at most {MAX_DURATION // 86400}d")
+    return duration_seconds(text)
 
 
 def duration_seconds(text: str) -> int:
     """'26h' -> 93600. Only for strings that passed DURATION_PATTERN."""
     return int(text[:-1]) * _DURATION_UNITS[text[-1]]
+
+
+def _bounded_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN),
+                     AfterValidator(_bounded_duration),
+                     Field(description="A duration: a whole number and a unit, s m h d w "
+                                       "(90s, 26h, 3d, 2w), at most ten years (3650d).")]
 _QUOTA_FACTORS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
 MIN_QUOTA = 10 * 10**6  # borg 1.x: "quota is too small ... At least 10M are required"
+# Bytes, not a float: a 5,000-digit quota is float infinity to everything that divides by it.
+MAX_QUOTA = 999 * 10**15
+MAX_QUOTA_TEXT = 20  # "999.999999999999999P"; the text goes into every forced command
+# Unix ids Hive may give: below 1000 live system users (Debian's adduser policy); above
+# 2**31 - 2 tools disagree (signed 32-bit overflow), and 2**32 - 1 is (uid_t)-1, which chown
+# reads as "leave unchanged": an account would get it and its folder would keep root.
+MIN_UID = 1000
+MAX_UID = 2**31 - 2
 # Field names that are secrets: hive.yaml is committed to git, so they are never accepted.
 SECRET_FIELD = re.compile(r"(^|_)(password|passwd|secret|token|api_key|apikey)$")
+
+
+# Strict types: a value must already be what its field holds. YAML types values itself
+# (`2024-01-01` is a date, `yes` a bool, `'22'` text), and a lax model would quietly turn
+# binary data into a name, 1 into true or 20000.0 into a uid; the loader reports each
+# mismatch at its line instead. Only paths (from text) and dates (quoted or not) convert.
+_LAX = Strictness(False)
 
 
 class Strict(BaseModel):
     """Unknown fields are errors: a typo must not silently become a default."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, strict=True)
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -78,7 +130,7 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return Path(*(part for part in value.parts if part != "."))
 
 
-ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]
+ResolvedPath = Annotated[Path, _LAX, AfterValidator(_resolve_path)]
 
 
 def _safe_command(value: str) -> str:
@@ -99,7 +151,7 @@ class UserSettings(Strict):
         "bh-", pattern=r"^[a-z_][a-z0-9_.-]{0,15}$",
         description="The unix user of repository R is <prefix><R>.")
     uid_range: tuple[int, int] = Field(
-        (20000, 29999),
+        (20000, 29999), strict=False,  # a YAML list; its two items stay strict ints
         description="New users get the lowest free uid in this range (uid = gid: each user "
                     "has a private group). Existing users keep their uid.")
     shell: str = Field(
@@ -111,13 +163,14 @@ class UserSettings(Strict):
     @classmethod
     def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
         low, high = value
-        if low < 1000:
-            raise ValueError(f"starts at {low}: uids below 1000 belong to the system; "
+        if low < MIN_UID:
+            raise ValueError(f"starts at {low}: uids below {MIN_UID} belong to the system; "
                              "use a range such as [20000, 29999]")
         if high < low:
             raise ValueError(f"is empty: {high} is below {low}")
-        if high > 2**31 - 2:
-            raise ValueError(f"ends at {high}, beyond the largest portable uid {2**31 - 2}")
+        if high > MAX_UID:
+            raise ValueError(f"ends at {_number(high)}, beyond the largest portable uid "
+                             f"{MAX_UID}")
         return value
 
 
@@ -226,6 +279,9 @@ class Owner(Strict):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > MAX_EMAIL:
+            raise ValueError(f"is {len(value):,} characters long; an e-mail address has at "
+                             f"most {MAX_EMAIL}")
         if value is not None and not _EMAIL.fullmatch(value):
             raise ValueError("is not an e-mail address")
         return value
@@ -248,6 +304,47 @@ def _from_pattern(value: str) -> str:
 
 FromPattern = Annotated[str, AfterValidator(_from_pattern)]
 
+# sshd's expiry-time="YYYYMMDD[HHMM[SS]][Z]" takes a four-digit year and refuses instants
+# before 1970 (OpenSSH misc.c parse_absolute_time); Python's calendar ends at 9999-12-31,
+# so 9999-12-31T23:00-12:00 is already past it in UTC. Expiries must lie where all three
+# agree, with room to spare.
+EXPIRES_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+EXPIRES_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+
+
+def as_utc(value: dt.date) -> dt.datetime:
+    """A date (midnight UTC) or a time (naive means UTC) as an aware UTC datetime. Total: an
+    instant past either end of Python's calendar becomes that end instead of raising."""
+    try:
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None:
+                return value.replace(tzinfo=dt.UTC)
+            return value.astimezone(dt.UTC)
+        return dt.datetime.combine(value, dt.time(), tzinfo=dt.UTC)
+    except OverflowError:
+        edge = dt.datetime.max if value.year > 5000 else dt.datetime.min
+        return edge.replace(tzinfo=dt.UTC)
+
+
+def _date_or_text(value: Any) -> Any:
+    """Dates come as YAML dates or times, or as quoted ISO text; a number is not a date
+    (pydantic would read 1700000000 as seconds since 1970)."""
+    if value is None or isinstance(value, (dt.date, str)):
+        return value
+    raise PydanticCustomError("date_type", "Input should be a valid date")
+
+
+def _expiry_in_range(value: dt.date | None) -> dt.date | None:
+    if value is not None and not EXPIRES_MIN <= as_utc(value) < EXPIRES_MAX:
+        raise ValueError(f"{value.isoformat()} is outside the times sshd's expiry-time and "
+                         "Hive can both handle: give one from 1970-01-01 to 8999-12-31 (UTC)")
+    return value
+
+
+Expiry = Annotated[
+    Annotated[dt.date, _LAX] | Annotated[dt.datetime, _LAX] | None,
+    BeforeValidator(_date_or_text), AfterValidator(_expiry_in_range)]
+
 
 class Key(Strict):
     """One SSH public key, owned by one owner."""
@@ -259,7 +356,7 @@ class Key(Strict):
         default_factory=list, alias="from",
         description="Only accept the key from these addresses, networks or host patterns "
                     "(sshd from=\"...\").")
-    expires: dt.date | dt.datetime | None = Field(
+    expires: Expiry = Field(
         None, description="The key stops working at this date (00:00 UTC) or time "
                           "(sshd expiry-time=\"...\"); an expired key is left out.")
     description: str | None = None
@@ -275,13 +372,7 @@ class Key(Strict):
 
     def expires_at(self) -> dt.datetime | None:
         """The expiry as an aware UTC datetime; dates mean midnight UTC."""
-        if self.expires is None:
-            return None
-        if isinstance(self.expires, dt.datetime):
-            if self.expires.tzinfo is None:
-                return self.expires.replace(tzinfo=dt.UTC)
-            return self.expires.astimezone(dt.UTC)
-        return dt.datetime.combine(self.expires, dt.time(), tzinfo=dt.UTC)
+        return None if self.expires is None else as_utc(self.expires)
 
 
 Mode = Literal["borg", "import", "export", "disabled"]
@@ -306,27 +397,41 @@ class Repository(Strict):
     protected: bool = Field(False, description="A plan that would remove or purge this "
                                                "repository fails.")
     uid: int | None = Field(None, description="Pin the unix uid (and gid) of this "
-                                              "repository's user.")
+                                              "repository's user; it may lie outside "
+                                              "uid_range (a user moved here with its uid).",
+                            json_schema_extra={"minimum": MIN_UID, "maximum": MAX_UID})
     stale_after: Duration | None = Field(None, description="Stale when the last backup is "
                                                            "older; default server.stale_after.")
     description: str | None = None
 
     @property
     def quota_bytes(self) -> int | None:
-        if self.quota is None:
-            return None
-        suffix = self.quota[-1]
-        if suffix in _QUOTA_FACTORS:
-            return int(float(self.quota[:-1]) * _QUOTA_FACTORS[suffix])
-        return int(float(self.quota))
+        return None if self.quota is None else int(quota_size(self.quota))
+
+    @field_validator("uid")
+    @classmethod
+    def _uid(cls, value: int | None) -> int | None:
+        """The bounds of uid_range hold for pins too; a pin may lie outside the range."""
+        if value is not None and value < MIN_UID:
+            raise ValueError(f"uid {_number(value)} is below {MIN_UID}, where system users "
+                             "live")
+        if value is not None and value > MAX_UID:
+            raise ValueError(f"uid {_number(value)} is above {MAX_UID}, the largest uid every "
+                             "tool handles (4294967295 even means 'no change' to chown)")
+        return value
 
     @field_validator("quota")
     @classmethod
     def _quota(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        suffix = value[-1] if value[-1] in _QUOTA_FACTORS else ""
-        size = float(value.removesuffix(suffix)) * _QUOTA_FACTORS.get(suffix, 1)
+        if len(value) > MAX_QUOTA_TEXT:
+            raise ValueError(f"{value[:MAX_QUOTA_TEXT]}... is {len(value):,} characters long; "
+                             "write it with a unit, e.g. 500G or 1.5T (at most 999P)")
+        size = quota_size(value)
+        if size > MAX_QUOTA:
+            raise ValueError(f"{value} is above the largest quota Hive takes, 999P; leave it "
+                             "out for no quota")
         if size < MIN_QUOTA:
             # borg serve refuses to start with a smaller quota: every login would fail.
             raise ValueError(f"{value} is below borg's minimum storage quota of 10M; leave "
@@ -334,13 +439,27 @@ class Repository(Strict):
         return value
 
 
+def quota_size(text: str) -> Decimal:
+    """'1.5T' -> 1500000000000, exactly (only for text that passed QUOTA_PATTERN)."""
+    suffix = text[-1] if text[-1] in _QUOTA_FACTORS else ""
+    return Decimal(text.removesuffix(suffix)) * _QUOTA_FACTORS.get(suffix, 1)
+
+
 class HiveConfig(Strict):
     """The whole desired state of one Hive server."""
 
     model_config = ConfigDict(title="hive.yaml", extra="forbid", populate_by_name=True,
-                              frozen=True)
+                              frozen=True, strict=True)
 
     version: Literal[1] = Field(description="Format version of this file.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        """Literal[1] compares with ==, and True == 1.0 == 1 in Python; YAML's are not."""
+        if type(value) is not int:
+            raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return value
     server: Server
     owners: dict[Name, Owner] = Field(default_factory=dict)
     groups: dict[Name, Group] = Field(default_factory=dict)

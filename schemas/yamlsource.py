@@ -25,6 +25,9 @@ _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
 # A hive.yaml of 5,000 repositories holds ~130,000 values; forty times that is no config.
 MAX_VALUES = 5_000_000
+# hive.yaml is five levels deep (server.identity.ldap.url); anchors under `x-` add a few.
+# A bound far below Python's recursion limit gives a located error instead of a crash.
+MAX_DEPTH = 64
 
 
 class Mark(NamedTuple):
@@ -79,9 +82,9 @@ class Document:
 def _same_key(node: yaml.ScalarNode, step: Any) -> bool:
     if node.tag == _STR:
         return node.value == step
-    try:  # `yes:` is the key True, `1:` the key 1: compare what YAML made of the text
-        value = yaml.safe_load(node.value)
-    except yaml.YAMLError:
+    try:  # `yes:` is the key True, `1:` the key 1, `!!binary cjE=` b'r1': what YAML made of it
+        value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except Exception:
         return False
     return value == step and type(value) is type(step)
 
@@ -98,6 +101,7 @@ class _Builder:
         self.loader = loader
         self.duplicates: list[tuple[Mark, str]] = []
         self.budget = MAX_VALUES
+        self.depth = 0
 
     def build(self, node: yaml.Node) -> Any:
         self.budget -= 1
@@ -108,12 +112,35 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _STR:
                 return node.value
+            return self._construct(node)
+        if self.depth >= MAX_DEPTH:
+            raise _too_deep(node.start_mark)
+        self.depth += 1
+        try:
+            if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
+                return self._mapping(node)
+            if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+                return [self.build(child) for child in node.value]
+            return self._construct(node)
+        finally:
+            self.depth -= 1
+
+    def _construct(self, node: yaml.Node) -> Any:
+        """PyYAML's own rules for ints, dates, `!!binary`, `!!set`...; their failures
+        (`2024-02-30`, `!!int x`, a 5,000-digit number) are ValueErrors, KeyErrors or
+        AttributeErrors with no position: turn every one into an error at the node."""
+        try:
             return self.loader.construct_object(node, deep=True)
-        if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
-            return self._mapping(node)
-        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
-            return [self.build(child) for child in node.value]
-        return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            text = node.value if isinstance(node, yaml.ScalarNode) else ""
+            shown = f" {text[:40]!r}{'...' if len(text) > 40 else ''}" if text else ""
+            reason = ("not a value of this type" if isinstance(exc, (KeyError, AttributeError))
+                      else str(exc).split("; use sys.set_int_max_str_digits")[0][:200])
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value{shown} ({node.tag.rsplit(':', 1)[-1]}): "
+                f"{reason}", node.start_mark) from None
 
     def _mapping(self, node: yaml.MappingNode) -> dict[Any, Any]:
         explicit = {id(key) for key, _ in node.value}
@@ -144,6 +171,31 @@ class _Builder:
         return result
 
 
+def _too_deep(mark: Any) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(
+        None, None, f"nested more than {MAX_DEPTH} levels deep, counting what aliases "
+        "(*name) expand to; hive.yaml needs five",
+        mark)
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before libyaml builds the node tree: its
+    composer recurses in C, and 30,000 `[` overflow the C stack (a segfault, not an
+    exception). The event stream needs no recursion and costs ~10% of composing."""
+    loader = _BaseLoader(text)
+    try:
+        depth = 0
+        while (event := loader.get_event()) is not None:
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _too_deep(event.start_mark)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    finally:
+        loader.dispose()
+
+
 class YamlSyntaxError(Exception):
     """The text is not YAML at all; carries the position the parser stopped at."""
 
@@ -157,6 +209,7 @@ def parse(text: str) -> Document:
     """Parse YAML text; duplicate keys are reported in the Document, not raised."""
     loader = _BaseLoader(text)
     try:
+        _check_depth(text)
         root = loader.get_single_node()
         builder = _Builder(loader)
         data = builder.build(root) if root is not None else None
@@ -164,8 +217,18 @@ def parse(text: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(mark.line + 1, mark.column + 1) if mark else Mark(1, 1)
         message = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise YamlSyntaxError(where, f"YAML syntax: {message}") from None
-    except (yaml.YAMLError, RecursionError) as exc:
+        kind = "YAML" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax"
+        raise YamlSyntaxError(where, f"{kind}: {message}") from None
+    except yaml.reader.ReaderError as exc:  # a control character: a position, not a mark
+        before = text[:exc.position]
+        where = Mark(before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise YamlSyntaxError(where, f"YAML syntax: the control character U+{code:04X} is "
+                                     "not allowed in YAML; remove it or write it as an escape "
+                                     "in a double-quoted string") from None
+    except RecursionError:  # not reached within MAX_DEPTH; kept so it can never escape
+        raise YamlSyntaxError(Mark(1, 1), f"YAML: {_too_deep(None).problem}") from None
+    except yaml.YAMLError as exc:
         raise YamlSyntaxError(Mark(1, 1), f"YAML syntax: {exc}") from None
     finally:
         loader.dispose()

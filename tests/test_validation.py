@@ -255,7 +255,7 @@ def test_anchors_merge_keys_and_yaml_booleans(tmp_path: Path) -> None:
                           "    owner: bob\n"                             # overrides, no dup
                           "  yes: {owner: alice}\n")                     # line 17
     found = problems(tmp_path, body)
-    assert found == ["17:3: repositories.True: YAML reads this as true (bool), not a name "
+    assert found == ["17:3: repositories.true: YAML reads this as true (bool), not a name "
                      "or text: put it in quotes"]
     config = schemas.load_text(write_config(tmp_path, body.replace("  yes:", "  'yes':"))
                                .read_text(), "hive.yaml", tmp_path)

@@ -8,7 +8,6 @@ inside the commands that need them.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -20,19 +19,19 @@ _STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on d
 
 
 def _file_option(f: Any) -> Any:
-    return click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False),
+    return click.option("-f", "--file", "config_file", type=click.Path(),
                         default=None,
                         help="hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if "
                              "present, else /etc/hive/hive.yaml.")(f)
 
 
 def _duration(_ctx: Any, param: Any, value: str) -> float:
-    from schemas.models import DURATION_PATTERN, duration_seconds
+    from schemas.models import parse_duration
 
-    if not re.match(DURATION_PATTERN, value):
-        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 30m, 26h, 3d",
-                                 param=param)
-    return float(duration_seconds(value))
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 _LOCK_STALE = click.option(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import Facts
-from reconciler.fsutil import atomic_write
+from reconciler.fsutil import atomic_write, remove_stale_temporaries
 from reconciler.inventory import Inventory
 from reconciler.resources import UNKNOWN, Change
 from reconciler.targets import Result
@@ -139,6 +139,7 @@ class FilesIdentity:
             for change in changes:
                 self._edit(files, change, today)
             self.dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.dir, FILES)  # of an apply killed while writing
             try:
                 shadow_gid = grp.getgrnam("shadow").gr_gid
             except KeyError:
