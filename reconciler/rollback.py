@@ -30,7 +30,6 @@ import os
 import pickle
 import re
 import secrets
-import shutil
 import socket
 import stat
 import tempfile
@@ -44,9 +43,13 @@ from typing import Any
 
 TRANSACTIONS = "transactions"
 STATE_PREFIXES = ("index", "hints", "integrity")
-_LINE = re.compile(r"^transaction (\d+), UTC time (\S+)$")
-_SEGMENT = re.compile(r"^data/(\d+)/(\d+)$")
-_STATE = re.compile(r"^(index|hints|integrity)\.(\d+)$")
+# Numbers are ASCII digits, at most 10 of them (borg keeps segment numbers as uint32;
+# int() of 5,000 digits is an error of its own), checked against MAX_SEGMENT after parsing.
+_LINE = re.compile(r"^transaction ([0-9]{1,10}), UTC time (\S+)$", re.ASCII)
+_SEGMENT = re.compile(r"^data/([0-9]+)/([0-9]+)$", re.ASCII)
+_STATE = re.compile(r"^(index|hints|integrity)\.([0-9]+)$", re.ASCII)
+MAX_SEGMENT = 2**32 - 1
+ROSTER_LIMIT = 1 << 20  # borg's lock.roster is a few hundred bytes
 
 
 class RollbackError(Exception):
@@ -88,6 +91,9 @@ def parse_transactions(text: str) -> list[Transaction]:
                 continue
             raise RollbackError(f"transactions line {number} is not borg's format: {line!r}")
         ident = int(match.group(1))
+        if ident > MAX_SEGMENT:
+            raise RollbackError(f"transactions line {number}: transaction {ident} is beyond "
+                                f"what borg writes ({MAX_SEGMENT})")
         try:
             when: datetime | None = datetime.fromisoformat(match.group(2)).replace(tzinfo=UTC)
         except ValueError:
@@ -131,10 +137,18 @@ class Layout:
         segments: dict[int, str] = {}
         state: dict[str, int] = {}
         for path in paths:
-            if m := _SEGMENT.match(path):
-                segments[int(m.group(2))] = path
-            elif m := _STATE.match(path):
-                state[path] = int(m.group(2))
+            m = _SEGMENT.match(path) or _STATE.match(path)
+            if m is None:
+                continue
+            digits = m.group(2)
+            number = int(digits) if len(digits) <= 10 else MAX_SEGMENT + 1
+            if number > MAX_SEGMENT:
+                raise RollbackError(f"{path[:60]}: no borg writes a number above {MAX_SEGMENT}; "
+                                    "the repository's files make no sense (see borg check)")
+            if m.re is _SEGMENT:
+                segments[number] = path
+            else:
+                state[path] = number
         return cls(segments, state)
 
     @property
@@ -312,7 +326,10 @@ class Repository:
                    append_only, ident)
 
 
-def _read_regular(path: Path, limit: int = 16 << 20) -> str | None:
+LOG_LIMIT = 64 << 20  # ~1.4 million commits of transactions log
+
+
+def _read_regular(path: Path, limit: int = LOG_LIMIT) -> str | None:
     """A small file's text, or None: never through a symlink, never blocking on a FIFO.
     (The repository's user controls these files; the caller may be root.)"""
     try:
@@ -322,8 +339,12 @@ def _read_regular(path: Path, limit: int = 16 << 20) -> str | None:
     except OSError as exc:
         raise RollbackError(f"{path}: {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise RollbackError(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise RollbackError(f"{path} is {st.st_size} bytes, more than borg writes there "
+                                f"(at most {limit} read)")
         return os.read(fd, limit).decode("utf-8", errors="replace")
     finally:
         os.close(fd)
@@ -416,7 +437,13 @@ def repository_lock(path: Path, wait: float = 0.0) -> Iterator[str]:
                                      "stale") from None
             time.sleep(0.1)
             continue
-        readers = _live_readers(roster, host)
+        # From here on the lock is ours: whatever happens (a roster that is a FIFO, a
+        # symlink, garbage), it is released before the error goes up.
+        try:
+            readers = _live_readers(roster, host)
+        except BaseException:
+            _release(exclusive, name)
+            raise
         if readers:
             _release(exclusive, name)
             if time.monotonic() >= deadline:
@@ -443,23 +470,45 @@ def _lock_holders(exclusive: Path) -> list[str]:
 
 
 def _live_readers(roster: Path, host: str) -> list[str]:
+    """The shared lockers `lock.roster` lists that still run. The repository's user
+    controls the file: it is read without following a symlink, without blocking on a FIFO
+    and up to ROSTER_LIMIT bytes; anything but a regular file raises RollbackError."""
+    text = _read_regular(roster, ROSTER_LIMIT)
     try:
-        data = json.loads(roster.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        data = json.loads(text or "{}")
+    except (ValueError, RecursionError):
         return []
     readers = []
     for entry in data.get("shared", []) if isinstance(data, dict) else []:
         with contextlib.suppress(TypeError, ValueError):
             h, pid, thread = entry
-            if _alive(str(h), int(pid), int(thread), host):
-                readers.append(f"{h}.{pid}-{thread}")
+            pid, thread = _small_int(pid), _small_int(thread)
+            if pid is None or thread is None or _alive(str(h), pid, thread, host):
+                readers.append(f"{str(h)[:100]}.{pid}-{thread}")
     return readers
+
+
+def _small_int(value: object) -> int | None:
+    """A pid or thread id from the roster; None when it cannot be one (os.kill of a huge
+    number raises OverflowError, not ProcessLookupError)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        return None
+    return value
 
 
 def _write_roster(roster: Path, data: dict[str, list[list[object]]], info: os.stat_result
                   ) -> None:
-    roster.write_text(json.dumps(data), encoding="utf-8")
-    os.chown(roster, info.st_uid, info.st_gid)
+    """Written beside and renamed over: whatever was at `lock.roster` (a symlink, a FIFO)
+    is replaced, never opened."""
+    temp = roster.with_name(f"{roster.name}.hive-{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, json.dumps(data).encode())
+        os.fchown(fd, info.st_uid, info.st_gid)
+    finally:
+        os.close(fd)
+    os.rename(temp, roster)
 
 
 def _release(exclusive: Path, name: str) -> None:
@@ -562,7 +611,11 @@ def execute(plan: RollbackPlan, repo: Repository, aside: Path) -> list[str]:
         raise RollbackError(f"{aside} must be a new, empty folder (make_aside_folder)")
     moved: list[str] = []
     log = repo.path / TRANSACTIONS
-    shutil.copy2(log, aside / "transactions.before-rollback")
+    # Read once, safely (the user's file may have become a FIFO or a symlink since).
+    text = _read_regular(log, LOG_LIMIT)
+    if text is None:
+        raise RollbackError(f"{log} went away")
+    (aside / "transactions.before-rollback").write_text(text, encoding="utf-8")
     (aside / "README.txt").write_text(_UNDO_NOTE.format(
         repo=repo.path, current=plan.current, target=plan.target, count=len(plan.move),
         when=datetime.now(UTC).isoformat(timespec="seconds")), encoding="utf-8")
@@ -571,10 +624,9 @@ def execute(plan: RollbackPlan, repo: Repository, aside: Path) -> list[str]:
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.rename(repo.path / relative, destination)
         moved.append(relative)
-    info = log.stat()
+    info = log.lstat()
     temp = repo.path / f"{TRANSACTIONS}.hive-{secrets.token_hex(4)}.tmp"
-    temp.write_text(truncate_log(log.read_text(encoding="utf-8", errors="replace"),
-                                 plan.target), encoding="utf-8")
+    temp.write_text(truncate_log(text, plan.target), encoding="utf-8")
     os.chown(temp, info.st_uid, info.st_gid)
     temp.chmod(info.st_mode & 0o7777)
     os.rename(temp, log)

@@ -15,6 +15,11 @@ borg 2 betas (borgstore: `config/` is a folder)
             mtime in nanoseconds stands in for the transaction number.
     close   the last file in `locks/` is removed
 
+Every number read from a repository's files (an index name, a config version, a lock
+holder's pid) is checked against what borg can write where it is parsed: the repository's
+user controls these files. A repository whose files make no sense gets `problem` set and
+one `corrupt` event, and is otherwise left out of the picture; the others are unaffected.
+
 The watcher keeps one `RepoState` per repository and feeds it two kinds of input: single
 file events (`apply`) while inotify delivers them, and whole scans (`reconcile`) when it
 starts, after a queue overflow and on its periodic rescans. Both give the same events for
@@ -23,13 +28,35 @@ the same change, which is what makes restarts and overflows free of duplicates a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-KINDS = ("created", "opened", "closed", "updated", "deleted", "lock_stale")
+KINDS = ("created", "opened", "closed", "updated", "deleted", "lock_stale", "corrupt")
 BORG1, BORG2 = "borg1", "borg2"
 # borg 1.x `init` writes the empty manifest and commits it as transaction 1.
 BORG1_INIT_TRANSACTION = 1
+# borg 1.x keeps segment numbers (= transaction ids) as unsigned 32-bit integers in its
+# index and hints files: no borg writes `index.4294967296`.
+MAX_TRANSACTION = 2**32 - 1
+_INDEX = re.compile(r"index\.([0-9]+)", re.ASCII)
+
+
+class Nonsense(ValueError):
+    """A repository file says something borg never writes (the message says what)."""
+
+
+def index_number(name: str) -> int | None:
+    """N of a borg 1.x `index.N`; None for any other name. Raises Nonsense for an N no borg
+    writes (checked on the digits' count first: int() of 5,000 digits is an error)."""
+    match = _INDEX.fullmatch(name)
+    if match is None:
+        return None
+    digits = match.group(1)
+    if len(digits) > 10 or int(digits) > MAX_TRANSACTION:
+        raise Nonsense(f"{name[:40]}: no borg writes a transaction number above "
+                       f"{MAX_TRANSACTION}")
+    return int(digits)
 
 
 @dataclass(frozen=True)
@@ -45,6 +72,7 @@ class RepoState:
     lock_since: float | None = None
     stale_reported: bool = False       # lock_stale was recorded for the current lock
     dropped: int | None = None         # borg 1.x: that index went, none newer came (rollback)
+    problem: str | None = None         # the files make no sense (see Nonsense); else None
 
     @property
     def locked(self) -> bool:
@@ -79,10 +107,13 @@ class RepoEvent:
     source: str = "inotify"  # "inotify": seen happening; "scan": found by comparing states
 
 
-def _index_number(name: str) -> int | None:
-    if name.startswith("index.") and name[6:].isdigit():
-        return int(name[6:])
-    return None
+def _corrupt(state: RepoState, problem: str, time: float,
+             source: str) -> tuple[RepoState, list[RepoEvent]]:
+    """Record a problem once (until a scan finds the files sane again)."""
+    if state.problem == problem:
+        return state, []
+    return replace(state, problem=problem), [RepoEvent(time, "corrupt", {"problem": problem},
+                                                       source)]
 
 
 def _updated(old: RepoState, new: RepoState, time: float, source: str) -> RepoEvent:
@@ -126,7 +157,12 @@ def apply(state: RepoState, event: FileEvent) -> tuple[RepoState, list[RepoEvent
             if top == "archives" and event.is_dir:
                 return replace(state, archives=event.added), []
             return state, []
-        number = _index_number(top)
+        try:
+            number = index_number(top)
+        except Nonsense as exc:
+            if event.added and state.layout == BORG1:
+                return _corrupt(state, str(exc), t, "inotify")
+            return state, []
         if number is not None and state.layout == BORG1 and not event.is_dir:
             if not event.added:
                 if number != state.transaction:
@@ -193,6 +229,8 @@ def reconcile(old: RepoState | None, new: RepoState | None,
         events.append(_opened(new, new.lock_since or now, "scan"))
     elif base.locks and not new.locks:
         events.append(RepoEvent(now, "closed", {}, "scan"))
+    if new.problem is not None and new.problem != base.problem:
+        events.append(RepoEvent(now, "corrupt", {"problem": new.problem}, "scan"))
     same_lock = bool(base.locks & new.locks)
     merged = replace(new, stale_reported=base.stale_reported if same_lock else False,
                      lock_since=(base.lock_since or new.lock_since) if same_lock

@@ -232,7 +232,11 @@ class Watcher:
         for e in found:
             self.buffer.append((_ts(e.time), self.host, repo, user, path, e.kind, e.source,
                                 json.dumps(e.details)))
-            log.debug("%s %s %s", key, e.kind, e.details)
+            if e.kind == "corrupt":
+                log.warning("%s makes no sense as a borg repository: %s", key,
+                            e.details.get("problem"))
+            else:
+                log.debug("%s %s %s", key, e.kind, e.details)
         self.counts["events"] += len(found)
 
     def _set(self, key: str, state: ev.RepoState | None) -> None:

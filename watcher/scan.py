@@ -13,11 +13,12 @@ import os
 import re
 import socket
 import stat
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from watcher.events import BORG1, BORG2, RepoState
+from watcher.events import BORG1, BORG2, Nonsense, RepoState, index_number
 
 # Repository names as hive.yaml allows them; `.cache` and `.config` that `borg serve`
 # may create in a user's home (the user folder) are not repositories, nor are the
@@ -26,7 +27,34 @@ REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 # borg 1.x names the holder file inside lock.exclusive/ "<host id>.<pid>-<thread>", where
 # the host id is "<fqdn>@<uuid.getnode()>" (or $BORG_HOST_ID).
-_BORG1_HOLDER = re.compile(r"^(?P<hostid>.+)\.(?P<pid>\d+)-(?P<thread>\d+)$")
+_BORG1_HOLDER = re.compile(r"^(?P<hostid>.+)\.(?P<pid>[0-9]{1,7})-(?P<thread>[0-9]{1,20})$",
+                           re.ASCII)
+# Linux never hands out a pid above PID_MAX_LIMIT (2**22); os.kill() of a bigger number
+# raises OverflowError instead of saying "no such process".
+MAX_PID = 2**22
+# borg 1.x writes `version = 1` or `2` into config, borg 2 `2` into config/version.
+MAX_LAYOUT_VERSION = 99
+# A commit or lock dated this far ahead of the clock was not made by borg on this host.
+_FUTURE_SLACK = 86_400.0
+
+
+def checked_pid(value: object) -> int | None:
+    """A process id read from a lock file, or None when it cannot be one."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    text = str(value)
+    if not text.isascii() or not text.isdigit() or len(text) > 7:
+        return None
+    pid = int(text)
+    return pid if 0 < pid <= MAX_PID else None
+
+
+def _checked_time(seconds: float, what: str, problems: list[str]) -> float | None:
+    """An mtime as a commit or lock time; None (and a problem) when no clock made it."""
+    if 0 <= seconds <= time.time() + _FUTURE_SLACK:
+        return seconds
+    problems.append(f"{what} is dated {seconds:.0f} (unix time), which no commit is")
+    return None
 
 
 @dataclass(frozen=True)
@@ -55,10 +83,17 @@ def _read_small(path: str, limit: int = 4096) -> str | None:
         os.close(fd)
 
 
-def _borg1_version(path: str) -> int | None:
-    text = _read_small(os.path.join(path, "config"))
-    match = re.search(r"^version\s*=\s*(\d+)\s*$", text or "", re.MULTILINE)
-    return int(match.group(1)) if match else None
+def _layout_version(text: str | None, what: str, problems: list[str]) -> int | None:
+    """The layout version in a config text (borg 1.x `version = N`, borg 2 just `N`)."""
+    pattern = r"^version\s*=\s*([0-9]+)\s*$" if what == "config" else r"^\s*([0-9]+)\s*$"
+    match = re.search(pattern, text or "", re.MULTILINE | re.ASCII)
+    if match is None:
+        return None
+    digits = match.group(1)
+    if len(digits) > 2 or not 0 < int(digits) <= MAX_LAYOUT_VERSION:
+        problems.append(f"{what} says version {digits[:20]}, which no borg writes")
+        return None
+    return int(digits)
 
 
 def _entries(path: str) -> dict[str, os.DirEntry[str]]:
@@ -84,16 +119,30 @@ def scan_repository(path: Path | str) -> RepoState | None:
     return _scan_borg1(path, top)
 
 
+def _with_problems(state: RepoState, problems: list[str]) -> RepoState:
+    return replace(state, problem="; ".join(problems)) if problems else state
+
+
 def _scan_borg1(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
-    numbers = sorted((int(name[6:]) for name in top if name.startswith("index.")
-                      and name[6:].isdigit()), reverse=True)
-    transaction = commit_time = None
-    for number in numbers:  # the newest index that still exists: a commit may delete one
+    problems: list[str] = []
+    found: list[tuple[int, str]] = []
+    for name in top:
         try:
-            commit_time = top[f"index.{number}"].stat(follow_symlinks=False).st_mtime
+            number = index_number(name)
+        except Nonsense as exc:
+            if len(problems) < 3:
+                problems.append(str(exc))
+            continue
+        if number is not None:
+            found.append((number, name))
+    transaction = commit_time = None
+    for number, name in sorted(found, reverse=True):
+        # the newest index that still exists: a commit may delete one
+        try:
+            mtime = top[name].stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        transaction = number
+        transaction, commit_time = number, _checked_time(mtime, name, problems)
         break
     lock = top.get("lock.exclusive")
     locks: frozenset[str] = frozenset()
@@ -101,21 +150,26 @@ def _scan_borg1(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
     if lock is not None and lock.is_dir(follow_symlinks=False):
         locks = frozenset({"lock.exclusive"})
         try:
-            lock_since = lock.stat(follow_symlinks=False).st_mtime
+            lock_since = _checked_time(lock.stat(follow_symlinks=False).st_mtime,
+                                       "lock.exclusive", problems)
         except OSError:
             locks = frozenset()
-    return RepoState(layout=BORG1, layout_version=_borg1_version(path),
-                     transaction=transaction, commit_time=commit_time, locks=locks,
-                     lock_since=lock_since)
+    version = _layout_version(_read_small(os.path.join(path, "config")), "config", problems)
+    return _with_problems(RepoState(layout=BORG1, layout_version=version,
+                                    transaction=transaction, commit_time=commit_time,
+                                    locks=locks, lock_since=lock_since), problems)
 
 
 def _scan_borg2(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
-    version_text = _read_small(os.path.join(path, "config", "version"), 32) or ""
-    version = int(version_text.strip()) if version_text.strip().isdigit() else None
+    problems: list[str] = []
+    version = _layout_version(_read_small(os.path.join(path, "config", "version"), 32),
+                              "config/version", problems)
     transaction = commit_time = None
     try:
         st = os.stat(os.path.join(path, "config", "manifest"), follow_symlinks=False)
-        transaction, commit_time = st.st_mtime_ns, st.st_mtime
+        commit_time = _checked_time(st.st_mtime, "config/manifest", problems)
+        if commit_time is not None:
+            transaction = st.st_mtime_ns
     except OSError:
         pass
     archives = "archives" in top and top["archives"].is_dir(follow_symlinks=False)
@@ -127,15 +181,18 @@ def _scan_borg2(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
                 continue
             locks.add(entry.name)
             try:
-                mtime = entry.stat(follow_symlinks=False).st_mtime
+                mtime = _checked_time(entry.stat(follow_symlinks=False).st_mtime,
+                                      f"locks/{entry.name[:40]}", problems)
             except OSError:
                 continue
-            lock_since = mtime if lock_since is None else min(lock_since, mtime)
+            if mtime is not None:
+                lock_since = mtime if lock_since is None else min(lock_since, mtime)
     except (FileNotFoundError, NotADirectoryError):
         pass
-    return RepoState(layout=BORG2, layout_version=version, transaction=transaction,
-                     commit_time=commit_time, archives=archives, locks=frozenset(locks),
-                     lock_since=lock_since)
+    return _with_problems(RepoState(layout=BORG2, layout_version=version,
+                                    transaction=transaction, commit_time=commit_time,
+                                    archives=archives, locks=frozenset(locks),
+                                    lock_since=lock_since), problems)
 
 
 def lock_holders(path: Path | str, state: RepoState) -> list[Holder]:
@@ -149,15 +206,18 @@ def lock_holders(path: Path | str, state: RepoState) -> list[Holder]:
             return holders
         for name in names:
             match = _BORG1_HOLDER.match(name)
-            holders.append(Holder(match["hostid"], int(match["pid"])) if match
+            pid = checked_pid(match["pid"]) if match else None
+            holders.append(Holder(match["hostid"], pid) if match and pid is not None
                            else Holder(name, None))
     elif state.layout == BORG2:
         for name in sorted(state.locks):
             text = _read_small(os.path.join(path, "locks", name))
             try:
                 data = json.loads(text or "")
-                holders.append(Holder(str(data["hostid"]), int(data["processid"])))
-            except (ValueError, KeyError, TypeError):
+                pid = checked_pid(data["processid"])
+                holders.append(Holder(str(data["hostid"])[:200], pid) if pid is not None
+                               else Holder(name, None))
+            except (ValueError, KeyError, TypeError, RecursionError):
                 holders.append(Holder(name, None))
     return holders
 

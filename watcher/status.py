@@ -20,8 +20,9 @@ from typing import Any
 from watcher import events as ev
 from watcher import scan
 
-STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk")
-TROUBLE = frozenset({"stale", "never backed up", "locked", "missing on disk"})
+STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk",
+          "corrupt")
+TROUBLE = frozenset({"stale", "never backed up", "locked", "missing on disk", "corrupt"})
 
 
 @dataclass
@@ -52,6 +53,7 @@ class RepoStatus:
     stale_after_seconds: int = 0
     size_measured: datetime | None = None
     lock_since: datetime | None = None
+    problem: str | None = None  # why the state is "corrupt": what makes no sense
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -94,6 +96,8 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
         verdict = "disabled"
     elif disk.readable and disk.state is None:
         verdict = "missing on disk"
+    elif disk.readable and disk.state is not None and disk.state.problem is not None:
+        verdict = "corrupt"
     elif state is not None and ev.is_stale_lock(state, now.timestamp(), lock_stale_after,
                                                 disk.holders_alive if disk.readable else None):
         verdict = "locked"
@@ -111,7 +115,8 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
         quota_used=(size / quota) if size is not None and quota else None, locked=locked,
         path=path, unix_user=user, groups=list(repo.groups),
         stale_after_seconds=stale_after, size_measured=recorded.size_time,
-        lock_since=_ts(state.lock_since) if state is not None else None)
+        lock_since=_ts(state.lock_since) if state is not None else None,
+        problem=disk.state.problem if disk.readable and disk.state is not None else None)
 
 
 def look(path: str) -> Disk:
