@@ -32,7 +32,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-KINDS = ("created", "opened", "closed", "updated", "deleted", "lock_stale", "corrupt")
+KINDS = ("created", "opened", "closed", "updated", "deleted", "lock_stale", "corrupt",
+         "unusual_growth")
 BORG1, BORG2 = "borg1", "borg2"
 # borg 1.x `init` writes the empty manifest and commits it as transaction 1.
 BORG1_INIT_TRANSACTION = 1

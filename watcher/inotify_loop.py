@@ -33,8 +33,8 @@ from typing import Any
 
 from inotify_simple import INotify, flags
 
+from watcher import commits, journal_rows, scan, store
 from watcher import events as ev
-from watcher import journal_rows, scan, store
 
 log = logging.getLogger("hive.watch")
 
@@ -127,6 +127,7 @@ class Watcher:
         self.repo_wds: dict[str, set[int]] = {}
         self.user_wds: dict[str, int] = {}
         self.states: dict[str, ev.RepoState] = {}
+        self.growth: dict[str, Any] = {}  # key -> bytes_added of its last backups
         self.dirty: set[str] = set()
         self.buffer: list[tuple[Any, ...]] = []
         self.log_rows: list[tuple[Any, ...]] = []
@@ -226,9 +227,14 @@ class Watcher:
 
     # ----------------------------------------------------------------- events
 
-    def _record(self, key: str, found: list[ev.RepoEvent]) -> None:
+    def _record(self, key: str, found: list[ev.RepoEvent], layout: str | None = None) -> None:
         user, _, repo = key.partition("/")
         path = os.path.join(self.root, key)
+        if any(e.kind == "updated" for e in found):
+            history = self.growth.get(key)
+            if history is None:
+                history = self.growth[key] = commits.new_history()
+            found = commits.classify(path, layout, found, history)
         for e in found:
             self.buffer.append((_ts(e.time), self.host, repo, user, path, e.kind, e.source,
                                 json.dumps(e.details)))
@@ -259,7 +265,7 @@ class Watcher:
             return
         old = self.states.get(key)
         new, events = ev.reconcile(old, found, now)
-        self._record(key, events)
+        self._record(key, events, new.layout if new is not None else None)
         if new != old:
             self._set(key, new)
 
@@ -332,7 +338,7 @@ class Watcher:
                 mtime_ns = os.stat(os.path.join(watch.path, event.name),
                                    follow_symlinks=False).st_mtime_ns
         new, found = ev.apply(state, ev.FileEvent(time.time(), name, added, is_dir, mtime_ns))
-        self._record(key, found)
+        self._record(key, found, new.layout)
         if new != state:
             self._set(key, new)
         if (watch.role == "repo" and is_dir and added and event.name in BORG2_SUBDIRS
@@ -475,7 +481,16 @@ class Watcher:
                 "SELECT path, layout, layout_version, transaction, commit_time, archives, "
                 "locks, lock_since, stale_reported FROM repository_state WHERE host = $1",
                 [self.host]).fetchall()
+            added = con.execute(
+                "SELECT path, list(bytes ORDER BY time) FROM (SELECT path, time, "
+                "TRY_CAST(details->>'bytes_added' AS BIGINT) AS bytes, row_number() OVER "
+                "(PARTITION BY path ORDER BY time DESC) AS n FROM events WHERE host = $1 AND "
+                "kind = 'updated' AND details->>'what' = 'backup') WHERE n <= $2 "
+                "GROUP BY path", [self.host, commits.GROWTH_HISTORY]).fetchall()
         prefix = self.root.rstrip("/") + "/"
+        for path, values in added:
+            if path.startswith(prefix):
+                self.growth[path[len(prefix):]] = commits.new_history(values or [])
         for (path, layout, version, transaction, commit_time, archives, locks, lock_since,
              stale) in rows:
             if not path.startswith(prefix):
