@@ -31,10 +31,11 @@ from test_watcher_support import (
     watching,
 )
 
+from borgrepo import layout, locks, segments
 from reconciler import rollback as rb
 from reconciler import treewalk
 from watcher import events as ev
-from watcher import scan, stats, status
+from watcher import stats, status
 
 BIG = "9" * 20
 
@@ -44,8 +45,19 @@ def fake_borg1(path: Path, transaction: int = 5) -> Path:
     (path / "data" / "0").mkdir(parents=True, exist_ok=True)
     (path / "config").write_text("[repository]\nversion = 1\nsegments_per_dir = 1000\n"
                                  "append_only = 1\nid = " + "ab" * 32 + "\n")
-    for n in range(transaction + 1):
-        (path / "data" / "0" / str(n)).write_bytes(b"BORG_SEG" + bytes(9))
+    head = segments._HEADER
+
+    def entry(tag: int, ident: bytes = b"", payload: int = 0) -> bytes:
+        return head.pack(0, segments.HEADER_SIZE + len(ident) + payload, tag) + ident \
+            + bytes(payload)
+
+    manifest, commit = segments.MANIFEST_ID, entry(segments.COMMIT)
+    content = {0: entry(segments.PUT, manifest, 10), 1: commit,  # borg init
+               transaction - 2: entry(segments.DELETE, manifest),
+               transaction - 1: entry(segments.PUT, manifest, 10), transaction: commit}
+    for n in range(transaction + 1):  # the backup's data, then the manifest and COMMIT
+        body = content.get(n, entry(segments.PUT, bytes([n]) * 32, 1000))
+        (path / "data" / "0" / str(n)).write_bytes(segments.MAGIC + body)
     (path / f"index.{transaction}").write_bytes(b"x" * 100)
     (path / f"hints.{transaction}").write_bytes(b"x" * 10)
     (path / "transactions").write_text(
@@ -73,7 +85,7 @@ def test_numbers_no_borg_writes_make_the_repository_corrupt_not_the_scan(
         tmp_path: Path, plant: object) -> None:
     repo = fake_borg1(tmp_path / "r")
     plant(repo)  # type: ignore[operator]
-    state = scan.scan_repository(repo)
+    state = layout.scan_repository(repo)
     assert state is not None and state.problem
     assert state.transaction is None or state.transaction <= ev.MAX_TRANSACTION
     assert state.layout_version in (None, 1)
@@ -84,15 +96,15 @@ def test_lock_holders_with_impossible_pids_are_unknown_not_a_crash(tmp_path: Pat
     (repo / "lock.exclusive").mkdir()
     (repo / "lock.exclusive" / "host@x.9999999999-0").touch()
     (repo / "lock.exclusive" / f"{os.uname().nodename}@1.{'9' * 7}-0").touch()
-    state = scan.scan_repository(repo)
+    state = layout.scan_repository(repo)
     assert state is not None and state.locked
-    holders = scan.lock_holders(repo, state)
+    holders = locks.lock_holders(repo, state)
     assert all(h.pid is None for h in holders) and len(holders) == 2
-    assert scan.holders_alive(holders) is None  # cannot tell: the lock's age decides
+    assert locks.holders_alive(holders) is None  # cannot tell: the lock's age decides
     # borg 2's JSON lock files: an infinite or huge pid, deep nesting
     for text in ('{"hostid": "h", "processid": 1e999}', '{"hostid": "h", "processid": '
                  + "9" * 40 + "}", "[" * 4000):
-        assert scan.checked_pid(json.loads(text)["processid"]
+        assert locks.checked_pid(json.loads(text)["processid"]
                                 if text.startswith("{") else None) is None
 
 
@@ -182,7 +194,7 @@ def test_a_planted_roster_neither_hangs_nor_leaves_the_lock(tmp_path: Path,
         roster.symlink_to("/dev/zero")
     else:
         with roster.open("wb") as handle:
-            handle.truncate(rb.ROSTER_LIMIT + 1)
+            handle.truncate(locks.ROSTER_LIMIT + 1)
     started = time.monotonic()
     result = _lock_in_child(repo)
     assert time.monotonic() - started < 15
@@ -331,10 +343,10 @@ def test_fuzzed_repository_files_never_crash_or_hang_a_reader(tmp_path: Path) ->
             target.write_bytes(content)
             if rng.random() < 0.2:
                 os.utime(target, (0, rng.choice([-(2**40), 2**40, 2**33, 0])))
-        state = scan.scan_repository(bad)
+        state = layout.scan_repository(bad)
         assert state is not None
         if state.locked:
-            scan.holders_alive(scan.lock_holders(bad, state))
+            locks.holders_alive(locks.lock_holders(bad, state))
         assert state.transaction is None or 0 <= state.transaction <= ev.MAX_TRANSACTION
         assert state.layout_version is None or 0 < state.layout_version < 100
         remembered, found_events = ev.reconcile(remembered, state, time.time())

@@ -23,6 +23,7 @@ log = logging.getLogger("hive.watch")
 GROWTH_FACTOR = 10.0          # x the median bytes_added of the previous backups
 GROWTH_MIN_BYTES = 1 << 30    # and at least 1 GB
 GROWTH_HISTORY = 10
+GONE = "its segments are gone (compacted)"
 
 
 def classify(path: str, layout: str | None, found: list[ev.RepoEvent],
@@ -47,14 +48,15 @@ def classify(path: str, layout: str | None, found: list[ev.RepoEvent],
             commits = segments.commits(path, previous, transaction)
         except OSError as exc:  # the folder went away meanwhile
             commits = [segments.Commit(transaction, None, problem=str(exc))]
-        if not commits or commits[-1].transaction != transaction:
-            commits.append(segments.Commit(transaction, None,
-                                           problem="its segments are gone (compacted)"))
+        gone = not commits or commits[-1].transaction != transaction
+        if gone:
+            commits.append(segments.Commit(transaction, None, problem=GONE))
         before = previous
         for commit in commits:
-            if commit.problem:
-                log.warning("%s: commit %d classified as other: %s", path,
-                            commit.transaction, commit.problem)
+            if commit.problem:  # gone (compacted) is ordinary; anything else is worth a line
+                (log.debug if commit.problem == GONE else log.warning)(
+                    "%s: commit %d classified as other: %s", path, commit.transaction,
+                    commit.problem)
             last = commit is commits[-1]
             data = {"transaction": commit.transaction, "previous": before,
                     "backup": commit.what == "backup", **commit.details()}

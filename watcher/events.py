@@ -28,67 +28,21 @@ the same change, which is what makes restarts and overflows free of duplicates a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from borgrepo.layout import (  # noqa: F401 (the watcher's names for them)
+    BORG1,
+    BORG1_INIT_TRANSACTION,
+    BORG2,
+    MAX_TRANSACTION,
+    Nonsense,
+    RepoState,
+    index_number,
+)
+
 KINDS = ("created", "opened", "closed", "updated", "deleted", "lock_stale", "corrupt",
          "unusual_growth")
-BORG1, BORG2 = "borg1", "borg2"
-# borg 1.x `init` writes the empty manifest and commits it as transaction 1.
-BORG1_INIT_TRANSACTION = 1
-# borg 1.x keeps segment numbers (= transaction ids) as unsigned 32-bit integers in its
-# index and hints files: no borg writes `index.4294967296`.
-MAX_TRANSACTION = 2**32 - 1
-_INDEX = re.compile(r"index\.([0-9]+)", re.ASCII)
-
-
-class Nonsense(ValueError):
-    """A repository file says something borg never writes (the message says what)."""
-
-
-def index_number(name: str) -> int | None:
-    """N of a borg 1.x `index.N`; None for any other name. Raises Nonsense for an N no borg
-    writes (checked on the digits' count first: int() of 5,000 digits is an error)."""
-    match = _INDEX.fullmatch(name)
-    if match is None:
-        return None
-    digits = match.group(1)
-    if len(digits) > 10 or int(digits) > MAX_TRANSACTION:
-        raise Nonsense(f"{name[:40]}: no borg writes a transaction number above "
-                       f"{MAX_TRANSACTION}")
-    return int(digits)
-
-
-@dataclass(frozen=True)
-class RepoState:
-    """What is known of one repository folder: the watcher's memory, or a scan's result."""
-
-    layout: str | None = None          # BORG1, BORG2, or None: not (yet) a borg repository
-    layout_version: int | None = None  # `version` in borg 1.x config, config/version in borg 2
-    transaction: int | None = None     # borg 1.x: N of index.N; borg 2: manifest mtime_ns
-    commit_time: float | None = None   # when that transaction was committed (unix time)
-    archives: bool = False             # borg 2: the archives/ folder exists
-    locks: frozenset[str] = frozenset()  # lock names held: {"lock.exclusive"} or locks/ files
-    lock_since: float | None = None
-    stale_reported: bool = False       # lock_stale was recorded for the current lock
-    dropped: int | None = None         # borg 1.x: that index went, none newer came (rollback)
-    problem: str | None = None         # the files make no sense (see Nonsense); else None
-
-    @property
-    def locked(self) -> bool:
-        return bool(self.locks)
-
-    @property
-    def backed_up(self) -> bool:
-        """True once a commit other than the one `borg init` makes has happened."""
-        if self.transaction is None:
-            return False
-        if self.layout == BORG2:
-            return self.archives
-        return self.transaction > BORG1_INIT_TRANSACTION
-
-
 @dataclass(frozen=True)
 class FileEvent:
     """One inotify event inside a repository, already decoded by the loop."""

@@ -33,7 +33,9 @@ from typing import Any
 
 from inotify_simple import INotify, flags
 
-from watcher import commits, journal_rows, scan, store
+from borgrepo import layout as borg_layout
+from borgrepo import locks as borg_locks
+from watcher import commits, journal_rows, store
 from watcher import events as ev
 
 log = logging.getLogger("hive.watch")
@@ -41,7 +43,7 @@ log = logging.getLogger("hive.watch")
 DIR_MASK = (flags.CREATE | flags.MOVED_TO | flags.DELETE | flags.MOVED_FROM
             | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW)
 BORG2_SUBDIRS = ("config", "locks", "archives")
-_REPO_NAME = scan.REPO_NAME  # what is a repository folder (see scan.py)
+_REPO_NAME = borg_layout.REPO_NAME  # what is a repository folder (see borgrepo/layout.py)
 EVENT_COLUMNS = ("time", "host", "repository", "unix_user", "path", "kind", "source",
                  "details")
 MAX_BUFFER = 200_000  # events held while the database cannot be written (~100 MB)
@@ -259,7 +261,7 @@ class Watcher:
     def reconcile_repo(self, key: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         try:
-            found = scan.scan_repository(os.path.join(self.root, key))
+            found = borg_layout.scan_repository(os.path.join(self.root, key))
         except OSError as exc:
             log.warning("cannot read %s: %s", key, exc.strerror)
             return
@@ -399,9 +401,9 @@ class Watcher:
             if not state.locked or state.stale_reported:
                 continue
             path = os.path.join(self.root, key)
-            holders = scan.lock_holders(path, state)
+            holders = borg_locks.lock_holders(path, state)
             new, found = ev.check_lock(state, now, self.lock_stale_after,
-                                       scan.holders_alive(holders), [str(h) for h in holders])
+                                       borg_locks.holders_alive(holders), [str(h) for h in holders])
             if found:
                 self._record(key, found)
                 self._set(key, new)

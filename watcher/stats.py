@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from borgrepo import layout as borg_layout
 from reconciler import treewalk
-from watcher import scan
 from watcher.events import BORG2
 
 COLUMNS = ("time", "host", "repository", "unix_user", "path", "in_config", "present",
@@ -83,7 +83,7 @@ def measure(repository: str, unix_user: str, path: str, in_config: bool,
     started = time.monotonic()
     result = RepositoryStats(repository, unix_user, path, in_config, quota_bytes=quota_bytes)
     try:
-        state = scan.scan_repository(path)
+        state = borg_layout.scan_repository(path)
     except OSError as exc:
         result.present = True
         result.errors.append(f"cannot read {path}: {exc.strerror}")
@@ -129,7 +129,7 @@ def targets(config: Any, only: Iterable[str] = ()) -> list[tuple[str, str, str, 
     for user in sorted(users):
         try:
             names = [e.name for e in os.scandir(root / user)  # what the watcher watches
-                     if scan.REPO_NAME.match(e.name) and e.is_dir(follow_symlinks=False)]
+                     if borg_layout.REPO_NAME.match(e.name) and e.is_dir(follow_symlinks=False)]
         except OSError:
             continue
         for name in names:

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from borgrepo import layout as borg_layout
+from borgrepo import locks as borg_locks
 from borgrepo import segments
 from watcher import events as ev
-from watcher import scan
 
 STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk",
           "corrupt")
@@ -137,12 +138,12 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
 def look(path: str) -> Disk:
     """Scan a repository folder as status needs it; never raises for missing or denied."""
     try:
-        state = scan.scan_repository(path)
+        state = borg_layout.scan_repository(path)
     except PermissionError:
         return Disk(None, readable=False)
     if state is None:
         return Disk(None)
-    alive = scan.holders_alive(scan.lock_holders(path, state)) if state.locked else None
+    alive = borg_locks.holders_alive(borg_locks.lock_holders(path, state)) if state.locked else None
     if state.layout == ev.BORG1 and state.transaction is not None and state.problem is None:
         backup = segments.last_backup(path, state.transaction)
         return Disk(state, holders_alive=alive, classified=True,

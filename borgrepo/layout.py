@@ -1,4 +1,5 @@
-"""Read one repository's state from its top-level folder (and borg 2's small subfolders).
+"""A repository folder's layout: borg 1.x (`config` a file, `index.N`, `lock.exclusive/`)
+or borg 2 (`config/`, `locks/`, `archives/`), read into a RepoState.
 
 This is the cheap look the watcher takes on start, after a queue overflow and when a
 folder appears, and that `hive status` takes for every repository: a handful of
@@ -7,46 +8,77 @@ folder appears, and that `hive status` takes for every repository: a handful of
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import re
-import socket
 import stat
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from watcher.events import BORG1, BORG2, Nonsense, RepoState, index_number
+BORG1, BORG2 = "borg1", "borg2"
+# borg 1.x `init` writes the empty manifest and commits it as transaction 1.
+BORG1_INIT_TRANSACTION = 1
+# borg 1.x keeps segment numbers (= transaction ids) as unsigned 32-bit integers in its
+# index and hints files: no borg writes `index.4294967296`.
+MAX_TRANSACTION = 2**32 - 1
+_INDEX = re.compile(r"index\.([0-9]+)", re.ASCII)
+
+
+class Nonsense(ValueError):
+    """A repository file says something borg never writes (the message says what)."""
+
+
+def index_number(name: str) -> int | None:
+    """N of a borg 1.x `index.N`; None for any other name. Raises Nonsense for an N no borg
+    writes (checked on the digits' count first: int() of 5,000 digits is an error)."""
+    match = _INDEX.fullmatch(name)
+    if match is None:
+        return None
+    digits = match.group(1)
+    if len(digits) > 10 or int(digits) > MAX_TRANSACTION:
+        raise Nonsense(f"{name[:40]}: no borg writes a transaction number above "
+                       f"{MAX_TRANSACTION}")
+    return int(digits)
+
+
+@dataclass(frozen=True)
+class RepoState:
+    """What is known of one repository folder: the watcher's memory, or a scan's result."""
+
+    layout: str | None = None          # BORG1, BORG2, or None: not (yet) a borg repository
+    layout_version: int | None = None  # `version` in borg 1.x config, config/version in borg 2
+    transaction: int | None = None     # borg 1.x: N of index.N; borg 2: manifest mtime_ns
+    commit_time: float | None = None   # when that transaction was committed (unix time)
+    archives: bool = False             # borg 2: the archives/ folder exists
+    locks: frozenset[str] = frozenset()  # lock names held: {"lock.exclusive"} or locks/ files
+    lock_since: float | None = None
+    stale_reported: bool = False       # lock_stale was recorded for the current lock
+    dropped: int | None = None         # borg 1.x: that index went, none newer came (rollback)
+    problem: str | None = None         # the files make no sense (see Nonsense); else None
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.locks)
+
+    @property
+    def backed_up(self) -> bool:
+        """True once a commit other than the one `borg init` makes has happened."""
+        if self.transaction is None:
+            return False
+        if self.layout == BORG2:
+            return self.archives
+        return self.transaction > BORG1_INIT_TRANSACTION
+
 
 # Repository names as hive.yaml allows them; `.cache` and `.config` that `borg serve`
 # may create in a user's home (the user folder) are not repositories, nor are the
 # `<repo>.rollback-<time>-to-<N>` folders `hive rollback` moves files aside into.
 REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
-# borg 1.x names the holder file inside lock.exclusive/ "<host id>.<pid>-<thread>", where
-# the host id is "<fqdn>@<uuid.getnode()>" (or $BORG_HOST_ID).
-_BORG1_HOLDER = re.compile(r"^(?P<hostid>.+)\.(?P<pid>[0-9]{1,7})-(?P<thread>[0-9]{1,20})$",
-                           re.ASCII)
-# Linux never hands out a pid above PID_MAX_LIMIT (2**22); os.kill() of a bigger number
-# raises OverflowError instead of saying "no such process".
-MAX_PID = 2**22
 # borg 1.x writes `version = 1` or `2` into config, borg 2 `2` into config/version.
 MAX_LAYOUT_VERSION = 99
 # A commit or lock dated this far ahead of the clock was not made by borg on this host.
 _FUTURE_SLACK = 86_400.0
-
-
-def checked_pid(value: object) -> int | None:
-    """A process id read from a lock file, or None when it cannot be one."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        return None
-    text = str(value)
-    if not text.isascii() or not text.isdigit() or len(text) > 7:
-        return None
-    pid = int(text)
-    return pid if 0 < pid <= MAX_PID else None
 
 
 def _checked_time(seconds: float, what: str, problems: list[str]) -> float | None:
@@ -57,16 +89,7 @@ def _checked_time(seconds: float, what: str, problems: list[str]) -> float | Non
     return None
 
 
-@dataclass(frozen=True)
-class Holder:
-    hostid: str
-    pid: int | None
-
-    def __str__(self) -> str:
-        return f"{self.hostid} pid {self.pid}" if self.pid is not None else self.hostid
-
-
-def _read_small(path: str, limit: int = 4096) -> str | None:
+def read_small(path: str, limit: int = 4096) -> str | None:
     """A small regular file's text; None for anything else (a FIFO, a device or a socket
     in a repository must never block a scan: opened non-blocking, and never read)."""
     try:
@@ -96,7 +119,7 @@ def _layout_version(text: str | None, what: str, problems: list[str]) -> int | N
     return int(digits)
 
 
-def _entries(path: str) -> dict[str, os.DirEntry[str]]:
+def entries(path: str) -> dict[str, os.DirEntry[str]]:
     with os.scandir(path) as it:
         return {entry.name: entry for entry in it}
 
@@ -108,7 +131,7 @@ def scan_repository(path: Path | str) -> RepoState | None:
     """
     path = str(path)
     try:
-        top = _entries(path)
+        top = entries(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     config = top.get("config")
@@ -154,7 +177,7 @@ def _scan_borg1(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
                                        "lock.exclusive", problems)
         except OSError:
             locks = frozenset()
-    version = _layout_version(_read_small(os.path.join(path, "config")), "config", problems)
+    version = _layout_version(read_small(os.path.join(path, "config")), "config", problems)
     return _with_problems(RepoState(layout=BORG1, layout_version=version,
                                     transaction=transaction, commit_time=commit_time,
                                     locks=locks, lock_since=lock_since), problems)
@@ -162,7 +185,7 @@ def _scan_borg1(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
 
 def _scan_borg2(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
     problems: list[str] = []
-    version = _layout_version(_read_small(os.path.join(path, "config", "version"), 32),
+    version = _layout_version(read_small(os.path.join(path, "config", "version"), 32),
                               "config/version", problems)
     transaction = commit_time = None
     try:
@@ -176,7 +199,7 @@ def _scan_borg2(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
     locks: set[str] = set()
     lock_since = None
     try:
-        for entry in _entries(os.path.join(path, "locks")).values():
+        for entry in entries(os.path.join(path, "locks")).values():
             if entry.name.endswith(".tmp"):
                 continue
             locks.add(entry.name)
@@ -195,67 +218,3 @@ def _scan_borg2(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
                                     lock_since=lock_since), problems)
 
 
-def lock_holders(path: Path | str, state: RepoState) -> list[Holder]:
-    """Who holds the repository's locks, as far as the lock files say."""
-    path = str(path)
-    holders: list[Holder] = []
-    if state.layout == BORG1:
-        try:
-            names = list(_entries(os.path.join(path, "lock.exclusive")))
-        except OSError:
-            return holders
-        for name in names:
-            match = _BORG1_HOLDER.match(name)
-            pid = checked_pid(match["pid"]) if match else None
-            holders.append(Holder(match["hostid"], pid) if match and pid is not None
-                           else Holder(name, None))
-    elif state.layout == BORG2:
-        for name in sorted(state.locks):
-            text = _read_small(os.path.join(path, "locks", name))
-            try:
-                data = json.loads(text or "")
-                pid = checked_pid(data["processid"])
-                holders.append(Holder(str(data["hostid"])[:200], pid) if pid is not None
-                               else Holder(name, None))
-            except (ValueError, KeyError, TypeError, RecursionError):
-                holders.append(Holder(name, None))
-    return holders
-
-
-@functools.cache
-def _this_host() -> tuple[str, ...]:
-    """What borg on this machine writes as its host id, "<fqdn>@<uuid.getnode()>" (see
-    _BORG1_HOLDER), as prefixes and suffixes to match. Both halves are tried: in a
-    private network namespace (systemd's PrivateNetwork=) uuid.getnode() is random, while
-    the name stays."""
-    names = {socket.gethostname(), socket.gethostname().split(".")[0], socket.getfqdn()}
-    return (*(f"{name}@" for name in names if name), f"@{uuid.getnode()}")
-
-
-def _is_this_host(hostid: str) -> bool:
-    if os.environ.get("BORG_HOST_ID") and hostid == os.environ["BORG_HOST_ID"]:
-        return True
-    return any(hostid.startswith(p) if p.endswith("@") else hostid.endswith(p)
-               for p in _this_host())
-
-
-def holders_alive(holders: list[Holder]) -> bool | None:
-    """False when every holder is a process of this host that no longer exists.
-
-    None when it cannot be told (no holder file yet, another host's id): then only the
-    age of the lock decides. `borg serve` runs on this server, so its locks are checkable.
-    """
-    if not holders:
-        return None
-    verdicts = []
-    for holder in holders:
-        if not _is_this_host(holder.hostid) or holder.pid is None:
-            return None
-        try:
-            os.kill(holder.pid, 0)
-            verdicts.append(True)
-        except ProcessLookupError:
-            verdicts.append(False)
-        except PermissionError:
-            verdicts.append(True)
-    return any(verdicts)
