@@ -181,3 +181,40 @@ def test_parser_fuzz_never_crashes_or_hangs(tmp_path: Path) -> None:
     (repo / "data" / "0" / "3").unlink()
     os.mkfifo(repo / "data" / "0" / "3")
     assert [c.problem is not None for c in segments.commits(str(repo), 2, 3)] == [True]
+
+
+def test_a_backup_far_above_the_usual_records_unusual_growth(tmp_path: Path) -> None:
+    """Ten backups of ~100 MB, then one of 3 GB (sparse segments with real headers): the
+    last one records unusual_growth; a 500 MB one (5x) and a first large backup do not."""
+    from watcher import commits
+    from watcher import events as ev
+
+    repo = tmp_path / "r"
+    (repo / "data" / "0").mkdir(parents=True)
+    head = segments._HEADER
+    history = commits.new_history()
+
+    def backup(transaction: int, size: int) -> list[str]:
+        """Segments transaction-3 .. transaction: data, manifest DELETE, PUT, COMMIT."""
+        data = repo / "data" / "0" / str(transaction - 3)
+        with open(data, "wb") as out:
+            out.write(segments.MAGIC + head.pack(0, size, segments.PUT) + os.urandom(32))
+            out.truncate(len(segments.MAGIC) + size)
+        for n, body in ((1, head.pack(0, 41, segments.DELETE) + segments.MANIFEST_ID),
+                        (2, head.pack(0, 51, segments.PUT) + segments.MANIFEST_ID
+                         + bytes(10)), (3, head.pack(0, 9, segments.COMMIT))):
+            (repo / "data" / "0" / str(transaction - 3 + n)).write_bytes(segments.MAGIC + body)
+        event = ev.RepoEvent(time.time(), "updated", {"transaction": transaction,
+                                                      "previous": transaction - 4,
+                                                      "backup": True})
+        found = commits.classify(str(repo), ev.BORG1, [event], history)
+        assert found[0].details["what"] == "backup"
+        assert found[0].details["bytes_added"] == size
+        return [e.kind for e in found]
+
+    assert backup(5, 3 << 30) == ["updated"]          # no history yet: nothing to compare
+    history.clear()
+    for i in range(10):
+        assert backup(9 + 4 * i, 100_000_000 + i) == ["updated"]
+    assert backup(49, 500_000_000) == ["updated"]     # 5x the median, under 1 GB
+    assert backup(53, 3 << 30) == ["updated", "unusual_growth"]
