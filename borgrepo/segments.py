@@ -279,15 +279,22 @@ def last_backup(repo: str, transaction: int, per_dir: int | None = None,
                 max_segments: int = 20_000) -> Commit | None:
     """The newest commit up to `transaction` that was a backup, read backwards from it (what
     `hive status` needs when no watcher recorded it). None when none is found within
-    max_segments segments (or compaction removed them)."""
-    files = segment_files(repo, max(0, transaction - max_segments), transaction, per_dir)
-    commit_segments = [n for n, path in files if ends_with_commit(path)]
-    for index in range(len(commit_segments) - 1, -1, -1):
-        upto = commit_segments[index]
-        after = commit_segments[index - 1] if index > 0 else None
-        if after is None and files and files[0][0] > 0:
-            after = files[0][0] - 1
-        found = commits(repo, after, upto, per_dir)
-        if found and found[-1].what == "backup":
-            return found[-1]
+    max_segments segments (or compaction removed them). Looks at the newest 256 segments
+    first: a status of thousands of repositories must not list every segment folder."""
+    for window in (256, max_segments):
+        first = max(0, transaction - window)
+        files = segment_files(repo, first, transaction, per_dir)
+        commit_segments = [n for n, path in files if ends_with_commit(path)]
+        for index in range(len(commit_segments) - 1, -1, -1):
+            upto = commit_segments[index]
+            after = commit_segments[index - 1] if index > 0 else None
+            if after is None and first > 0:
+                break  # its span may start below the window: widen it
+            if after is None and files and files[0][0] > 0:
+                after = files[0][0] - 1
+            found = commits(repo, after, upto, per_dir)
+            if found and found[-1].what == "backup":
+                return found[-1]
+        if first == 0:
+            break
     return None

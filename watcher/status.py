@@ -145,7 +145,8 @@ def look(path: str) -> Disk:
         return Disk(None)
     alive = borg_locks.holders_alive(borg_locks.lock_holders(path, state)) if state.locked else None
     if state.layout == ev.BORG1 and state.transaction is not None and state.problem is None:
-        backup = segments.last_backup(path, state.transaction)
+        per_dir = segments.segments_per_dir(borg_layout.read_small(f"{path}/config"))
+        backup = segments.last_backup(path, state.transaction, per_dir)
         return Disk(state, holders_alive=alive, classified=True,
                     last_backup=backup.time if backup is not None else None)
     return Disk(state, holders_alive=alive)
