@@ -7,7 +7,6 @@ errors included), 2 changes pending or made, and only with --detailed-exitcode.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -327,8 +326,14 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
         return EXIT_OK
     if target.is_symlink():
         return _refuse(f"{target} is a symlink; Hive will not follow it")
-    size, files = _usage(target)
+    from reconciler import treewalk
+
+    found = treewalk.usage(target)
+    size, files = found.apparent_bytes, found.files
     click.echo(f"This deletes {target}: {files} files, {size / 1e9:.2f} GB of backups.")
+    if found.unreadable:
+        click.echo(click.style("Warning: ", fg="yellow") + f"{found.unreadable} entries could "
+                   f"not be read, so there may be more (e.g. {found.problems[0]})", err=True)
     if dry_run:
         return EXIT_OK
     if os.geteuid() != 0:
@@ -343,28 +348,23 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
             journal = Journal(config.server.state_dir, config.server.name)
             journal.write(journal.record("start", user=who(), file=str(path), commit=None,
                                          command="purge", summary={"remove": 1}))
-            shutil.rmtree(target)
+            error = None
+            try:
+                treewalk.remove_tree(target)
+            except OSError as exc:
+                error = str(exc)
             journal.write(journal.record("change", action="delete", kind="repository data",
                                          name=str(target), before={"files": files,
                                                                    "bytes": size},
-                                         after=None, error=None),
-                          journal.record("finish", error=None, done=1, total=1))
+                                         after=None, error=error),
+                          journal.record("finish", error=error, done=0 if error else 1,
+                                         total=1))
     except (LockBusy, OSError) as exc:
         return _refuse(str(exc))
+    if error:
+        return _refuse(error)
     click.echo(f"Deleted {target}. 'hive apply --prune' now removes its user and folders.")
     return EXIT_OK
-
-
-def _usage(path: Path) -> tuple[int, int]:
-    size = files = 0
-    for top, _dirs, names in os.walk(path):
-        for name in names:
-            try:
-                size += os.lstat(os.path.join(top, name)).st_size
-                files += 1
-            except OSError:
-                pass
-    return size, files
 
 
 def _refuse(message: str) -> int:

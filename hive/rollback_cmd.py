@@ -203,22 +203,29 @@ def _execute(config: Any, path: Path, name: str, repo_path: Path, target: int,
             journal = Journal(state_dir, config.server.name)
             journal.write(journal.record("start", user=who(), file=str(path), commit=None,
                                          command="rollback", summary={"change": 1}))
+            plan, repo_id, moved, error = None, None, [], "interrupted"
             try:
                 plan, repo_id, moved, error = rb.as_owner(repo_path, locked_rollback)
             except (rb.RollbackError, OSError) as exc:
-                plan, repo_id, moved, error = None, None, [], str(exc)
-            if not moved:
-                with contextlib.suppress(OSError):
-                    aside.rmdir()  # refused before anything moved: leave no empty folder
-            journal.write(
-                journal.record("change", action="update", kind="repository rollback",
-                               name=str(repo_path),
-                               before={"transaction": plan.current if plan else None},
-                               after={"transaction": target, "aside": str(aside),
-                                      "moved": len(moved),
-                                      "undone": [t.id for t in plan.undone] if plan else []},
-                               error=error),
-                journal.record("finish", error=error, done=1, total=1))
+                error = str(exc)
+            except Exception as exc:  # e.g. MemoryError: still journal it and clean up
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                # Whatever happened (even Ctrl-C), the journal gets its finish and no empty
+                # aside folder is left.
+                if not moved:
+                    with contextlib.suppress(OSError):
+                        aside.rmdir()  # refused before anything moved
+                journal.write(
+                    journal.record("change", action="update", kind="repository rollback",
+                                   name=str(repo_path),
+                                   before={"transaction": plan.current if plan else None},
+                                   after={"transaction": target, "aside": str(aside),
+                                          "moved": len(moved),
+                                          "undone": [t.id for t in plan.undone] if plan
+                                          else []},
+                                   error=error),
+                    journal.record("finish", error=error, done=1, total=1))
             if error and moved:
                 return _fail(fmt, f"rollback failed: {error}; files moved so far are in "
                                   f"{aside}")

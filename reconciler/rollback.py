@@ -7,12 +7,12 @@ mode") is to remove the segments newer than the transaction to return to, and th
 index/hints/integrity files that describe the newer state; the next borg access rebuilds the
 index from the segments that are left. This module does exactly that, carefully:
 
-* the plan is pure (`parse_transactions`, `plan_rollback`) and table-tested;
+* the plan is pure (`plan_rollback` over borgrepo/transactions.py) and table-tested;
 * nothing is deleted: files are *moved* into a folder beside the repository, with a note on
   how to put them back;
-* the repository is locked the way borg locks it (`lock.exclusive/` created by renaming a
-  temporary directory, plus `lock.roster`), so no client (`borg serve`) can open it while
-  files move, and a held lock (a running backup) makes the rollback refuse;
+* the repository is locked the way borg locks it (borgrepo/locks.py), so no client
+  (`borg serve`) can open it while files move, and a held lock (a running backup) makes
+  the rollback refuse;
 * the `nonce` file is never touched: borg reserves encryption counters there, and rolling it
   back could make a client reuse a counter.
 
@@ -21,138 +21,38 @@ Only the standard library is used.
 
 from __future__ import annotations
 
-import configparser
-import contextlib
-import errno
-import functools
-import json
 import os
 import pickle
-import re
 import secrets
-import shutil
-import socket
 import stat
-import tempfile
-import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-TRANSACTIONS = "transactions"
-STATE_PREFIXES = ("index", "hints", "integrity")
-_LINE = re.compile(r"^transaction (\d+), UTC time (\S+)$")
-_SEGMENT = re.compile(r"^data/(\d+)/(\d+)$")
-_STATE = re.compile(r"^(index|hints|integrity)\.(\d+)$")
+from borgrepo import RepositoryBusy, RepositoryError, read_regular
+from borgrepo.locks import borg_host_id, repository_lock
+from borgrepo.segments import ends_with_commit
+from borgrepo.transactions import (
+    _STATE,
+    TRANSACTIONS,
+    Layout,
+    Transaction,
+    parse_transactions,
+    read_config,
+    segment_ranges,
+    truncate_log,
+)
 
+__all__ = ["Layout", "RepositoryBusy", "RollbackError", "Transaction", "parse_transactions",
+           "read_config", "repository_lock", "segment_ranges", "truncate_log"]
 
-class RollbackError(Exception):
-    """The repository cannot be read or rolled back; the message says why."""
-
-
-class RepositoryBusy(RollbackError):
-    """A borg client holds the repository's lock."""
+# The same errors as borg's format raises: a repository that refuses to be read or locked.
+RollbackError = RepositoryError
 
 
 # --------------------------------------------------------------------------- pure part
-
-
-@dataclass(frozen=True)
-class Transaction:
-    """One line of borg's `transactions` log: a commit and its time (UTC)."""
-
-    id: int
-    time: datetime | None
-
-
-def parse_transactions(text: str) -> list[Transaction]:
-    """The commits listed in a `transactions` file, oldest first.
-
-    borg 1.x appends `transaction N, UTC time 2024-01-31T12:00:00.123456` per commit made in
-    append-only mode, and again with the same N when it rebuilds that transaction's index
-    (after a rollback): the first time is the commit's. A torn last line (a crash
-    mid-append, no newline) is ignored; any other line that does not parse, or ids that go
-    down, make the log untrustworthy.
-    """
-    result: list[Transaction] = []
-    lines = text.split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        match = _LINE.match(line.strip())
-        if match is None:
-            if number == len(lines):  # last line without newline: torn write
-                continue
-            raise RollbackError(f"transactions line {number} is not borg's format: {line!r}")
-        ident = int(match.group(1))
-        try:
-            when: datetime | None = datetime.fromisoformat(match.group(2)).replace(tzinfo=UTC)
-        except ValueError:
-            when = None
-        if result and ident == result[-1].id:
-            continue  # borg rebuilt the index of this transaction (seen after a rollback)
-        if result and ident < result[-1].id:
-            raise RollbackError(f"transactions line {number}: transaction {ident} follows "
-                                f"{result[-1].id}; was the repository rolled back by hand?")
-        result.append(Transaction(ident, when))
-    return result
-
-
-def truncate_log(text: str, target: int) -> str:
-    """The log's own lines up to and including transaction `target`, verbatim.
-
-    After a rollback borg numbers new commits from the segments left, so lines of undone
-    transactions would later be followed by smaller numbers again: they must go."""
-    kept = []
-    for line in text.splitlines(keepends=True):
-        match = _LINE.match(line.strip())
-        if match is not None and int(match.group(1)) > target:
-            break
-        if match is not None:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    return "".join(kept)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What a borg 1.x repository folder holds, by relative path."""
-
-    segments: dict[int, str]
-    state_files: dict[str, int]
-
-    @classmethod
-    def from_paths(cls, paths: Iterable[str]) -> Layout:
-        """Sort relative paths (`data/0/13`, `index.13`, ...) into segments and the
-        index/hints/integrity files; anything else (config, nonce, README, locks) is not
-        part of a rollback."""
-        segments: dict[int, str] = {}
-        state: dict[str, int] = {}
-        for path in paths:
-            if m := _SEGMENT.match(path):
-                segments[int(m.group(2))] = path
-            elif m := _STATE.match(path):
-                state[path] = int(m.group(2))
-        return cls(segments, state)
-
-    @property
-    def current(self) -> int | None:
-        """The newest transaction on disk: the index's number, else the newest segment."""
-        if self.state_files:
-            return max(self.state_files.values())
-        return max(self.segments) if self.segments else None
-
-
-def segment_ranges(transactions: list[Transaction]) -> dict[int, tuple[int, int]]:
-    """Transaction id -> the segment numbers it wrote (a commit ends in segment `id`)."""
-    ranges: dict[int, tuple[int, int]] = {}
-    previous = -1
-    for t in transactions:
-        ranges[t.id] = (previous + 1, t.id)
-        previous = t.id
-    return ranges
 
 
 @dataclass
@@ -220,9 +120,6 @@ def plan_rollback(transactions: list[Transaction], layout: Layout, target: int,
     return plan
 
 
-COMMIT_TAG = 2  # borg 1.x segment entry: crc32 (4), size (4), tag (1); a COMMIT is 9 bytes
-
-
 def unlogged_commits(path: Path, layout: Layout, transactions: list[Transaction],
                      target: int) -> list[int]:
     """Segments newer than `target` that end with a commit the log does not list.
@@ -230,27 +127,11 @@ def unlogged_commits(path: Path, layout: Layout, transactions: list[Transaction]
     borg logs only append-only commits, so a full-access key's commit between two logged
     transactions is invisible in `transactions`; its segment still ends with a COMMIT
     entry. Rolling back past it undoes that work too, which needs the operator's consent.
-    Reads 9 bytes per segment, never following links nor blocking on odd files.
+    Reads 9 bytes per segment (borgrepo/segments.py), never following links nor blocking.
     """
     logged = {t.id for t in transactions}
-    found = []
-    for n, relative in sorted(layout.segments.items()):
-        if n <= target or n in logged:
-            continue
-        try:
-            fd = os.open(path / relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            tail = os.pread(fd, 9, st.st_size - 9) if stat.S_ISREG(st.st_mode) \
-                and st.st_size >= 17 else b""
-        finally:
-            os.close(fd)
-        if len(tail) == 9 and int.from_bytes(tail[4:8], "little") == 9 \
-                and tail[8] == COMMIT_TAG:
-            found.append(n)
-    return found
+    return [n for n, relative in sorted(layout.segments.items())
+            if n > target and n not in logged and ends_with_commit(str(path / relative))]
 
 
 def warn_unlogged(plan: RollbackPlan, commits: list[int]) -> None:
@@ -275,17 +156,6 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(parts)
 
 
-def read_config(text: str) -> tuple[bool, str | None]:
-    """(`append_only = 1`?, the repository id) from a borg 1.x config file."""
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(text)
-        append_only = parser.getboolean("repository", "append_only", fallback=False)
-        return append_only, parser.get("repository", "id", fallback=None)
-    except (configparser.Error, ValueError):
-        return False, None
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -306,27 +176,10 @@ class Repository:
             raise RollbackError(f"{path} is not a borg 1.x repository (no config or data/)")
         if (path / "data").is_symlink():
             raise RollbackError(f"{path}/data is a symlink; Hive will not follow it")
-        log = _read_regular(path / TRANSACTIONS) or ""
-        append_only, ident = read_config(_read_regular(config) or "")
+        log = read_regular(path / TRANSACTIONS) or ""
+        append_only, ident = read_config(read_regular(config) or "")
         return cls(path, parse_transactions(log), Layout.from_paths(_relative_files(path)),
                    append_only, ident)
-
-
-def _read_regular(path: Path, limit: int = 16 << 20) -> str | None:
-    """A small file's text, or None: never through a symlink, never blocking on a FIFO.
-    (The repository's user controls these files; the caller may be root.)"""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise RollbackError(f"{path}: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RollbackError(f"{path} is not a regular file")
-        return os.read(fd, limit).decode("utf-8", errors="replace")
-    finally:
-        os.close(fd)
 
 
 def _relative_files(root: Path) -> Iterator[str]:
@@ -339,134 +192,6 @@ def _relative_files(root: Path) -> Iterator[str]:
             for name in os.listdir(data / folder):
                 if name.isdigit():
                     yield f"data/{folder}/{name}"
-
-
-# --------------------------------------------------------------------------- borg's lock
-
-
-@functools.cache
-def borg_host_id() -> str:
-    """The host id borg 1.x writes into its lock names (`<fqdn>@<mac as int>`).
-
-    Using borg's own id means a borg client recognises the lock as local: it keeps out while
-    this process lives, and removes the lock as stale if this process died (kill -9)."""
-    if os.environ.get("BORG_HOST_ID"):
-        return os.environ["BORG_HOST_ID"]
-    name = socket.gethostname()
-    try:
-        for info in socket.getaddrinfo(name, None, 0, socket.SOCK_DGRAM, 0,
-                                       socket.AI_CANONNAME):
-            if info[3]:
-                name = info[3]
-                break
-    except OSError:
-        pass
-    return f"{name}@{uuid.getnode()}"
-
-
-def _alive(host: str, pid: int, thread: int, own_host: str) -> bool:
-    """borg's rule: a lock of another host, or of a thread, counts as alive."""
-    if host != own_host or thread != 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def repository_lock(path: Path, wait: float = 0.0) -> Iterator[str]:
-    """Hold borg's exclusive lock on the repository at `path`; yields the lock's name.
-
-    As borg 1.x: a temporary directory holding one empty file `<hostid>.<pid>-0` is renamed
-    to `lock.exclusive` (atomic; fails while another holder's directory is there), then
-    `lock.roster` must show no live shared lockers (readers such as `borg list`), and gets
-    this process as the exclusive one. Everything is owned by the repository's owner, so
-    that its `borg serve` can clear the lock should this process die. Retries for `wait`
-    seconds, then raises RepositoryBusy naming the holder.
-    """
-    info = path.stat()
-    host = borg_host_id()
-    name = f"{host}.{os.getpid()}-0"
-    exclusive, roster = path / "lock.exclusive", path / "lock.roster"
-    deadline = time.monotonic() + wait
-    while True:
-        temp = Path(tempfile.mkdtemp(".tmp", "lock.exclusive.", path))
-        try:
-            (temp / name).touch()
-            for item in (temp / name, temp):
-                os.chown(item, info.st_uid, info.st_gid)
-            temp.chmod(0o755)
-            os.rename(temp, exclusive)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                (temp / name).unlink()
-            with contextlib.suppress(OSError):
-                temp.rmdir()
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise RollbackError(f"cannot lock {path}: {exc}") from exc
-            holders = _lock_holders(exclusive)
-            if time.monotonic() >= deadline:
-                raise RepositoryBusy(f"{path} is locked by a borg client "
-                                     f"({', '.join(holders) or 'holder unknown'}); try again "
-                                     "when it has finished, or `borg break-lock` if it is "
-                                     "stale") from None
-            time.sleep(0.1)
-            continue
-        readers = _live_readers(roster, host)
-        if readers:
-            _release(exclusive, name)
-            if time.monotonic() >= deadline:
-                raise RepositoryBusy(f"{path} is being read by a borg client "
-                                     f"({', '.join(readers)}); try again when it has "
-                                     "finished")
-            time.sleep(0.1)
-            continue
-        break
-    try:
-        _write_roster(roster, {"exclusive": [[host, os.getpid(), 0]], "shared": []}, info)
-        yield name
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            roster.unlink()
-        _release(exclusive, name)
-
-
-def _lock_holders(exclusive: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(exclusive))
-    except OSError:
-        return []
-
-
-def _live_readers(roster: Path, host: str) -> list[str]:
-    try:
-        data = json.loads(roster.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return []
-    readers = []
-    for entry in data.get("shared", []) if isinstance(data, dict) else []:
-        with contextlib.suppress(TypeError, ValueError):
-            h, pid, thread = entry
-            if _alive(str(h), int(pid), int(thread), host):
-                readers.append(f"{h}.{pid}-{thread}")
-    return readers
-
-
-def _write_roster(roster: Path, data: dict[str, list[list[object]]], info: os.stat_result
-                  ) -> None:
-    roster.write_text(json.dumps(data), encoding="utf-8")
-    os.chown(roster, info.st_uid, info.st_gid)
-
-
-def _release(exclusive: Path, name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (exclusive / name).unlink()
-    with contextlib.suppress(OSError):
-        exclusive.rmdir()
 
 
 # --------------------------------------------------------------------------- as the owner
@@ -562,7 +287,11 @@ def execute(plan: RollbackPlan, repo: Repository, aside: Path) -> list[str]:
         raise RollbackError(f"{aside} must be a new, empty folder (make_aside_folder)")
     moved: list[str] = []
     log = repo.path / TRANSACTIONS
-    shutil.copy2(log, aside / "transactions.before-rollback")
+    # Read once, safely (the user's file may have become a FIFO or a symlink since).
+    text = read_regular(log)
+    if text is None:
+        raise RollbackError(f"{log} went away")
+    (aside / "transactions.before-rollback").write_text(text, encoding="utf-8")
     (aside / "README.txt").write_text(_UNDO_NOTE.format(
         repo=repo.path, current=plan.current, target=plan.target, count=len(plan.move),
         when=datetime.now(UTC).isoformat(timespec="seconds")), encoding="utf-8")
@@ -571,10 +300,9 @@ def execute(plan: RollbackPlan, repo: Repository, aside: Path) -> list[str]:
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.rename(repo.path / relative, destination)
         moved.append(relative)
-    info = log.stat()
+    info = log.lstat()
     temp = repo.path / f"{TRANSACTIONS}.hive-{secrets.token_hex(4)}.tmp"
-    temp.write_text(truncate_log(log.read_text(encoding="utf-8", errors="replace"),
-                                 plan.target), encoding="utf-8")
+    temp.write_text(truncate_log(text, plan.target), encoding="utf-8")
     os.chown(temp, info.st_uid, info.st_gid)
     temp.chmod(info.st_mode & 0o7777)
     os.rename(temp, log)

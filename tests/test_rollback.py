@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from borgrepo import locks
 from reconciler import rollback as rb
 
 LOG = """\
@@ -275,9 +276,11 @@ def test_repository_work_runs_as_its_owner_so_planted_symlinks_reach_nothing(
     (repo / "lock.roster").symlink_to(victim)
     os.lchown(repo / "lock.roster", 20000, 20000)
     assert rb.as_owner(repo, os.geteuid) == 20000
-    with pytest.raises(PermissionError):
-        rb.as_owner(repo, lambda: rb._write_roster(repo / "lock.roster", {"shared": []},
-                                                   os.stat(repo)))
+    # Written beside and renamed over: the symlink is replaced, its target never opened.
+    rb.as_owner(repo, lambda: locks._write_roster(repo / "lock.roster", {"shared": []},
+                                               os.stat(repo)))
+    roster = repo / "lock.roster"
+    assert not roster.is_symlink() and roster.stat().st_uid == 20000
     assert victim.stat().st_uid == 0 and victim.read_text() == "root's secret\n"
     aside = rb.make_aside_folder(repo, 9)
     assert aside.stat().st_uid == 20000 and aside.parent == repo.parent

@@ -117,7 +117,8 @@ def server(tmp_path: Path) -> Path:
         borg("create", repo_path(tmp_path, name), "a1", str(src))
     borg("init", repo_path(tmp_path, "fresh"))
     two_days_ago = time.time() - 2 * 86400
-    for index in repo_path(tmp_path, "old").glob("index.*"):
+    old = repo_path(tmp_path, "old")
+    for index in [*old.glob("index.*"), *old.glob("data/*/*")]:
         os.utime(index, (two_days_ago, two_days_ago))  # its last backup was two days ago
     return config
 

@@ -411,7 +411,7 @@ def test_lock_holders_of_this_host_are_checked_and_others_are_not() -> None:
     import socket
     import uuid
 
-    from watcher.scan import Holder, holders_alive
+    from borgrepo.locks import Holder, holders_alive
 
     gone = subprocess.Popen(["true"])
     gone.wait()

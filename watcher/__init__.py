@@ -19,9 +19,10 @@ file even read-only openers in other processes fail. So no process keeps
 flock is released by the kernel when a holder dies, so a crashed process never blocks
 the others.
 
-Modules: events.py (pure: file events and scans -> repository events), scan.py (a
-repository's state from its top-level folder), inotify_loop.py (the watcher), store.py
+Modules: events.py (pure: file events and scans -> repository events), commits.py (what
+each commit did, from borgrepo/segments.py), inotify_loop.py (the watcher), store.py
 (schema, migrations, locking, batch inserts), journal_rows.py (the apply journal as rows),
 stats.py (disk usage walk and snapshots), status.py (states and their sources),
-commands.py (the click commands; imports nothing heavy at module level).
+commands.py (the click commands; imports nothing heavy at module level). What borg's
+files mean (layouts, locks, segments) lives in borgrepo/.
 """

@@ -15,7 +15,8 @@ from typing import Any
 import click
 
 EXIT_OK, EXIT_ERROR, EXIT_TROUBLE = 0, 1, 2
-_STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk")
+_STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk",
+           "corrupt")
 
 
 def _file_option(f: Any) -> Any:
@@ -222,7 +223,8 @@ def status(config_file: str | None, owner: tuple[str, ...], group: tuple[str, ..
     \b
     States: ok; stale (last backup older than its stale_after, default
     server.stale_after, 26h); never backed up; disabled (mode: disabled); locked (a
-    lock left behind); missing on disk.
+    lock left behind); missing on disk; corrupt (its files say what no borg writes,
+    e.g. an index number beyond 32 bits: look with 'borg check').
     Exit codes for monitoring: 0 all shown are ok (or disabled), 2 some are stale or
     in trouble, 1 error. Sizes come from the last 'hive stats' run.
     --output json prints one JSON document, a list, unlike other commands' JSON lines.
@@ -265,6 +267,10 @@ def status(config_file: str | None, owner: tuple[str, ...], group: tuple[str, ..
         if row[-1]:
             cells[3] = click.style(cells[3], fg=row[-1])
         click.echo("  ".join(cells).rstrip())
+    for s in found:
+        if s.problem:
+            click.echo(click.style("Warning: ", fg="yellow")
+                       + f"{s.repository} ({s.path}): {s.problem}", err=True)
     counts = {state: sum(s.state == state for s in found) for state in _STATES}
     click.echo("\n" + f"{len(found)} repositories: "
                + ", ".join(f"{n} {state}" for state, n in counts.items() if n) + ".")

@@ -15,6 +15,11 @@ borg 2 betas (borgstore: `config/` is a folder)
             mtime in nanoseconds stands in for the transaction number.
     close   the last file in `locks/` is removed
 
+Every number read from a repository's files (an index name, a config version, a lock
+holder's pid) is checked against what borg can write where it is parsed: the repository's
+user controls these files. A repository whose files make no sense gets `problem` set and
+one `corrupt` event, and is otherwise left out of the picture; the others are unaffected.
+
 The watcher keeps one `RepoState` per repository and feeds it two kinds of input: single
 file events (`apply`) while inotify delivers them, and whole scans (`reconcile`) when it
 starts, after a queue overflow and on its periodic rescans. Both give the same events for
@@ -26,40 +31,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-KINDS = ("created", "opened", "closed", "updated", "deleted", "lock_stale")
-BORG1, BORG2 = "borg1", "borg2"
-# borg 1.x `init` writes the empty manifest and commits it as transaction 1.
-BORG1_INIT_TRANSACTION = 1
+from borgrepo.layout import (  # noqa: F401 (the watcher's names for them)
+    BORG1,
+    BORG1_INIT_TRANSACTION,
+    BORG2,
+    MAX_TRANSACTION,
+    Nonsense,
+    RepoState,
+    index_number,
+)
 
-
-@dataclass(frozen=True)
-class RepoState:
-    """What is known of one repository folder: the watcher's memory, or a scan's result."""
-
-    layout: str | None = None          # BORG1, BORG2, or None: not (yet) a borg repository
-    layout_version: int | None = None  # `version` in borg 1.x config, config/version in borg 2
-    transaction: int | None = None     # borg 1.x: N of index.N; borg 2: manifest mtime_ns
-    commit_time: float | None = None   # when that transaction was committed (unix time)
-    archives: bool = False             # borg 2: the archives/ folder exists
-    locks: frozenset[str] = frozenset()  # lock names held: {"lock.exclusive"} or locks/ files
-    lock_since: float | None = None
-    stale_reported: bool = False       # lock_stale was recorded for the current lock
-    dropped: int | None = None         # borg 1.x: that index went, none newer came (rollback)
-
-    @property
-    def locked(self) -> bool:
-        return bool(self.locks)
-
-    @property
-    def backed_up(self) -> bool:
-        """True once a commit other than the one `borg init` makes has happened."""
-        if self.transaction is None:
-            return False
-        if self.layout == BORG2:
-            return self.archives
-        return self.transaction > BORG1_INIT_TRANSACTION
-
-
+KINDS = ("created", "opened", "closed", "updated", "deleted", "lock_stale", "corrupt",
+         "unusual_growth")
 @dataclass(frozen=True)
 class FileEvent:
     """One inotify event inside a repository, already decoded by the loop."""
@@ -79,10 +62,13 @@ class RepoEvent:
     source: str = "inotify"  # "inotify": seen happening; "scan": found by comparing states
 
 
-def _index_number(name: str) -> int | None:
-    if name.startswith("index.") and name[6:].isdigit():
-        return int(name[6:])
-    return None
+def _corrupt(state: RepoState, problem: str, time: float,
+             source: str) -> tuple[RepoState, list[RepoEvent]]:
+    """Record a problem once (until a scan finds the files sane again)."""
+    if state.problem == problem:
+        return state, []
+    return replace(state, problem=problem), [RepoEvent(time, "corrupt", {"problem": problem},
+                                                       source)]
 
 
 def _updated(old: RepoState, new: RepoState, time: float, source: str) -> RepoEvent:
@@ -126,7 +112,12 @@ def apply(state: RepoState, event: FileEvent) -> tuple[RepoState, list[RepoEvent
             if top == "archives" and event.is_dir:
                 return replace(state, archives=event.added), []
             return state, []
-        number = _index_number(top)
+        try:
+            number = index_number(top)
+        except Nonsense as exc:
+            if event.added and state.layout == BORG1:
+                return _corrupt(state, str(exc), t, "inotify")
+            return state, []
         if number is not None and state.layout == BORG1 and not event.is_dir:
             if not event.added:
                 if number != state.transaction:
@@ -193,6 +184,8 @@ def reconcile(old: RepoState | None, new: RepoState | None,
         events.append(_opened(new, new.lock_since or now, "scan"))
     elif base.locks and not new.locks:
         events.append(RepoEvent(now, "closed", {}, "scan"))
+    if new.problem is not None and new.problem != base.problem:
+        events.append(RepoEvent(now, "corrupt", {"problem": new.problem}, "scan"))
     same_lock = bool(base.locks & new.locks)
     merged = replace(new, stale_reported=base.stale_reported if same_lock else False,
                      lock_since=(base.lock_since or new.lock_since) if same_lock

@@ -33,15 +33,17 @@ from typing import Any
 
 from inotify_simple import INotify, flags
 
+from borgrepo import layout as borg_layout
+from borgrepo import locks as borg_locks
+from watcher import commits, journal_rows, store
 from watcher import events as ev
-from watcher import journal_rows, scan, store
 
 log = logging.getLogger("hive.watch")
 
 DIR_MASK = (flags.CREATE | flags.MOVED_TO | flags.DELETE | flags.MOVED_FROM
             | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW)
 BORG2_SUBDIRS = ("config", "locks", "archives")
-_REPO_NAME = scan.REPO_NAME  # what is a repository folder (see scan.py)
+_REPO_NAME = borg_layout.REPO_NAME  # what is a repository folder (see borgrepo/layout.py)
 EVENT_COLUMNS = ("time", "host", "repository", "unix_user", "path", "kind", "source",
                  "details")
 MAX_BUFFER = 200_000  # events held while the database cannot be written (~100 MB)
@@ -127,6 +129,7 @@ class Watcher:
         self.repo_wds: dict[str, set[int]] = {}
         self.user_wds: dict[str, int] = {}
         self.states: dict[str, ev.RepoState] = {}
+        self.growth: dict[str, Any] = {}  # key -> bytes_added of its last backups
         self.dirty: set[str] = set()
         self.buffer: list[tuple[Any, ...]] = []
         self.log_rows: list[tuple[Any, ...]] = []
@@ -226,13 +229,22 @@ class Watcher:
 
     # ----------------------------------------------------------------- events
 
-    def _record(self, key: str, found: list[ev.RepoEvent]) -> None:
+    def _record(self, key: str, found: list[ev.RepoEvent], layout: str | None = None) -> None:
         user, _, repo = key.partition("/")
         path = os.path.join(self.root, key)
+        if any(e.kind == "updated" for e in found):
+            history = self.growth.get(key)
+            if history is None:
+                history = self.growth[key] = commits.new_history()
+            found = commits.classify(path, layout, found, history)
         for e in found:
             self.buffer.append((_ts(e.time), self.host, repo, user, path, e.kind, e.source,
                                 json.dumps(e.details)))
-            log.debug("%s %s %s", key, e.kind, e.details)
+            if e.kind == "corrupt":
+                log.warning("%s makes no sense as a borg repository: %s", key,
+                            e.details.get("problem"))
+            else:
+                log.debug("%s %s %s", key, e.kind, e.details)
         self.counts["events"] += len(found)
 
     def _set(self, key: str, state: ev.RepoState | None) -> None:
@@ -249,13 +261,13 @@ class Watcher:
     def reconcile_repo(self, key: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         try:
-            found = scan.scan_repository(os.path.join(self.root, key))
+            found = borg_layout.scan_repository(os.path.join(self.root, key))
         except OSError as exc:
             log.warning("cannot read %s: %s", key, exc.strerror)
             return
         old = self.states.get(key)
         new, events = ev.reconcile(old, found, now)
-        self._record(key, events)
+        self._record(key, events, new.layout if new is not None else None)
         if new != old:
             self._set(key, new)
 
@@ -328,7 +340,7 @@ class Watcher:
                 mtime_ns = os.stat(os.path.join(watch.path, event.name),
                                    follow_symlinks=False).st_mtime_ns
         new, found = ev.apply(state, ev.FileEvent(time.time(), name, added, is_dir, mtime_ns))
-        self._record(key, found)
+        self._record(key, found, new.layout)
         if new != state:
             self._set(key, new)
         if (watch.role == "repo" and is_dir and added and event.name in BORG2_SUBDIRS
@@ -389,9 +401,9 @@ class Watcher:
             if not state.locked or state.stale_reported:
                 continue
             path = os.path.join(self.root, key)
-            holders = scan.lock_holders(path, state)
+            holders = borg_locks.lock_holders(path, state)
             new, found = ev.check_lock(state, now, self.lock_stale_after,
-                                       scan.holders_alive(holders), [str(h) for h in holders])
+                                       borg_locks.holders_alive(holders), [str(h) for h in holders])
             if found:
                 self._record(key, found)
                 self._set(key, new)
@@ -471,7 +483,16 @@ class Watcher:
                 "SELECT path, layout, layout_version, transaction, commit_time, archives, "
                 "locks, lock_since, stale_reported FROM repository_state WHERE host = $1",
                 [self.host]).fetchall()
+            added = con.execute(
+                "SELECT path, list(bytes ORDER BY time) FROM (SELECT path, time, "
+                "TRY_CAST(details->>'bytes_added' AS BIGINT) AS bytes, row_number() OVER "
+                "(PARTITION BY path ORDER BY time DESC) AS n FROM events WHERE host = $1 AND "
+                "kind = 'updated' AND details->>'what' = 'backup') WHERE n <= $2 "
+                "GROUP BY path", [self.host, commits.GROWTH_HISTORY]).fetchall()
         prefix = self.root.rstrip("/") + "/"
+        for path, values in added:
+            if path.startswith(prefix):
+                self.growth[path[len(prefix):]] = commits.new_history(values or [])
         for (path, layout, version, transaction, commit_time, archives, locks, lock_since,
              stale) in rows:
             if not path.startswith(prefix):

@@ -4,13 +4,14 @@ The walk is what `du -s` does, done the same way: `os.scandir` on an open direct
 `fstatat` relative to it (no path lookups from the root for every file), symlinks
 neither followed nor counted as their targets, hard links counted once. Memory is
 bounded by the depth of the tree and the number of hard-linked files, not by the number of
-files: a repository with 100,000 segments costs a list of ~100 folder names.
+files: a repository with 100,000 segments costs a list of ~100 folder names. Neither
+depth nor descriptors are limits: the walk (reconciler/treewalk.py) keeps its own stack
+and a few descriptors, and a repository it could not read whole is reported as such.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -18,89 +19,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from watcher import scan
+from borgrepo import layout as borg_layout
+from reconciler import treewalk
 from watcher.events import BORG2
 
 COLUMNS = ("time", "host", "repository", "unix_user", "path", "in_config", "present",
            "layout", "layout_version", "size_bytes", "files", "dirs", "last_access",
            "last_update", "transaction", "locked", "lock_since", "quota_bytes", "quota_used",
            "unreadable", "scan_seconds")
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
-class Usage:
-    size_bytes: int = 0   # allocated blocks, as du counts them
-    files: int = 0
-    dirs: int = 0
-    unreadable: int = 0   # folders or files that could not be read
-
-
-def _read_folder(fd: int, result: Usage, seen_links: set[tuple[int, int]]) -> list[str]:
-    """Count one folder's entries; return its subfolders' names (to visit next).
-
-    The hot loop of `hive stats`: it runs once per file, so it keeps its counters in
-    local variables.
-    """
-    subfolders = []
-    blocks = files = unreadable = 0
-    is_dir = stat.S_ISDIR
-    try:
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)  # fstatat(fd, name)
-                except OSError:
-                    unreadable += 1
-                    continue
-                if is_dir(st.st_mode):  # (btrfs folders have one link: test this first)
-                    result.dirs += 1
-                    blocks += st.st_blocks
-                    subfolders.append(entry.name)
-                elif st.st_nlink == 1:
-                    files += 1
-                    blocks += st.st_blocks
-                elif (st.st_dev, st.st_ino) not in seen_links:  # a hard link: count once
-                    seen_links.add((st.st_dev, st.st_ino))
-                    files += 1
-                    blocks += st.st_blocks
-    except OSError:
-        unreadable += 1
-    result.size_bytes += blocks * 512
-    result.files += files
-    result.unreadable += unreadable
-    return subfolders
-
-
-def usage(path: Path | str) -> Usage:
-    """Disk usage of the tree at `path`, never leaving it through a symlink.
-
-    Depth first, each folder opened relative to its parent's fd with O_NOFOLLOW, so a
-    folder swapped for a symlink mid-walk is refused, and only one fd per level is open.
-    """
-    result = Usage()
-    try:
-        top = os.open(path, _OPEN_DIR)
-    except OSError:
-        result.unreadable += 1
-        return result
-    seen_links: set[tuple[int, int]] = set()
-    result.size_bytes += os.fstat(top).st_blocks * 512
-    result.dirs += 1
-    stack = [(top, _read_folder(top, result, seen_links))]
-    while stack:
-        fd, pending = stack[-1]
-        if not pending:
-            os.close(fd)
-            stack.pop()
-            continue
-        try:
-            child = os.open(pending.pop(), _OPEN_DIR, dir_fd=fd)
-        except OSError:
-            result.unreadable += 1
-            continue
-        stack.append((child, _read_folder(child, result, seen_links)))
-    return result
+def usage(path: Path | str) -> treewalk.Usage:
+    """Disk usage of the tree at `path`, never leaving it through a symlink, with bounded
+    recursion and descriptors (reconciler/treewalk.py); `unreadable` says what it missed."""
+    return treewalk.usage(path)
 
 
 @dataclass
@@ -151,7 +83,7 @@ def measure(repository: str, unix_user: str, path: str, in_config: bool,
     started = time.monotonic()
     result = RepositoryStats(repository, unix_user, path, in_config, quota_bytes=quota_bytes)
     try:
-        state = scan.scan_repository(path)
+        state = borg_layout.scan_repository(path)
     except OSError as exc:
         result.present = True
         result.errors.append(f"cannot read {path}: {exc.strerror}")
@@ -160,6 +92,8 @@ def measure(repository: str, unix_user: str, path: str, in_config: bool,
     if state is None:
         return result
     result.present = True
+    if state.problem is not None:
+        result.errors.append(f"{path} makes no sense as a borg repository: {state.problem}")
     result.layout, result.layout_version = state.layout, state.layout_version
     result.transaction = state.transaction
     result.last_update = _ts(state.commit_time)
@@ -168,6 +102,9 @@ def measure(repository: str, unix_user: str, path: str, in_config: bool,
     found = usage(path)
     result.size_bytes, result.files, result.dirs = found.size_bytes, found.files, found.dirs
     result.unreadable += found.unreadable
+    if found.unreadable:
+        result.errors.append(f"{found.unreadable} entries below {path} could not be read, so "
+                             f"its size is a lower bound (e.g. {found.problems[0]})")
     if quota_bytes:
         result.quota_used = found.size_bytes / quota_bytes
     result.scan_seconds = round(time.monotonic() - started, 4)
@@ -192,7 +129,7 @@ def targets(config: Any, only: Iterable[str] = ()) -> list[tuple[str, str, str, 
     for user in sorted(users):
         try:
             names = [e.name for e in os.scandir(root / user)  # what the watcher watches
-                     if scan.REPO_NAME.match(e.name) and e.is_dir(follow_symlinks=False)]
+                     if borg_layout.REPO_NAME.match(e.name) and e.is_dir(follow_symlinks=False)]
         except OSError:
             continue
         for name in names:

@@ -6,9 +6,11 @@ there, is it locked, its last commit: the same scan the watcher uses) and the da
 (the last backup the watcher saw, the last size `hive stats` measured). Run as a user who
 cannot read the repositories, it relies on what the watcher recorded.
 
-"Last backup" is the last commit that was not `borg init`'s. The server cannot tell a
-`borg create` from a `borg prune` or `delete`: all of them commit. A client that only
-prunes would look backed up; in practice backups and prunes run together.
+"Last backup" is the last commit that was a backup (`borg create`, its checkpoints
+included), read from the segments' entry headers (borgrepo/segments.py): a client that
+only prunes and compacts, as borgmatic does on every run, no longer looks backed up.
+`last_activity` is the last commit of any kind. With no watcher, status classifies what
+it finds on disk; commits whose segments a compaction removed are not guessed at.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from borgrepo import layout as borg_layout
+from borgrepo import locks as borg_locks
+from borgrepo import segments
 from watcher import events as ev
-from watcher import scan
 
-STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk")
-TROUBLE = frozenset({"stale", "never backed up", "locked", "missing on disk"})
+STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk",
+          "corrupt")
+TROUBLE = frozenset({"stale", "never backed up", "locked", "missing on disk", "corrupt"})
 
 
 @dataclass
@@ -29,6 +34,7 @@ class Recorded:
     """What the database holds about one repository path."""
 
     last_backup: datetime | None = None
+    last_activity: datetime | None = None
     size_bytes: int | None = None
     size_time: datetime | None = None
     state: ev.RepoState | None = None
@@ -52,10 +58,12 @@ class RepoStatus:
     stale_after_seconds: int = 0
     size_measured: datetime | None = None
     lock_since: datetime | None = None
+    problem: str | None = None  # why the state is "corrupt": what makes no sense
+    last_activity: datetime | None = None  # the last commit of any kind
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("last_backup", "size_measured", "lock_since"):
+        for key in ("last_backup", "size_measured", "lock_since", "last_activity"):
             data[key] = data[key].isoformat() if data[key] is not None else None
         if data["age_seconds"] is not None:
             data["age_seconds"] = round(data["age_seconds"])
@@ -69,6 +77,8 @@ class Disk:
     state: ev.RepoState | None
     readable: bool = True
     holders_alive: bool | None = None
+    classified: bool = False          # last_backup was read from the segments (borg 1.x)
+    last_backup: float | None = None  # then: the last commit that was a backup
 
 
 def _ts(seconds: float | None) -> datetime | None:
@@ -83,10 +93,17 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
     path = str(config.repo_path(repository))
     state = disk.state if disk.readable else recorded.state
     last = recorded.last_backup
-    if disk.readable and disk.state is not None and disk.state.backed_up:
-        on_disk = _ts(disk.state.commit_time)
+    activity = recorded.last_activity
+    if disk.readable and disk.state is not None:
+        if disk.classified:
+            on_disk = _ts(disk.last_backup)
+        else:  # borg 2: a commit once archives/ exists
+            on_disk = _ts(disk.state.commit_time) if disk.state.backed_up else None
         if on_disk is not None and (last is None or on_disk > last):
             last = on_disk
+        commit = _ts(disk.state.commit_time)
+        if commit is not None and (activity is None or commit > activity):
+            activity = commit
     age = (now - last).total_seconds() if last is not None else None
     stale_after = config.stale_after_seconds(repository)
     locked = state.locked if state is not None else None
@@ -94,6 +111,8 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
         verdict = "disabled"
     elif disk.readable and disk.state is None:
         verdict = "missing on disk"
+    elif disk.readable and disk.state is not None and disk.state.problem is not None:
+        verdict = "corrupt"
     elif state is not None and ev.is_stale_lock(state, now.timestamp(), lock_stale_after,
                                                 disk.holders_alive if disk.readable else None):
         verdict = "locked"
@@ -111,28 +130,39 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
         quota_used=(size / quota) if size is not None and quota else None, locked=locked,
         path=path, unix_user=user, groups=list(repo.groups),
         stale_after_seconds=stale_after, size_measured=recorded.size_time,
-        lock_since=_ts(state.lock_since) if state is not None else None)
+        lock_since=_ts(state.lock_since) if state is not None else None,
+        problem=disk.state.problem if disk.readable and disk.state is not None else None,
+        last_activity=activity)
 
 
 def look(path: str) -> Disk:
     """Scan a repository folder as status needs it; never raises for missing or denied."""
     try:
-        state = scan.scan_repository(path)
+        state = borg_layout.scan_repository(path)
     except PermissionError:
         return Disk(None, readable=False)
     if state is None:
         return Disk(None)
-    alive = scan.holders_alive(scan.lock_holders(path, state)) if state.locked else None
+    alive = borg_locks.holders_alive(borg_locks.lock_holders(path, state)) if state.locked else None
+    if state.layout == ev.BORG1 and state.transaction is not None and state.problem is None:
+        per_dir = segments.segments_per_dir(borg_layout.read_small(f"{path}/config"))
+        backup = segments.last_backup(path, state.transaction, per_dir)
+        return Disk(state, holders_alive=alive, classified=True,
+                    last_backup=backup.time if backup is not None else None)
     return Disk(state, holders_alive=alive)
 
 
 def recorded_by_path(con: Any, host: str) -> dict[str, Recorded]:
     """The last backup event, last snapshot and watcher state per repository path."""
     found: dict[str, Recorded] = {}
-    for path, last in con.execute(
-            "SELECT path, max(time) FROM events WHERE host = $1 AND kind = 'updated' "
-            "AND details->>'backup' = 'true' GROUP BY path", [host]).fetchall():
-        found.setdefault(path, Recorded()).last_backup = last
+    # `backup` is true for commits classified as backups (and, in events recorded before
+    # classification existed, for every commit after borg init's).
+    for path, last, activity in con.execute(
+            "SELECT path, max(time) FILTER (WHERE details->>'backup' = 'true'), max(time) "
+            "FROM events WHERE host = $1 AND kind = 'updated' GROUP BY path",
+            [host]).fetchall():
+        entry = found.setdefault(path, Recorded())
+        entry.last_backup, entry.last_activity = last, activity
     for path, size, when in con.execute(
             "SELECT path, arg_max(size_bytes, time), max(time) FROM snapshots "
             "WHERE host = $1 AND present GROUP BY path", [host]).fetchall():

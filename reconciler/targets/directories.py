@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from reconciler import treewalk
 from reconciler.desired import Facts, directories_to_observe
 from reconciler.inventory import Inventory
 from reconciler.resources import UNKNOWN, Change
@@ -41,16 +42,6 @@ def observe_path(path: str) -> Any:
             return UNKNOWN
     return {"type": kind, "uid": st.st_uid, "gid": st.st_gid,
             "mode": f"{stat.S_IMODE(st.st_mode):04o}", "children": children}
-
-
-def _chown_tree(path: str, old_uid: int, uid: int, gid: int) -> None:
-    """Give the new owner everything the old uid owned below `path`, never following links."""
-    for top, dirs, files in os.walk(path, followlinks=False):
-        for name in dirs + files:
-            full = os.path.join(top, name)
-            st = os.lstat(full)
-            if st.st_uid == old_uid:
-                os.lchown(full, uid, gid)
 
 
 def _set_owner_mode(path: str, uid: int, gid: int, mode: int) -> None:
@@ -104,5 +95,5 @@ class Directories:
         if change.meta.get("role") == "repository" and old_uid is not None and old_uid != uid:
             # Contents first, the folder itself last: until the folder has its new owner the
             # plan still shows this change, so an apply killed half-way finishes it next time.
-            _chown_tree(path, old_uid, uid, gid)
+            treewalk.chown_tree(path, old_uid, uid, gid)
         _set_owner_mode(path, uid, gid, mode)

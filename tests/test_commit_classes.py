@@ -1,0 +1,220 @@
+"""What each borg commit did, read from segment headers, through the real watcher.
+
+Real borg (Debian's 1.2, and 1.4 with HIVE_TEST_BORG14) runs init, create, create with
+no new data, prune, delete, compact, check, a create killed by SIGKILL after a
+checkpoint, and commits made while the watcher is down (a borgmatic-like create + prune
++ compact); the recorded `updated` events must say what each was, and "last backup" must
+stay at the create. Then the parser itself is fuzzed with random and mutated segments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from test_watcher_support import (
+    Borg,
+    barrier,
+    events,
+    hive_cli,
+    make_config,
+    optional_borgs,
+    repo_path,
+    wait_for,
+    watching,
+)
+
+from borgrepo import segments
+
+
+def _updates(state_dir: Path) -> list[dict[str, object]]:
+    return [d for k, d, _ in events(state_dir, "r") if k == "updated"]
+
+
+def _borg1(borg: Borg, *args: str) -> None:
+    result = subprocess.run([borg.binary, *args], capture_output=True, text=True,
+                            env=borg.env(), timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+
+
+def _index(repo: Path) -> int:
+    return max((int(p.name[6:]) for p in repo.glob("index.*") if p.name[6:].isdigit()),
+               default=0)
+
+
+@pytest.mark.parametrize("binary", [b for b in optional_borgs()
+                                    if "borg-2" not in str(b)])
+def test_each_commit_is_classified_through_the_watcher(tmp_path: Path, binary: str) -> None:
+    borg = Borg(tmp_path / "borg-base", binary)
+    if borg.two:
+        pytest.skip("borg 2 keeps archives as entries under archives/, not in segments")
+    config = make_config(tmp_path, {"r": "owner: alice"})
+    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "random").write_bytes(os.urandom(3_000_000))
+    with watching(config) as watcher:
+        borg("init", repo)
+        borg("create", repo, "a1", str(src))
+        borg("create", repo, "a2", str(src))      # no new data
+        _borg1(borg, "prune", "--keep-last", "1", str(repo))
+        borg("create", repo, "a3", str(src))
+        _borg1(borg, "delete", f"{repo}::a3")
+        _borg1(borg, "compact", str(repo))
+        _borg1(borg, "check", str(repo))          # read-only: no commit
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0, watcher.text()
+    seen = _updates(state)
+    assert [d["what"] for d in seen] == ["init", "backup", "backup", "delete", "backup",
+                                         "delete", "compact"], seen
+    assert seen[1]["bytes_added"] > 3_000_000 and seen[1]["objects_added"] >= 2
+    assert 0 < seen[2]["bytes_added"] < 10_000        # the archive's own metadata only
+    assert seen[3]["objects_deleted"] >= 1 and seen[3]["bytes_added"] == 0
+    assert all(d["backup"] == (d["what"] == "backup") for d in seen)
+    last_create = _index(repo)
+
+    # borgmatic-like create + prune + compact while no watcher runs, and a create killed
+    # by SIGKILL after its first checkpoint.
+    (src / "more").write_bytes(os.urandom(1_000_000))
+    borg("create", repo, "b1", str(src))
+    created = time.time()
+    _borg1(borg, "prune", "--keep-last", "1", str(repo))
+    before = _index(repo)
+    time.sleep(1.1)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data").write_bytes(os.urandom(300_000_000))
+    killed = borg.start("create", repo, "k1", "--checkpoint-interval=1", str(big))
+    try:
+        wait_for(lambda: _index(repo) > before, timeout=60, what="a checkpoint commit")
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    with watching(config) as watcher:
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0, watcher.text()
+    missed = _updates(state)[len(seen):]
+    whats = [d["what"] for d in missed]
+    assert whats[:2] == ["backup", "delete"], missed   # b1, then the prune
+    assert "backup" in whats[2:], missed               # the checkpoint
+    assert missed[0]["previous"] == last_create
+    rows = [(k, d) for k, d, _ in events(state, "r") if k == "updated"][len(seen):]
+    assert len(rows) == len(missed)
+
+    # Without any watcher record, status classifies from disk: the checkpoint is the
+    # newest backup, and no later commit.
+    for item in state.iterdir():
+        if item.name.startswith("events"):
+            item.unlink()
+    shown = json.loads(hive_cli("status", "-f", str(config), "-o", "json").stdout)[0]
+    backup = datetime.fromisoformat(shown["last_backup"]).timestamp()
+    activity = datetime.fromisoformat(shown["last_activity"]).timestamp()
+    assert 0 <= activity - backup < 2  # the commit segment, then its index.N
+    assert backup > created
+
+
+def test_borgmatic_run_leaves_last_backup_at_the_create(tmp_path: Path) -> None:
+    borg = Borg(tmp_path / "borg-base")
+    config = make_config(tmp_path, {"r": "owner: alice"})
+    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(100_000))
+    borg("init", repo)
+    with watching(config) as watcher:
+        borg("create", repo, "a1", str(src))
+        barrier(tmp_path, state)
+        first = hive_cli("status", "-f", str(config), "-o", "json")
+        created = json.loads(first.stdout)[0]["last_backup"]
+        time.sleep(1.1)
+        _borg1(borg, "prune", "--keep-last", "1", str(repo))
+        _borg1(borg, "compact", str(repo))
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0, watcher.text()
+    shown = json.loads(hive_cli("status", "-f", str(config), "-o", "json").stdout)[0]
+    assert created is not None and shown["last_backup"] == created, (created, shown)
+    assert shown["last_activity"] > shown["last_backup"]
+
+
+# ----------------------------------------------------------------- the parser, fuzzed
+
+def _segment(entries: list[tuple[int, bytes, int]]) -> bytes:
+    out = bytearray(segments.MAGIC)
+    for tag, ident, payload in entries:
+        body = ident + bytes(payload) if tag != segments.COMMIT else b""
+        out += segments._HEADER.pack(0, segments.HEADER_SIZE + len(body), tag) + body
+    return bytes(out)
+
+
+def test_parser_fuzz_never_crashes_or_hangs(tmp_path: Path) -> None:
+    """Random bytes and mutations of well-formed segments (seed 10, ~5 s): every result is
+    a list of commits, a bad segment makes its commit `other` with a problem."""
+    rng = random.Random(10)
+    repo = tmp_path / "r"
+    (repo / "data" / "0").mkdir(parents=True)
+    good = _segment([(segments.PUT, os.urandom(32), 100), (segments.DELETE,
+                     segments.MANIFEST_ID, 0), (segments.PUT, segments.MANIFEST_ID, 50),
+                     (segments.COMMIT, b"", 0)])
+    deadline, rounds = time.monotonic() + 5, 0
+    while time.monotonic() < deadline and rounds < 2000:
+        rounds += 1
+        data = bytearray(good if rng.random() < 0.7 else os.urandom(rng.randint(0, 300)))
+        for _ in range(rng.randint(0, 4)):
+            if data:
+                data[rng.randrange(len(data))] = rng.getrandbits(8)
+        if rng.random() < 0.2:
+            data = data[:rng.randint(0, len(data))]
+        (repo / "data" / "0" / "3").write_bytes(bytes(data))
+        found = segments.commits(str(repo), 2, 3)
+        assert all(c.what in segments.WHATS for c in found)
+        assert all(c.what == "other" for c in found if c.problem)
+    assert rounds > 100
+    (repo / "data" / "0" / "3").write_bytes(good)
+    assert [c.what for c in segments.commits(str(repo), 2, 3)] == ["backup"]
+    (repo / "data" / "0" / "3").unlink()
+    os.mkfifo(repo / "data" / "0" / "3")
+    assert [c.problem is not None for c in segments.commits(str(repo), 2, 3)] == [True]
+
+
+def test_a_backup_far_above_the_usual_records_unusual_growth(tmp_path: Path) -> None:
+    """Ten backups of ~100 MB, then one of 3 GB (sparse segments with real headers): the
+    last one records unusual_growth; a 500 MB one (5x) and a first large backup do not."""
+    from watcher import commits
+    from watcher import events as ev
+
+    repo = tmp_path / "r"
+    (repo / "data" / "0").mkdir(parents=True)
+    head = segments._HEADER
+    history = commits.new_history()
+
+    def backup(transaction: int, size: int) -> list[str]:
+        """Segments transaction-3 .. transaction: data, manifest DELETE, PUT, COMMIT."""
+        data = repo / "data" / "0" / str(transaction - 3)
+        with open(data, "wb") as out:
+            out.write(segments.MAGIC + head.pack(0, size, segments.PUT) + os.urandom(32))
+            out.truncate(len(segments.MAGIC) + size)
+        for n, body in ((1, head.pack(0, 41, segments.DELETE) + segments.MANIFEST_ID),
+                        (2, head.pack(0, 51, segments.PUT) + segments.MANIFEST_ID
+                         + bytes(10)), (3, head.pack(0, 9, segments.COMMIT))):
+            (repo / "data" / "0" / str(transaction - 3 + n)).write_bytes(segments.MAGIC + body)
+        event = ev.RepoEvent(time.time(), "updated", {"transaction": transaction,
+                                                      "previous": transaction - 4,
+                                                      "backup": True})
+        found = commits.classify(str(repo), ev.BORG1, [event], history)
+        assert found[0].details["what"] == "backup"
+        assert found[0].details["bytes_added"] == size
+        return [e.kind for e in found]
+
+    assert backup(5, 3 << 30) == ["updated"]          # no history yet: nothing to compare
+    history.clear()
+    for i in range(10):
+        assert backup(9 + 4 * i, 100_000_000 + i) == ["updated"]
+    assert backup(49, 500_000_000) == ["updated"]     # 5x the median, under 1 GB
+    assert backup(53, 3 << 30) == ["updated", "unusual_growth"]
