@@ -16,28 +16,8 @@ from typing import Any
 
 from reconciler import keylines
 from reconciler.inventory import Inventory
-from reconciler.resources import UNKNOWN, Key, Resource
+from reconciler.resources import UNKNOWN, Facts, Key, Resource
 from schemas.models import HiveConfig
-
-
-@dataclass
-class Facts:
-    """Everything observed, in plain data. Produced by the targets' observe functions."""
-
-    # unix user -> account attrs, for every entry in the identity backend (Hive's or not)
-    accounts: dict[str, Any] = field(default_factory=dict)
-    # every uid and gid in use anywhere (backend and system) -> a name holding it
-    ids_in_use: dict[int, str] = field(default_factory=dict)
-    # names known to the system outside the identity backend (/etc/passwd, other NSS)
-    system_names: set[str] = field(default_factory=set)
-    # unix user -> repository, for accounts that carry Hive's own mark in the backend
-    # (LDAP entries); they are Hive's even if this host's inventory was lost
-    marked: dict[str, str] = field(default_factory=dict)
-    # path -> {"type", "uid", "gid", "mode", "children"} or UNKNOWN; missing = absent
-    directories: dict[str, Any] = field(default_factory=dict)
-    # unix user -> {"keys": {key name: line}} for every file in the cache
-    authorized_keys: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.desired import Facts
 from reconciler.fsutil import atomic_write
 from reconciler.inventory import Inventory
-from reconciler.resources import UNKNOWN, Change
+from reconciler.resources import UNKNOWN, Change, Facts
 from reconciler.targets import Result
 from schemas.models import HiveConfig
 

@@ -16,9 +16,8 @@ import ssl
 from typing import Any
 from urllib.parse import urlparse
 
-from reconciler.desired import Facts
 from reconciler.inventory import Inventory
-from reconciler.resources import Change
+from reconciler.resources import Change, Facts
 from reconciler.targets import Result, TargetError, apply_each
 from reconciler.targets.files_identity import observe_local_files
 from schemas.models import HiveConfig, LdapSettings
