@@ -172,6 +172,13 @@ class LdapSettings(Strict):
     def groups(self) -> str:
         return self.groups_dn or f"ou=groups,{self.base_dn}"
 
+    def user_dn(self, user: str) -> str:
+        """A repository user's entry: the one place its DN is built (plans show it)."""
+        return f"uid={user},{self.people}"
+
+    def group_dn(self, group: str) -> str:
+        return f"cn={group},{self.groups}"
+
 
 class LdapIdentity(Strict):
     """Users and groups in an OpenLDAP directory, shared by many sshd hosts via nslcd."""
@@ -381,10 +388,11 @@ class HiveConfig(Strict):
         """The unix user (and private group) of a repository: <prefix><repository>."""
         return f"{self.server.users.prefix}{repository}"
 
-    def repo_path(self, repository: str) -> Path:
+    def repo_path(self, repository: str, user: str | None = None) -> Path:
         """Where a repository lives: <repos_root>/<unix user>/<repository>. The one home of
-        this rule; everything that needs a repository's folder asks here."""
-        user = self.user_name(repository)
+        this rule; everything that needs a repository's folder asks here. `user` is for a
+        repository Hive made under another prefix (the inventory remembers its user)."""
+        user = user or self.user_name(repository)
         return self.server.repos_root / user / repository
 
     def client_url(self, repository: str) -> str:

@@ -258,10 +258,10 @@ class LdapIdentity:
         return apply_each(changes, self._apply_one, TargetError)
 
     def user_dn(self, name: str) -> str:
-        return f"uid={name},{self.people}"
+        return self.settings.user_dn(name)
 
     def group_dn(self, name: str) -> str:
-        return f"cn={name},{self.groups}"
+        return self.settings.group_dn(name)
 
     def _apply_one(self, change: Change) -> None:
         import ldap3
