@@ -17,12 +17,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.models import NAME_PATTERN
 from watcher.events import BORG1, BORG2, RepoState
 
 # Repository names as hive.yaml allows them; `.cache` and `.config` that `borg serve`
 # may create in a user's home (the user folder) are not repositories, nor are the
 # `<repo>.rollback-<time>-to-<N>` folders `hive rollback` moves files aside into.
-REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+REPO_NAME = re.compile(NAME_PATTERN)
 
 # borg 1.x names the holder file inside lock.exclusive/ "<host id>.<pid>-<thread>", where
 # the host id is "<fqdn>@<uuid.getnode()>" (or $BORG_HOST_ID).

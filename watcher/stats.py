@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from schemas.models import HiveConfig
 from watcher import scan
 from watcher.events import BORG2
 
@@ -174,7 +175,8 @@ def measure(repository: str, unix_user: str, path: str, in_config: bool,
     return result
 
 
-def targets(config: Any, only: Iterable[str] = ()) -> list[tuple[str, str, str, bool, int | None]]:
+def targets(config: HiveConfig,
+            only: Iterable[str] = ()) -> list[tuple[str, str, str, bool, int | None]]:
     """(repository, unix user, path, in hive.yaml, quota) for every repository in the file
     and every repository folder found on disk (removed from the file, data kept); not
     `hive rollback`'s aside folders nor dot folders, by the watcher's name rule."""
