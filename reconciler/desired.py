@@ -112,12 +112,13 @@ def taken_names(users: dict[str, str], known: dict[str, Any], facts: Facts) -> d
     """Users whose name belongs to someone else, so Hive neither creates nor takes them
     over -> the error saying so."""
     refusals = {}
+    accounts = facts.accounts
     for user, name in users.items():
-        if user not in known and (user in facts.accounts or user in facts.system_names):
+        if user not in known and (user in accounts or user in facts.system_names):
             refusals[user] = (f"user {user} (repository {name}) already exists and was not "
                               "created by Hive; Hive will not take it over. Remove that user "
                               "or rename the repository")
-        elif user in known and user not in facts.accounts and user in facts.system_names:
+        elif user in known and user not in accounts and user in facts.system_names:
             refusals[user] = (f"user {user} (repository {name}) was Hive's but now exists "
                               "without Hive's mark: someone else recreated it. Hive will not "
                               "touch it; remove it or rename the repository")
@@ -306,6 +307,7 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
 
     # 2. Repositories in the file: account, directories, keys.
     expired: dict[str, dt.datetime] = {}
+    seen = facts.directories
     for user, name in users.items():
         if user not in assigned.uids or user in assigned.refused:
             continue
@@ -318,8 +320,9 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
             out.add(resource)
         expired.update(wanted.expired)
         out.inventory.accounts[user] = wanted.claim
-        out.inventory.directories.update(p for p in wanted.paths if p not in facts.directories
-                                         or p in inventory.directories)
+        for p in wanted.paths:
+            if p not in seen or p in inventory.directories:
+                out.inventory.directories.add(p)
     note = expired_note(expired)
     if note:
         out.notes.append(note)
