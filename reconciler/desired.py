@@ -36,11 +36,11 @@ def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str
     """The paths whose state the plan needs: desired ones and the ones Hive made."""
     paths = {str(config.server.repos_root)}
     for repo in config.repositories:
-        path = config.repo_path(repo)
-        paths.update((str(path.parent), str(path)))
+        path = config.repo_folder(repo)
+        paths.update((os.path.dirname(path), path))
     for user, entry in inventory.accounts.items():
-        path = config.repo_path(entry["repository"], user)
-        paths.update((str(path.parent), str(path)))
+        path = config.repo_folder(entry["repository"], user)
+        paths.update((os.path.dirname(path), path))
         if entry.get("path"):  # where the repository was when last applied
             paths.update((entry["path"], os.path.dirname(entry["path"])))
     paths.update(inventory.directories)
@@ -73,7 +73,7 @@ def _allocate(wanted: list[str], taken: set[int], low: int, high: int) -> dict[s
     return result
 
 
-def _account(uid: int, gecos: str, home: Path, shell: str, locked: bool) -> dict[str, Any]:
+def _account(uid: int, gecos: str, home: str | Path, shell: str, locked: bool) -> dict[str, Any]:
     return {"uid": uid, "gid": uid, "group": uid, "gecos": gecos, "home": str(home),
             "shell": shell, "locked": locked}
 
@@ -200,25 +200,25 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
     """Account, user folder, repository folder and key file of one repository."""
     repo = config.repositories[name]
     user = config.user_name(name)
-    path = config.repo_path(name)
-    home = path.parent
+    path = config.repo_folder(name)
+    home = os.path.dirname(path)
     before = (known or {}).get("path")
-    if before and before != str(path) and _holds_data(facts.directories.get(before)):
+    if before and before != path and _holds_data(facts.directories.get(before)):
         return Wanted(error=f"repository {name} was at {before} and would now be at {path} "
                             "(server.repos_root changed?). Hive never moves backups: move "
                             f"the folder yourself (mv {before} {path}) or set repos_root back")
     server = config.server
     out = Wanted(claim={"repository": name, "uid": uid, "protected": repo.protected,
-                        "path": str(path)},
-                 paths=[str(server.repos_root), str(home), str(path)])
+                        "path": path},
+                 paths=[str(server.repos_root), home, path])
     out.resources.append(Resource("account", user, _account(
         uid, f"Hive repository {name} ({repo.owner})", home, server.users.shell, False),
         {"repository": name, **_dn(config, user)}))
-    out.resources.append(Resource("directory", str(home), _dir(0, uid, 0o750),
+    out.resources.append(Resource("directory", home, _dir(0, uid, 0o750),
                                   {"role": "user_dir", "repository": name}))
-    out.resources.append(Resource("directory", str(path), _dir(uid, uid, 0o700),
+    out.resources.append(Resource("directory", path, _dir(uid, uid, 0o700),
                                   {"role": "repository", "repository": name}))
-    lines, out.expired = keylines.repository_lines(config, repo, path, now)
+    lines, out.expired = keylines.repository_lines(config, repo, Path(path), now)
     if lines:
         out.resources.append(Resource("authorized_keys", user, {"keys": lines},
                                       {"repository": name}))

@@ -388,12 +388,17 @@ class HiveConfig(Strict):
         """The unix user (and private group) of a repository: <prefix><repository>."""
         return f"{self.server.users.prefix}{repository}"
 
-    def repo_path(self, repository: str, user: str | None = None) -> Path:
+    def repo_folder(self, repository: str, user: str | None = None) -> str:
         """Where a repository lives: <repos_root>/<unix user>/<repository>. The one home of
-        this rule; everything that needs a repository's folder asks here. `user` is for a
-        repository Hive made under another prefix (the inventory remembers its user)."""
-        user = user or self.user_name(repository)
-        return self.server.repos_root / user / repository
+        this rule; everything that needs a repository's folder asks here (or repo_path).
+        `user` is for a repository Hive made under another prefix (the inventory remembers
+        its user). A string, because the planner compares thousands of them."""
+        root = str(self.server.repos_root).rstrip("/")
+        return f"{root}/{user or self.user_name(repository)}/{repository}"
+
+    def repo_path(self, repository: str, user: str | None = None) -> Path:
+        """repo_folder as a Path."""
+        return Path(self.repo_folder(repository, user))
 
     def client_url(self, repository: str) -> str:
         """The URL a client gives borg (or BORG_REPO), exactly as README shows it."""
