@@ -198,6 +198,7 @@ class _Progress:
 
 
 def _fail(fmt: str, message: str) -> None:
+    """The error of plan and apply: its JSON summary carries the plan's counts (all 0)."""
     fail(message, fmt, add=0, change=0, remove=0, errors=1)
 
 
@@ -326,6 +327,7 @@ def _usage(path: Path) -> tuple[int, int]:
 
 
 def _refuse(message: str) -> int:
+    """The error of commands with text output only."""
     return fail(message)
 
 
