@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from schemas.models import NAME_PATTERN
+
 BORG1, BORG2 = "borg1", "borg2"
 # borg 1.x `init` writes the empty manifest and commits it as transaction 1.
 BORG1_INIT_TRANSACTION = 1
@@ -73,7 +75,7 @@ class RepoState:
 # Repository names as hive.yaml allows them; `.cache` and `.config` that `borg serve`
 # may create in a user's home (the user folder) are not repositories, nor are the
 # `<repo>.rollback-<time>-to-<N>` folders `hive rollback` moves files aside into.
-REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+REPO_NAME = re.compile(NAME_PATTERN)
 
 # borg 1.x writes `version = 1` or `2` into config, borg 2 `2` into config/version.
 MAX_LAYOUT_VERSION = 99

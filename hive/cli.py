@@ -14,52 +14,10 @@ from typing import Any
 import click
 
 from hive import __version__, output
-
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-
-_FILE_HELP = ("hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if present, "
-              "else /etc/hive/hive.yaml.")
-_OUTPUT = click.option("--output", "-o", "fmt", type=click.Choice(["text", "json"]),
-                       default="text", show_default=True,
-                       help="json: one JSON object per line, a 'version' record first and a "
-                            "'summary' record last.")
-
-
-def _default_config() -> str:
-    if os.environ.get("HIVE_CONFIG"):
-        return os.environ["HIVE_CONFIG"]
-    return "hive.yaml" if Path("hive.yaml").exists() else "/etc/hive/hive.yaml"
-
-
-def _file_option(f: Any) -> Any:
-    return click.option("-f", "--file", "config_file", type=click.Path(),
-                        default=None, help=_FILE_HELP)(f)
-
-
-class Failed(Exception):
-    """Print this message, exit 1. Raised after everything useful was already shown."""
-
-
-def _load(config_file: str | None, fmt: str) -> tuple[Any, Path]:
-    import schemas
-
-    path = Path(config_file or _default_config())
-    try:
-        return schemas.load(path), path
-    except schemas.ConfigError as exc:
-        if fmt == "json":
-            for problem in exc.problems:
-                output.emit("problem", **problem.data)
-            # The same summary keys as every other command, so `.errors` always works.
-            output.emit("summary", valid=False, problems=len(exc.problems), add=0, change=0,
-                        remove=0, errors=len(exc.problems))
-        else:
-            for problem in exc.problems:
-                click.echo(str(problem), err=True)
-            n = len(exc.problems)
-            click.echo(f"\n{path}: {n} problem{'s' if n != 1 else ''}; nothing was changed.",
-                       err=True)
-        raise SystemExit(EXIT_ERROR) from None
+from hive.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, fail
+from hive.common import OUTPUT as _OUTPUT
+from hive.common import file_option as _file_option
+from hive.common import load as _load
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
@@ -191,11 +149,15 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
             return changed_code if planned.plan.changes else EXIT_OK
         text = fmt == "text"
         title = f"Hive will apply to {config.server.name} ({path}):"
+
+        def show(planned: engine.Planned) -> None:
+            if planned.plan.changes:
+                output.print_plan(planned.plan, title)
+
         applied = engine.apply(
             config, path, prune=prune, force=force, lock_timeout=lock_timeout,
             progress=_Progress() if text and sys.stderr.isatty() else None,
-            on_plan=(lambda p: p.plan.changes and output.print_plan(p.plan, title))
-            if text else None)
+            on_plan=show if text else None)
     except (engine.RefusedError, LockBusy, InventoryError, TargetError) as exc:
         _fail(fmt, str(exc))
         return EXIT_ERROR
@@ -235,11 +197,8 @@ class _Progress:
 
 
 def _fail(fmt: str, message: str) -> None:
-    if fmt == "json":
-        output.emit("error", message=message)
-        output.emit("summary", add=0, change=0, remove=0, errors=1)
-    else:
-        click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+    """The error of plan and apply: its JSON summary carries the plan's counts (all 0)."""
+    fail(message, fmt, add=0, change=0, remove=0, errors=1)
 
 
 @cli.command()
@@ -311,8 +270,8 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
     inventory = inventory_mod.load(config.server.state_dir)
     user = config.user_name(repository)
     repo = config.repositories.get(repository)
-    known = inventory.accounts.get(user)
-    if known is None or known.get("repository") != repository:
+    known = inventory.made(user, repository)
+    if known is None:
         return _refuse(f"repository {repository!r} is not one Hive created on this server")
     if (repo is not None and repo.protected) or (repo is None and known.get("protected")):
         return _refuse(f"repository {repository!r} is protected; set 'protected: false' and "
@@ -368,8 +327,8 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
 
 
 def _refuse(message: str) -> int:
-    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
-    return EXIT_ERROR
+    """The error of commands with text output only."""
+    return fail(message)
 
 
 @cli.command()

@@ -17,7 +17,6 @@ from reconciler.resources import Change
 
 JSON_FORMAT = 1
 _COLORS = {"create": "green", "update": "yellow", "delete": "red"}
-_HIDDEN = {"type", "group"}  # derivable (group = uid) or constant
 
 
 def emit(record_type: str, **fields: Any) -> None:
@@ -28,54 +27,17 @@ def emit_version() -> None:
     emit("version", hive=__version__, format=JSON_FORMAT)
 
 
-def _value(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value).lower() \
-        if isinstance(value, bool) else str(value)
-
-
-def _key_summary(line: str) -> str:
-    """The options part of a key line, which is what differs between keys."""
-    options = line.split(" ssh-", 1)[0].split(" ecdsa-", 1)[0].split(" sk-", 1)[0]
-    return options.removeprefix("restrict,")
+def _style(text: str, colour: str) -> str:
+    return click.style(text, fg=colour)
 
 
 def change_lines(change: Change) -> list[str]:
+    """The head line, then what the change's kind shows below it (targets/registry.py)."""
+    from reconciler.targets.registry import kind
+
     head = click.style(f"  {change.symbol} {change.kind} {change.name}",
                        fg=_COLORS[change.action], bold=True)
-    lines = [head]
-    if change.action == "delete":
-        if change.kind == "authorized_keys":
-            lines.append("      (every key removed: access revoked)")
-        return lines
-    before, after = change.before or {}, change.after or {}
-    if change.kind == "authorized_keys":
-        old, new = before.get("keys", {}), after.get("keys", {})
-        for name in sorted(set(old) | set(new)):
-            if name not in old:
-                lines.append(click.style(f"      + key {name}: ", fg="green")
-                             + _key_summary(new[name]))
-            elif name not in new:
-                lines.append(click.style(f"      - key {name}", fg="red"))
-            elif old[name] != new[name]:
-                lines.append(click.style(f"      ~ key {name}: ", fg="yellow")
-                             + f"{_key_summary(old[name])} -> {_key_summary(new[name])}")
-        return lines
-    if change.kind == "directory" and change.action == "create":
-        lines.append(f"      owner: {after['uid']}:{after['gid']}  mode: {after['mode']}")
-        return lines
-    width = max((len(k) for k in after), default=0) + 1
-    for key, value in after.items():
-        if key in _HIDDEN and change.action == "create":
-            continue
-        label = f"{key}:".ljust(width)
-        if change.action == "update":
-            lines.append(f"      {label} {_value(before.get(key))} -> {_value(value)}")
-        else:
-            lines.append(f"      {label} {_value(value)}")
-    if change.meta.get("repository") and change.kind == "account":
-        dn = f", dn: {change.meta['dn']}" if change.meta.get("dn") else ""
-        lines.append(f"      (repository {change.meta['repository']}{dn})")
-    return lines
+    return [head, *kind(change.kind).render(change, _style)]
 
 
 def summary_line(plan: Plan) -> str:

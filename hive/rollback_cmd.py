@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hive import output
-from hive.cli import _OUTPUT, EXIT_ERROR, EXIT_OK, _file_option, _load, _refuse
+from hive.common import EXIT_OK, fail
+from hive.common import OUTPUT as _OUTPUT
+from hive.common import file_option as _file_option
+from hive.common import load as _load
+
+if TYPE_CHECKING:
+    from schemas.models import HiveConfig
 
 
 def client_hint(repo_id: str | None) -> str:
@@ -111,14 +117,13 @@ def rollback(repository: str, config_file: str | None, list_only: bool, target: 
                     lock_wait, fmt)
 
 
-def _repository_path(config: Any, repository: str) -> Path | str:
+def _repository_path(config: HiveConfig, repository: str) -> Path | str:
     """The repository's folder, if Hive manages it; else why not (as `hive purge`)."""
     from reconciler import inventory as inventory_mod
 
     user = config.user_name(repository)
-    known = inventory_mod.load(config.server.state_dir).accounts.get(user)
-    if repository not in config.repositories and (
-            known is None or known.get("repository") != repository):
+    known = inventory_mod.load(config.server.state_dir).made(user, repository)
+    if repository not in config.repositories and known is None:
         return f"repository {repository!r} is not one Hive manages on this server"
     repo_path = config.repo_path(repository)
     if repo_path.is_symlink():
@@ -174,7 +179,7 @@ def _show_plan(plan: Any, name: str, repo_path: Path, fmt: str) -> None:
         click.echo(click.style("Warning: ", fg="yellow") + warning, err=True)
 
 
-def _execute(config: Any, path: Path, name: str, repo_path: Path, target: int,
+def _execute(config: HiveConfig, path: Path, name: str, repo_path: Path, target: int,
              append_only: bool, force: bool, lock_wait: float, fmt: str) -> int:
     from reconciler import rollback as rb
     from reconciler.journal import Journal, who
@@ -250,8 +255,4 @@ def _say(fmt: str, record: str, text: str, **fields: Any) -> None:
 
 
 def _fail(fmt: str, message: str) -> int:
-    if fmt == "json":
-        output.emit("error", message=message)
-        output.emit("summary", errors=1)
-        return EXIT_ERROR
-    return _refuse(message)
+    return fail(message, fmt, errors=1)

@@ -16,28 +16,8 @@ from typing import Any
 
 from reconciler import keylines
 from reconciler.inventory import Inventory
-from reconciler.resources import UNKNOWN, Key, Resource
+from reconciler.resources import UNKNOWN, Facts, Key, Resource
 from schemas.models import HiveConfig
-
-
-@dataclass
-class Facts:
-    """Everything observed, in plain data. Produced by the targets' observe functions."""
-
-    # unix user -> account attrs, for every entry in the identity backend (Hive's or not)
-    accounts: dict[str, Any] = field(default_factory=dict)
-    # every uid and gid in use anywhere (backend and system) -> a name holding it
-    ids_in_use: dict[int, str] = field(default_factory=dict)
-    # names known to the system outside the identity backend (/etc/passwd, other NSS)
-    system_names: set[str] = field(default_factory=set)
-    # unix user -> repository, for accounts that carry Hive's own mark in the backend
-    # (LDAP entries); they are Hive's even if this host's inventory was lost
-    marked: dict[str, str] = field(default_factory=dict)
-    # path -> {"type", "uid", "gid", "mode", "children"} or UNKNOWN; missing = absent
-    directories: dict[str, Any] = field(default_factory=dict)
-    # unix user -> {"keys": {key name: line}} for every file in the cache
-    authorized_keys: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,25 +34,25 @@ class Desired:
 
 def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str]:
     """The paths whose state the plan needs: desired ones and the ones Hive made."""
-    root = str(config.server.repos_root)
-    paths = {root}
+    paths = {str(config.server.repos_root)}
     for repo in config.repositories:
-        home = f"{root}/{config.user_name(repo)}"
-        paths.update((home, f"{home}/{repo}"))
+        path = config.repo_folder(repo)
+        paths.update((os.path.dirname(path), path))
     for user, entry in inventory.accounts.items():
-        paths.update((f"{root}/{user}", f"{root}/{user}/{entry['repository']}"))
+        path = config.repo_folder(entry["repository"], user)
+        paths.update((os.path.dirname(path), path))
         if entry.get("path"):  # where the repository was when last applied
             paths.update((entry["path"], os.path.dirname(entry["path"])))
     paths.update(inventory.directories)
     return sorted(paths)
 
 
-def _dn_function(config: HiveConfig) -> Any:
+def _dn(config: HiveConfig, user: str) -> dict[str, str]:
     """For the LDAP backend, plans name each account's DN."""
     identity = config.server.identity
     if identity.backend != "ldap":
-        return lambda user: {}
-    return lambda user: {"dn": f"uid={user},{identity.ldap.people}"}
+        return {}
+    return {"dn": identity.ldap.user_dn(user)}
 
 
 def _holds_data(observed: Any) -> bool:
@@ -93,7 +73,7 @@ def _allocate(wanted: list[str], taken: set[int], low: int, high: int) -> dict[s
     return result
 
 
-def _account(uid: int, gecos: str, home: Path, shell: str, locked: bool) -> dict[str, Any]:
+def _account(uid: int, gecos: str, home: str | Path, shell: str, locked: bool) -> dict[str, Any]:
     return {"uid": uid, "gid": uid, "group": uid, "gecos": gecos, "home": str(home),
             "shell": shell, "locked": locked}
 
@@ -102,152 +82,269 @@ def _dir(uid: int, gid: int, mode: int) -> dict[str, Any]:
     return {"type": "directory", "uid": uid, "gid": gid, "mode": f"{mode:04o}"}
 
 
-def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: dt.datetime,
-                  prune: bool = False) -> Desired:
-    out = Desired(inventory=inventory.copy())
-    server = config.server
-    root = server.repos_root
-    out.add(Resource("directory", str(root), _dir(0, 0, 0o755), {"role": "repos_root"}))
+# -- 0. Which accounts are Hive's ------------------------------------------------------
 
-    # Hive's accounts: what this host's inventory remembers, plus what the backend marks.
-    known_accounts = dict(inventory.accounts)
+
+def known_accounts(inventory: Inventory, facts: Facts) -> dict[str, dict[str, Any]]:
+    """Hive's accounts: what this host's inventory remembers, plus what the backend marks
+    (an LDAP entry with Hive's mark is Hive's even where the inventory was lost)."""
+    known = dict(inventory.accounts)
     for user, repository in facts.marked.items():
-        if user not in known_accounts and isinstance(facts.accounts.get(user), dict):
-            known_accounts[user] = {"repository": repository,
-                                    "uid": facts.accounts[user]["uid"], "protected": False}
-    dn = _dn_function(config)
+        if user not in known and isinstance(facts.accounts.get(user), dict):
+            known[user] = {"repository": repository, "uid": facts.accounts[user]["uid"],
+                           "protected": False}
+    return known
 
-    # 1. uids: pinned, else remembered, else observed on a Hive entry, else allocated.
-    uids: dict[str, int] = {}
-    pinned_by: dict[int, str] = {}
-    refused: set[str] = set()
-    users = {config.user_name(name): name for name in config.repositories}
+
+# -- 1. uids ---------------------------------------------------------------------------
+
+
+@dataclass
+class Uids:
+    """Each user's uid, the users Hive refuses to touch, and why (in the plan's order)."""
+
+    uids: dict[str, int] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+
+def taken_names(users: dict[str, str], known: dict[str, Any], facts: Facts) -> dict[str, str]:
+    """Users whose name belongs to someone else, so Hive neither creates nor takes them
+    over -> the error saying so."""
+    refusals = {}
+    accounts = facts.accounts
     for user, name in users.items():
-        repo = config.repositories[name]
-        known = known_accounts.get(user)
-        if user not in known_accounts and (user in facts.accounts
-                                               or user in facts.system_names):
-            out.errors.append(f"user {user} (repository {name}) already exists and was not "
+        if user not in known and (user in accounts or user in facts.system_names):
+            refusals[user] = (f"user {user} (repository {name}) already exists and was not "
                               "created by Hive; Hive will not take it over. Remove that user "
                               "or rename the repository")
-            refused.add(user)
-            continue
-        if user in known_accounts and user not in facts.accounts \
-                and user in facts.system_names:
-            out.errors.append(f"user {user} (repository {name}) was Hive's but now exists "
+        elif user in known and user not in accounts and user in facts.system_names:
+            refusals[user] = (f"user {user} (repository {name}) was Hive's but now exists "
                               "without Hive's mark: someone else recreated it. Hive will not "
                               "touch it; remove it or rename the repository")
-            refused.add(user)
+    return refusals
+
+
+def kept_uids(config: HiveConfig, users: dict[str, str], known: dict[str, Any],
+              refused: set[str] | dict[str, str]) -> tuple[dict[str, int], set[str]]:
+    """The uids Hive means to use before allocating: pinned in the file, else remembered
+    (also for repositories gone from the file). Returns (user -> uid, the pinned users)."""
+    uids: dict[str, int] = {}
+    pinned: set[str] = set()
+    for user, name in users.items():
+        if user in refused:
             continue
+        repo = config.repositories[name]
         if repo.uid is not None:
             uids[user] = repo.uid
-            pinned_by[repo.uid] = user
-        elif known is not None:
-            uids[user] = known["uid"]
-    for user, known in known_accounts.items():
+            pinned.add(user)
+        elif user in known:
+            uids[user] = known[user]["uid"]
+    for user, entry in known.items():
         if user not in users:
-            uids[user] = known["uid"]
-    # A uid Hive means to use (pinned or remembered) must not be held by anyone else:
-    # sharing it would hand that someone the repository's backups.
+            uids[user] = entry["uid"]
+    return uids, pinned
+
+
+def uid_conflicts(uids: dict[str, int], pinned: set[str], users: dict[str, str],
+                  facts: Facts) -> dict[str, str]:
+    """A uid Hive means to use (pinned or remembered) must not be held by anyone else:
+    sharing it would hand that someone the repository's backups. User -> the error."""
+    conflicts = {}
     for user, uid in uids.items():
         holder = facts.ids_in_use.get(uid)
         if holder is not None and holder != user:
-            where = (f"repositories.{users[user]}.uid: " if user in pinned_by.values()
-                     else f"user {user}: ")
-            out.errors.append(f"{where}uid {uid} is already used by {holder!r}; "
-                              + ("pin a free uid" if user in pinned_by.values() else
-                                 "Hive keeps a repository's uid for ever, so remove or "
-                                 "renumber that entry"))
-            refused.add(user)
+            where = f"repositories.{users[user]}.uid: " if user in pinned else f"user {user}: "
+            conflicts[user] = (f"{where}uid {uid} is already used by {holder!r}; "
+                               + ("pin a free uid" if user in pinned else
+                                  "Hive keeps a repository's uid for ever, so remove or "
+                                  "renumber that entry"))
+    return conflicts
+
+
+def assign_uids(config: HiveConfig, users: dict[str, str], known: dict[str, Any],
+                facts: Facts) -> Uids:
+    """Pinned, else remembered, else observed on a Hive entry, else the lowest free uid."""
+    names = taken_names(users, known, facts)
+    uids, pinned = kept_uids(config, users, known, names)
+    conflicts = uid_conflicts(uids, pinned, users, facts)
+    out = Uids(uids, set(names) | set(conflicts), [*names.values(), *conflicts.values()])
     taken = set(facts.ids_in_use) | set(uids.values())
-    low, high = server.users.uid_range
-    missing = [u for u in users if u not in uids and u not in refused]
+    low, high = config.server.users.uid_range
+    missing = [u for u in users if u not in uids and u not in out.refused]
     allocated = _allocate(missing, taken, low, high)
     if len(allocated) < len(missing):
         out.errors.append(f"server.users.uid_range [{low}, {high}] has no free uid left for "
                           f"{len(missing) - len(allocated)} new repositories; widen it")
-    uids.update(allocated)
+    out.uids.update(allocated)
+    return out
+
+
+# -- 2. Repositories in the file -------------------------------------------------------
+
+
+@dataclass
+class Wanted:
+    """One repository in the file: its resources, what the inventory claims for it, the
+    keys left out because they expired; or the error that stops it."""
+
+    resources: list[Resource] = field(default_factory=list)
+    claim: dict[str, Any] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+    expired: dict[str, dt.datetime] = field(default_factory=dict)
+    error: str | None = None
+
+
+def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, Any] | None,
+                      facts: Facts, now: dt.datetime) -> Wanted:
+    """Account, user folder, repository folder and key file of one repository."""
+    repo = config.repositories[name]
+    user = config.user_name(name)
+    path = config.repo_folder(name)
+    home = os.path.dirname(path)
+    before = (known or {}).get("path")
+    if before and before != path and _holds_data(facts.directories.get(before)):
+        return Wanted(error=f"repository {name} was at {before} and would now be at {path} "
+                            "(server.repos_root changed?). Hive never moves backups: move "
+                            f"the folder yourself (mv {before} {path}) or set repos_root back")
+    server = config.server
+    out = Wanted(claim={"repository": name, "uid": uid, "protected": repo.protected,
+                        "path": path},
+                 paths=[str(server.repos_root), home, path])
+    out.resources.append(Resource("account", user, _account(
+        uid, f"Hive repository {name} ({repo.owner})", home, server.users.shell, False),
+        {"repository": name, **_dn(config, user)}))
+    out.resources.append(Resource("directory", home, _dir(0, uid, 0o750),
+                                  {"role": "user_dir", "repository": name}))
+    out.resources.append(Resource("directory", path, _dir(uid, uid, 0o700),
+                                  {"role": "repository", "repository": name}))
+    try:
+        lines, out.expired = keylines.repository_lines(config, repo, Path(path), now)
+    except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
+        return Wanted(error=f"repository {name}: {exc}")
+    if lines:
+        out.resources.append(Resource("authorized_keys", user, {"keys": lines},
+                                      {"repository": name}))
+    return out
+
+
+def expired_note(expired: dict[str, dt.datetime]) -> str | None:
+    """One note for every expired key left out, naming the first ten."""
+    if not expired:
+        return None
+    listed = ", ".join(f"{k} ({t:%Y-%m-%d})" for k, t in sorted(expired.items())[:10])
+    more = f" and {len(expired) - 10} more" if len(expired) > 10 else ""
+    return (f"{len(expired)} expired key{'s' if len(expired) > 1 else ''} "
+            f"left out: {listed}{more}; remove them from hive.yaml")
+
+
+# -- 3. Repositories gone from the file ------------------------------------------------
+
+
+@dataclass
+class Removal:
+    """A repository gone from the file: its locked account (None once pruned), what to
+    delete, a note, or the error that keeps it as it is."""
+
+    account: Resource | None = None
+    remove: set[Key] = field(default_factory=set)
+    note: str | None = None
+    error: str | None = None
+
+
+def removed_repository(config: HiveConfig, user: str, known: dict[str, Any], facts: Facts,
+                       made: set[str], prune: bool) -> Removal:
+    """Revoke access, keep data; with --prune delete the user and the folders Hive made
+    (`made`), and only once the repository's data is gone."""
+    name = known["repository"]
+    if known.get("protected"):
+        return Removal(error=f"repository {name} is protected but no longer in the file; "
+                             "set 'protected: false' and apply first if you mean to remove it")
+    # where its data really is
+    path = Path(known.get("path") or config.repo_path(name, user))
+    home = path.parent
+    repo_dir = facts.directories.get(str(path))
+    user_dir = facts.directories.get(str(home))
+    data_gone = repo_dir is None or (repo_dir is not UNKNOWN and not repo_dir["children"])
+    home_clear = (user_dir is None or (user_dir is not UNKNOWN
+                                       and set(user_dir["children"]) <= {name}))
+    if prune and data_gone and home_clear:
+        remove: set[Key] = {("account", user)}
+        remove.update(("directory", str(p)) for p in (path, home) if str(p) in made)
+        return Removal(remove=remove, note=f"repository {name} removed from the file: "
+                                           "--prune deletes its user, group and empty folders")
+    out = Removal(account=Resource("account", user, _account(
+        known["uid"], f"Hive repository {name} (removed)", home, config.server.users.shell,
+        True), {"repository": name, **_dn(config, user)}))
+    if prune and data_gone and user_dir is not UNKNOWN and user_dir is not None:
+        others = ", ".join(c for c in user_dir["children"] if c != name)
+        out.note = (f"repository {name} removed from the file: {home} still holds "
+                    f"{others} (a rollback copy?); move or delete it, then prune")
+    elif prune:
+        out.note = (f"repository {name} removed from the file: its data at {path} "
+                    f"is kept; run 'hive purge {name}' to delete it, then prune")
+    return out
+
+
+# -- 4. The key cache ------------------------------------------------------------------
+
+
+def stray_key_files(facts: Facts, resources: dict[Key, Resource]) -> set[Key]:
+    """The cache directory belongs to Hive: any file in it that is not wanted goes."""
+    return {("authorized_keys", user) for user in facts.authorized_keys
+            if ("authorized_keys", user) not in resources}
+
+
+def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: dt.datetime,
+                  prune: bool = False) -> Desired:
+    """The phases above, in order; each adds its resources, errors and notes."""
+    out = Desired(inventory=inventory.copy())
+    out.add(Resource("directory", str(config.server.repos_root), _dir(0, 0, 0o755),
+                     {"role": "repos_root"}))
+    known = known_accounts(inventory, facts)
+    users = {config.user_name(name): name for name in config.repositories}
+
+    # 1. uids: pinned, else remembered, else observed on a Hive entry, else allocated.
+    assigned = assign_uids(config, users, known, facts)
+    out.errors.extend(assigned.errors)
 
     # 2. Repositories in the file: account, directories, keys.
     expired: dict[str, dt.datetime] = {}
+    seen = facts.directories
     for user, name in users.items():
-        if user not in uids or user in refused:
+        if user not in assigned.uids or user in assigned.refused:
             continue
-        repo = config.repositories[name]
-        uid = uids[user]
-        home = root / user
-        path = home / name
-        before = (known_accounts.get(user) or {}).get("path")
-        if before and before != str(path) and _holds_data(facts.directories.get(before)):
-            out.errors.append(f"repository {name} was at {before} and would now be at {path} "
-                              "(server.repos_root changed?). Hive never moves backups: move "
-                              f"the folder yourself (mv {before} {path}) or set repos_root back")
+        wanted = wanted_repository(config, name, assigned.uids[user], known.get(user), facts,
+                                   now)
+        if wanted.error:
+            out.errors.append(wanted.error)
             continue
-        out.add(Resource("account", user, _account(
-            uid, f"Hive repository {name} ({repo.owner})", home, server.users.shell, False),
-            {"repository": name, **dn(user)}))
-        out.add(Resource("directory", str(home), _dir(0, uid, 0o750),
-                         {"role": "user_dir", "repository": name}))
-        out.add(Resource("directory", str(path), _dir(uid, uid, 0o700),
-                         {"role": "repository", "repository": name}))
-        try:
-            lines, gone = keylines.repository_lines(config, repo, path, now)
-        except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
-            out.errors.append(f"repository {name}: {exc}")
-            lines, gone = {}, {}
-        expired.update(gone)
-        if lines:
-            out.add(Resource("authorized_keys", user, {"keys": lines}, {"repository": name}))
-        out.inventory.accounts[user] = {"repository": name, "uid": uid,
-                                        "protected": repo.protected, "path": str(path)}
-        for p in (root, home, path):
-            if str(p) not in facts.directories or str(p) in inventory.directories:
-                out.inventory.directories.add(str(p))
-
-    if expired:
-        listed = ", ".join(f"{k} ({t:%Y-%m-%d})" for k, t in sorted(expired.items())[:10])
-        more = f" and {len(expired) - 10} more" if len(expired) > 10 else ""
-        out.notes.append(f"{len(expired)} expired key{'s' if len(expired) > 1 else ''} "
-                         f"left out: {listed}{more}; remove them from hive.yaml")
+        for resource in wanted.resources:
+            out.add(resource)
+        expired.update(wanted.expired)
+        out.inventory.accounts[user] = wanted.claim
+        for p in wanted.paths:
+            if p not in seen or p in inventory.directories:
+                out.inventory.directories.add(p)
+    note = expired_note(expired)
+    if note:
+        out.notes.append(note)
 
     # 3. Repositories gone from the file: revoke access, keep data; prune only when empty.
-    for user, known in known_accounts.items():
-        if user in users or user in refused:
+    for user, entry in known.items():
+        if user in users or user in assigned.refused:
             continue
-        name = known["repository"]
-        if known.get("protected"):
-            out.errors.append(f"repository {name} is protected but no longer in the file; "
-                              "set 'protected: false' and apply first if you mean to remove it")
+        removal = removed_repository(config, user, entry, facts, inventory.directories, prune)
+        if removal.error:
+            out.errors.append(removal.error)
             continue
-        path = Path(known.get("path") or root / user / name)  # where its data really is
-        home = path.parent
-        repo_dir = facts.directories.get(str(path))
-        user_dir = facts.directories.get(str(home))
-        data_gone = repo_dir is None or (repo_dir is not UNKNOWN and not repo_dir["children"])
-        home_clear = (user_dir is None or (user_dir is not UNKNOWN
-                                           and set(user_dir["children"]) <= {name}))
-        if prune and data_gone and home_clear:
-            out.remove.add(("account", user))
-            for p in (path, home):
-                if str(p) in inventory.directories:
-                    out.remove.add(("directory", str(p)))
-            out.notes.append(f"repository {name} removed from the file: --prune deletes its "
-                             "user, group and empty folders")
-            continue
-        if prune and data_gone and user_dir is not UNKNOWN and user_dir is not None:
-            others = ", ".join(c for c in user_dir["children"] if c != name)
-            out.notes.append(f"repository {name} removed from the file: {home} still holds "
-                             f"{others} (a rollback copy?); move or delete it, then prune")
-        elif prune:
-            out.notes.append(f"repository {name} removed from the file: its data at {path} "
-                             f"is kept; run 'hive purge {name}' to delete it, then prune")
-        out.add(Resource("account", user, _account(
-            known["uid"], f"Hive repository {name} (removed)", home, server.users.shell, True),
-            {"repository": name, **dn(user)}))
-        out.inventory.accounts.setdefault(user, dict(known))
+        out.remove |= removal.remove
+        if removal.note:
+            out.notes.append(removal.note)
+        if removal.account:
+            out.add(removal.account)
+            out.inventory.accounts.setdefault(user, dict(entry))
 
     # 4. The cache directory belongs to Hive: any file in it that is not wanted goes.
-    for user in facts.authorized_keys:
-        if ("authorized_keys", user) not in out.resources:
-            out.remove.add(("authorized_keys", user))
+    out.remove |= stray_key_files(facts, out.resources)
     return out

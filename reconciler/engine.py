@@ -15,16 +15,15 @@ from itertools import groupby
 from pathlib import Path
 
 from reconciler import inventory as inventory_mod
-from reconciler.desired import Desired, Facts, desired_state
+from reconciler import plan as planner
+from reconciler.desired import Desired
 from reconciler.fsutil import remove_stale_temporaries
 from reconciler.journal import Journal, git_commit, who
 from reconciler.lock import apply_lock
-from reconciler.plan import Plan, diff, safety_errors
-from reconciler.resources import Change
-from reconciler.targets import Target, TargetError
-from reconciler.targets.authorized_keys import AuthorizedKeys
-from reconciler.targets.directories import Directories
-from reconciler.targets.files_identity import FilesIdentity
+from reconciler.plan import Plan
+from reconciler.resources import Change, Facts
+from reconciler.targets import Target, TargetError, registry
+from reconciler.targets.registry import targets_for
 from schemas.models import HiveConfig
 
 Progress = Callable[[int, int, Change, str | None], None]
@@ -32,17 +31,6 @@ Progress = Callable[[int, int, Change, str | None], None]
 
 class RefusedError(Exception):
     """The apply did not start: nothing was changed. The message says what to do."""
-
-
-def targets_for(config: HiveConfig) -> dict[str, Target]:
-    """One target per kind; the identity backend is the one hive.yaml names."""
-    if config.server.identity.backend == "ldap":
-        from reconciler.targets.ldap_identity import LdapIdentity
-
-        identity: Target = LdapIdentity(config)
-    else:
-        identity = FilesIdentity(config)
-    return {t.kind: t for t in (identity, Directories(config), AuthorizedKeys(config))}
 
 
 @dataclass
@@ -77,9 +65,7 @@ def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
         except OSError as exc:  # unreadable files: one line, not a traceback
             where = f" {exc.filename}" if exc.filename else ""
             raise TargetError(f"cannot read{where}: {exc.strerror or exc}") from None
-    desired = desired_state(config, inventory, facts, now, prune=prune)
-    plan = diff(desired, facts)
-    plan.errors.extend(safety_errors(plan, facts, desired, force))
+    plan, desired = planner.compute(config, inventory, facts, now, prune=prune, force=force)
     return Planned(plan, desired, facts, inventory)
 
 
@@ -134,11 +120,9 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
             if any(error for _, error in results) or len(results) < len(batch):
                 break
         for change, error in outcome.results:  # forget what is really gone
-            if change.action == "delete" and error is None:
-                if change.kind == "account":
-                    claimed.accounts.pop(change.name, None)
-                elif change.kind == "directory":
-                    claimed.directories.discard(change.name)
+            forget = registry.kind(change.kind).forget
+            if change.action == "delete" and error is None and forget:
+                forget(claimed, change.name)
         inventory_mod.save(state_dir, claimed)
         journal.write(journal.record("finish", error=outcome.error,
                                      done=len(outcome.results), total=total))

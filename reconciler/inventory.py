@@ -33,6 +33,12 @@ class Inventory:
         return json.dumps({"version": VERSION, "accounts": dict(sorted(self.accounts.items())),
                            "directories": sorted(self.directories)}, indent=1) + "\n"
 
+    def made(self, user: str, repository: str) -> dict[str, Any] | None:
+        """`user`'s entry if Hive made it for `repository` on this server: what is asked
+        before Hive touches a repository's data (purge, rollback)."""
+        entry = self.accounts.get(user)
+        return entry if entry is not None and entry.get("repository") == repository else None
+
     def copy(self) -> Inventory:
         return Inventory({k: dict(v) for k, v in self.accounts.items()}, set(self.directories))
 

@@ -4,16 +4,22 @@ One generic rule serves every target: a wanted resource that is absent is create
 whose attributes differ is updated (the change carries only the differing attributes,
 before and after); a resource in `remove` that exists is deleted. What could not be
 observed (UNKNOWN) is never changed. Safety checks refuse plans that look like accidents.
+`compute` is the whole pure step, file and facts in, plan out: the engine and the tests
+both call it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from reconciler.desired import Desired, Facts
-from reconciler.resources import KINDS, UNKNOWN, Change
+from reconciler.desired import Desired, desired_state
+from reconciler.inventory import Inventory
+from reconciler.resources import UNKNOWN, Change, Facts
+from reconciler.targets import registry
+from schemas.models import HiveConfig
 
 
 @dataclass
@@ -33,24 +39,23 @@ class Plan:
 
 def observed_of(facts: Facts, kind: str, name: str) -> Any:
     """The observed attrs of one resource; None when it does not exist."""
-    table = {"account": facts.accounts, "directory": facts.directories,
-             "authorized_keys": facts.authorized_keys}[kind]
-    return table.get(name)
+    return facts.observed.get(kind, {}).get(name)
 
 
 def _order(change: Change) -> tuple[int, int, int, str]:
     """Key files that already exist first: deleting or rewriting them is how access is
     revoked, and a failure later (a folder that cannot be made) must not leave a removed
     key working. Their users exist already, so nothing they need comes later. Then creates
-    and updates in KINDS order, parents before children, then other deletes in reverse
-    order, deepest folders first."""
-    kind = KINDS.index(change.kind)
-    depth = len(PurePosixPath(change.name).parts) if change.kind == "directory" else 0
-    if change.kind == "authorized_keys" and change.action != "create":
+    and updates in the registry's order, parents before children, then other deletes in
+    reverse order, deepest folders first."""
+    spec = registry.kind(change.kind)
+    rank = registry.ORDER[change.kind]
+    depth = len(PurePosixPath(change.name).parts) if spec.nested else 0
+    if spec.revokes and change.action != "create":
         return (0, 0, 0, change.name)
     if change.action == "delete":
-        return (2, -kind, -depth, change.name)
-    return (1, kind, depth, change.name)
+        return (2, -rank, -depth, change.name)
+    return (1, rank, depth, change.name)
 
 
 def diff(desired: Desired, facts: Facts) -> Plan:
@@ -63,9 +68,10 @@ def diff(desired: Desired, facts: Facts) -> Plan:
             plan.changes.append(Change("create", resource.kind, resource.name, None,
                                        dict(resource.attrs), dict(resource.meta)))
             continue
-        if resource.kind == "directory" and seen.get("type") != "directory":
-            plan.errors.append(f"{resource.name} exists but is a {seen.get('type')}, not a "
-                               "directory; Hive will not replace or follow it. Move it away")
+        refuse = registry.kind(resource.kind).refuse
+        refusal = refuse(resource.name, seen) if refuse else None
+        if refusal:
+            plan.errors.append(refusal)
             continue
         before = {k: seen[k] for k, v in resource.attrs.items()
                   if k in seen and seen[k] is not UNKNOWN and seen[k] != v}
@@ -102,3 +108,12 @@ def safety_errors(plan: Plan, facts: Facts, desired: Desired, force: bool) -> li
         return [f"this plan would revoke access to every repository ({len(active_now)} now "
                 "active); if hive.yaml really is meant to hold none, run again with --force"]
     return []
+
+
+def compute(config: HiveConfig, inventory: Inventory, facts: Facts, now: dt.datetime, *,
+            prune: bool = False, force: bool = False) -> tuple[Plan, Desired]:
+    """File, inventory and facts -> the plan (and the desired state it came from). Pure."""
+    desired = desired_state(config, inventory, facts, now, prune=prune)
+    plan = diff(desired, facts)
+    plan.errors.extend(safety_errors(plan, facts, desired, force))
+    return plan, desired

@@ -2,18 +2,15 @@
 
 A resource is (kind, name, attrs): an account `bh-alice` with uid, shell...; a directory
 with owner and mode; an authorized_keys file with its key lines. Desired and observed
-state are both maps of the same shape, so one generic diff (plan.py) serves every target.
+state are both maps of the same shape, keyed by kind, so one generic diff (plan.py) serves
+every target. Which kinds exist, and in what order they are applied, is
+reconciler/targets/registry.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-# The kinds in the order their creates and updates are applied: an account must exist
-# before a directory is given to it, and both before a key lets anyone in. Deletes run in
-# the reverse order, so access is revoked before anything else goes.
-KINDS = ("account", "directory", "authorized_keys")
 
 Action = Literal["create", "update", "delete"]
 Key = tuple[str, str]  # (kind, name)
@@ -63,3 +60,43 @@ class Unknown:
 
 
 UNKNOWN = Unknown()
+
+
+@dataclass
+class Facts:
+    """Everything observed, in plain data. Produced by the targets' observe functions.
+
+    `observed` holds each kind's resources as the target saw them (kind -> name -> attrs,
+    or UNKNOWN; a missing name is absent), so a new kind needs no field here. The rest
+    are facts about identity that several kinds and the uid rules share.
+    """
+
+    observed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # every uid and gid in use anywhere (backend and system) -> a name holding it
+    ids_in_use: dict[int, str] = field(default_factory=dict)
+    # names known to the system outside the identity backend (/etc/passwd, other NSS)
+    system_names: set[str] = field(default_factory=set)
+    # unix user -> repository, for accounts that carry Hive's own mark in the backend
+    # (LDAP entries); they are Hive's even if this host's inventory was lost
+    marked: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def of(self, kind: str) -> dict[str, Any]:
+        """The observed resources of one kind, to read or (for its target) to fill."""
+        return self.observed.setdefault(kind, {})
+
+    @property
+    def accounts(self) -> dict[str, Any]:
+        """unix user -> account attrs, for every entry in the identity backend (Hive's or
+        not)."""
+        return self.of("account")
+
+    @property
+    def directories(self) -> dict[str, Any]:
+        """path -> {"type", "uid", "gid", "mode", "children"} or UNKNOWN."""
+        return self.of("directory")
+
+    @property
+    def authorized_keys(self) -> dict[str, Any]:
+        """unix user -> {"keys": {key name: line}} for every file in the cache."""
+        return self.of("authorized_keys")

@@ -227,6 +227,13 @@ class LdapSettings(Strict):
     def groups(self) -> str:
         return self.groups_dn or f"ou=groups,{self.base_dn}"
 
+    def user_dn(self, user: str) -> str:
+        """A repository user's entry: the one place its DN is built (plans show it)."""
+        return f"uid={user},{self.people}"
+
+    def group_dn(self, group: str) -> str:
+        return f"cn={group},{self.groups}"
+
 
 class LdapIdentity(Strict):
     """Users and groups in an OpenLDAP directory, shared by many sshd hosts via nslcd."""
@@ -488,11 +495,17 @@ class HiveConfig(Strict):
         """The unix user (and private group) of a repository: <prefix><repository>."""
         return f"{self.server.users.prefix}{repository}"
 
-    def repo_path(self, repository: str) -> Path:
+    def repo_folder(self, repository: str, user: str | None = None) -> str:
         """Where a repository lives: <repos_root>/<unix user>/<repository>. The one home of
-        this rule; everything that needs a repository's folder asks here."""
-        user = self.user_name(repository)
-        return self.server.repos_root / user / repository
+        this rule; everything that needs a repository's folder asks here (or repo_path).
+        `user` is for a repository Hive made under another prefix (the inventory remembers
+        its user). A string, because the planner compares thousands of them."""
+        root = str(self.server.repos_root).rstrip("/")
+        return f"{root}/{user or self.user_name(repository)}/{repository}"
+
+    def repo_path(self, repository: str, user: str | None = None) -> Path:
+        """repo_folder as a Path."""
+        return Path(self.repo_folder(repository, user))
 
     def client_url(self, repository: str) -> str:
         """The URL a client gives borg (or BORG_REPO), exactly as README shows it."""

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import yaml
 
 try:  # libyaml's parser is ~10x faster; positions still come from its nodes
-    _BaseLoader = yaml.CSafeLoader
+    _BaseLoader: Any = yaml.CSafeLoader  # (no common type with SafeLoader in the stubs)
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _BaseLoader = yaml.SafeLoader
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 import schemas
-from reconciler.desired import Desired, Facts, desired_state
+from reconciler import plan as planner
+from reconciler.desired import Desired, Facts
 from reconciler.inventory import Inventory
-from reconciler.plan import Plan, diff, safety_errors
+from reconciler.plan import Plan
 from reconciler.resources import UNKNOWN
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
@@ -45,11 +46,8 @@ def config(repos: str) -> schemas.HiveConfig:
 def run(cfg: schemas.HiveConfig, facts: Facts | None = None,
         inventory: Inventory | None = None, prune: bool = False,
         force: bool = False) -> tuple[Plan, Desired]:
-    facts = facts or Facts()
-    desired = desired_state(cfg, inventory or Inventory(), facts, NOW, prune=prune)
-    plan = diff(desired, facts)
-    plan.errors.extend(safety_errors(plan, facts, desired, force))
-    return plan, desired
+    return planner.compute(cfg, inventory or Inventory(), facts or Facts(), NOW, prune=prune,
+                           force=force)
 
 
 def converged(cfg: schemas.HiveConfig) -> tuple[Facts, Inventory]:
@@ -60,12 +58,8 @@ def converged(cfg: schemas.HiveConfig) -> tuple[Facts, Inventory]:
         attrs: dict[str, Any] = dict(r.attrs)
         if r.kind == "directory":
             attrs["children"] = ()
-            facts.directories[r.name] = attrs
-        elif r.kind == "account":
-            facts.accounts[r.name] = attrs
-            facts.ids_in_use[attrs["uid"]] = r.name
-        else:
-            facts.authorized_keys[r.name] = attrs
+        facts.of(r.kind)[r.name] = attrs
+    facts.ids_in_use.update({attrs["uid"]: name for name, attrs in facts.accounts.items()})
     return facts, desired.inventory
 
 
@@ -201,7 +195,8 @@ def test_uid_range_exhausted_is_an_error() -> None:
 
 
 def test_foreign_user_with_the_same_name_is_not_taken_over() -> None:
-    facts = Facts(accounts={"bh-r1": {"uid": 5000, "gid": 5000}}, ids_in_use={5000: "bh-r1"})
+    facts = Facts(observed={"account": {"bh-r1": {"uid": 5000, "gid": 5000}}},
+                  ids_in_use={5000: "bh-r1"})
     plan, _ = run(config("r1: {owner: alice}"), facts)
     assert any("user bh-r1 (repository r1) already exists and was not created by Hive" in e
                for e in plan.errors)

@@ -10,20 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-EXIT_OK, EXIT_ERROR, EXIT_TROUBLE = 0, 1, 2
-_STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk",
-           "corrupt")
+from hive.common import EXIT_ERROR, EXIT_OK, EXIT_TROUBLE, fail, load
+from hive.common import file_option as _file_option
+from watcher.states import STATES as _STATES
 
-
-def _file_option(f: Any) -> Any:
-    return click.option("-f", "--file", "config_file", type=click.Path(),
-                        default=None,
-                        help="hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if "
-                             "present, else /etc/hive/hive.yaml.")(f)
+if TYPE_CHECKING:
+    from schemas.models import HiveConfig
 
 
 def _duration(_ctx: Any, param: Any, value: str) -> float:
@@ -41,19 +37,14 @@ _LOCK_STALE = click.option(
          "or when it is older than this.")
 
 
-def _load(config_file: str | None, fmt: str) -> Any:
-    from hive.cli import _load as load
-
+def _load(config_file: str | None, fmt: str) -> HiveConfig:
     return load(config_file, fmt)[0]
 
 
 def _error(message: str, fmt: str = "text") -> int:
     if fmt == "json":
-        from hive import output
-
-        output.emit("error", message=message)
-    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
-    return EXIT_ERROR
+        fail(message, fmt)  # the record; people see the line on stderr either way
+    return fail(message)
 
 
 def human_bytes(value: int | None) -> str:

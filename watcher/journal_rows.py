@@ -61,7 +61,8 @@ def pending(state_dir: Path, position: str | None) -> tuple[list[dict[str, Any]]
     return records, f"{st.st_ino}:{start + end}"
 
 
-def rows(records: list[dict[str, Any]], known_users: dict[str, str]) -> list[tuple[Any, ...]]:
+def rows(records: list[dict[str, Any]],
+         known_users: dict[str, str | None]) -> list[tuple[Any, ...]]:
     """Table rows; a change inherits `who` from its run's start record."""
     out = []
     for r in records:
@@ -82,7 +83,7 @@ def import_new(con: Any, state_dir: Path) -> int:
         return 0
     records, position = found
     runs = {r.get("run") for r in records if r.get("type") != "start"}
-    known: dict[str, str] = {}
+    known: dict[str, str | None] = {}
     if runs:
         for run, who in con.execute(
                 "SELECT run, who FROM journal WHERE record_type = 'start' "

@@ -21,6 +21,7 @@ from typing import Any
 
 from borgrepo import layout as borg_layout
 from reconciler import treewalk
+from schemas.models import HiveConfig
 from watcher.events import BORG2
 
 COLUMNS = ("time", "host", "repository", "unix_user", "path", "in_config", "present",
@@ -111,7 +112,8 @@ def measure(repository: str, unix_user: str, path: str, in_config: bool,
     return result
 
 
-def targets(config: Any, only: Iterable[str] = ()) -> list[tuple[str, str, str, bool, int | None]]:
+def targets(config: HiveConfig,
+            only: Iterable[str] = ()) -> list[tuple[str, str, str, bool, int | None]]:
     """(repository, unix user, path, in hive.yaml, quota) for every repository in the file
     and every repository folder found on disk (removed from the file, data kept); not
     `hive rollback`'s aside folders nor dot folders, by the watcher's name rule."""

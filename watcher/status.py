@@ -22,11 +22,9 @@ from typing import Any
 from borgrepo import layout as borg_layout
 from borgrepo import locks as borg_locks
 from borgrepo import segments
+from schemas.models import HiveConfig
 from watcher import events as ev
-
-STATES = ("ok", "stale", "never backed up", "disabled", "locked", "missing on disk",
-          "corrupt")
-TROUBLE = frozenset({"stale", "never backed up", "locked", "missing on disk", "corrupt"})
+from watcher.states import STATES, TROUBLE  # noqa: F401  (status_mod.TROUBLE)
 
 
 @dataclass
@@ -85,7 +83,7 @@ def _ts(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: datetime,
+def evaluate(config: HiveConfig, repository: str, disk: Disk, recorded: Recorded, now: datetime,
              lock_stale_after: float) -> RepoStatus:
     """The status of one repository, from the file, the disk and the database (pure)."""
     repo = config.repositories[repository]
@@ -179,7 +177,7 @@ def recorded_by_path(con: Any, host: str) -> dict[str, Recorded]:
     return found
 
 
-def matches(config: Any, repository: str, owners: tuple[str, ...],
+def matches(config: HiveConfig, repository: str, owners: tuple[str, ...],
             groups: tuple[str, ...]) -> bool:
     """--owner and --group: a group matches repositories shared with it or owned by a
     member of it."""
@@ -193,7 +191,7 @@ def matches(config: Any, repository: str, owners: tuple[str, ...],
     return True
 
 
-def gather(config: Any, owners: tuple[str, ...] = (), groups: tuple[str, ...] = (),
+def gather(config: HiveConfig, owners: tuple[str, ...] = (), groups: tuple[str, ...] = (),
            lock_stale_after: float = 86_400.0, now: datetime | None = None) -> list[RepoStatus]:
     from watcher import store
 

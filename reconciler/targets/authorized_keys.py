@@ -12,11 +12,10 @@ import os
 from pathlib import Path
 
 from reconciler import keylines
-from reconciler.desired import Facts
 from reconciler.fsutil import atomic_write, remove_stale_temporaries
 from reconciler.inventory import Inventory
-from reconciler.resources import Change
-from reconciler.targets import Result, apply_each
+from reconciler.resources import Change, Facts
+from reconciler.targets import Kind, Result, Style, apply_each
 from schemas.models import HiveConfig
 
 CACHE_DIR = "authorized_keys"
@@ -57,3 +56,29 @@ class AuthorizedKeys:
             path.unlink(missing_ok=True)
         else:
             atomic_write(path, keylines.render_file((change.after or {})["keys"]), mode=0o644)
+
+
+def _key_summary(line: str) -> str:
+    """The options part of a key line, which is what differs between keys."""
+    options = line.split(" ssh-", 1)[0].split(" ecdsa-", 1)[0].split(" sk-", 1)[0]
+    return options.removeprefix("restrict,")
+
+
+def render(change: Change, style: Style) -> list[str]:
+    """Key by key: which keys come, go or change their options."""
+    if change.action == "delete":
+        return ["      (every key removed: access revoked)"]
+    lines = []
+    old, new = (change.before or {}).get("keys", {}), (change.after or {}).get("keys", {})
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            lines.append(style(f"      + key {name}: ", "green") + _key_summary(new[name]))
+        elif name not in new:
+            lines.append(style(f"      - key {name}", "red"))
+        elif old[name] != new[name]:
+            lines.append(style(f"      ~ key {name}: ", "yellow")
+                         + f"{_key_summary(old[name])} -> {_key_summary(new[name])}")
+    return lines
+
+
+KIND = Kind("authorized_keys", AuthorizedKeys, render=render, revokes=True)

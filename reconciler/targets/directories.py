@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import treewalk
-from reconciler.desired import Facts, directories_to_observe
+from reconciler.desired import directories_to_observe
 from reconciler.inventory import Inventory
-from reconciler.resources import UNKNOWN, Change
-from reconciler.targets import Result, apply_each
+from reconciler.resources import UNKNOWN, Change, Facts
+from reconciler.targets import Kind, Result, Style, apply_each, attribute_lines
 from schemas.models import HiveConfig
 
 _TYPES = {stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink", stat.S_IFREG: "file"}
@@ -97,3 +97,27 @@ class Directories:
             # plan still shows this change, so an apply killed half-way finishes it next time.
             treewalk.chown_tree(path, old_uid, uid, gid)
         _set_owner_mode(path, uid, gid, mode)
+
+
+def render(change: Change, style: Style) -> list[str]:
+    """A new folder in one line (owner and mode); a changed one attribute by attribute."""
+    if change.action == "create":
+        after = change.after or {}
+        return [f"      owner: {after['uid']}:{after['gid']}  mode: {after['mode']}"]
+    return attribute_lines(change)
+
+
+def refuse(name: str, seen: Any) -> str | None:
+    """Something else where a folder belongs: never replaced, never followed."""
+    if seen.get("type") != "directory":
+        return (f"{name} exists but is a {seen.get('type')}, not a directory; Hive will not "
+                "replace or follow it. Move it away")
+    return None
+
+
+def forget(inventory: Inventory, name: str) -> None:
+    inventory.directories.discard(name)
+
+
+KIND = Kind("directory", Directories, render=render, nested=True, refuse=refuse,
+            forget=forget)

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.desired import Facts
 from reconciler.fsutil import atomic_write, remove_stale_temporaries
 from reconciler.inventory import Inventory
-from reconciler.resources import UNKNOWN, Change
+from reconciler.resources import UNKNOWN, Change, Facts
 from reconciler.targets import Result
 from schemas.models import HiveConfig
 
@@ -100,7 +99,9 @@ class FilesIdentity:
     kind = "account"
 
     def __init__(self, config: HiveConfig) -> None:
-        self.dir = config.server.identity.files_dir
+        identity = config.server.identity
+        assert identity.backend == "files"
+        self.dir = identity.files_dir
 
     def observe(self, facts: Facts, inventory: Inventory) -> None:
         passwd = _read_lines(self.dir / "passwd")
@@ -123,10 +124,10 @@ class FilesIdentity:
             facts.ids_in_use.setdefault(entry.pw_uid, entry.pw_name)
             if entry.pw_name not in facts.accounts:
                 facts.system_names.add(entry.pw_name)
-        for entry in grp.getgrall():
-            facts.ids_in_use.setdefault(entry.gr_gid, entry.gr_name)
-            if entry.gr_name not in facts.accounts:
-                facts.system_names.add(entry.gr_name)  # a foreign group blocks this name
+        for group_entry in grp.getgrall():
+            facts.ids_in_use.setdefault(group_entry.gr_gid, group_entry.gr_name)
+            if group_entry.gr_name not in facts.accounts:
+                facts.system_names.add(group_entry.gr_name)  # a foreign group blocks this name
         for line in group:
             name = line.split(":", 1)[0]
             if name not in facts.accounts:

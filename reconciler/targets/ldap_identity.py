@@ -16,9 +16,8 @@ import ssl
 from typing import Any
 from urllib.parse import urlparse
 
-from reconciler.desired import Facts
 from reconciler.inventory import Inventory
-from reconciler.resources import Change
+from reconciler.resources import Change, Facts
 from reconciler.targets import Result, TargetError, apply_each
 from reconciler.targets.files_identity import observe_local_files
 from schemas.models import HiveConfig, LdapSettings
@@ -259,10 +258,10 @@ class LdapIdentity:
         return apply_each(changes, self._apply_one, TargetError)
 
     def user_dn(self, name: str) -> str:
-        return f"uid={name},{self.people}"
+        return self.settings.user_dn(name)
 
     def group_dn(self, name: str) -> str:
-        return f"cn={name},{self.groups}"
+        return self.settings.group_dn(name)
 
     def _apply_one(self, change: Change) -> None:
         import ldap3

@@ -1,0 +1,83 @@
+"""What every `hive` command shares: exit codes, the -f/--file and --output options,
+loading hive.yaml, and the one way an error is printed.
+
+Command modules (hive/cli.py, hive/rollback_cmd.py, watcher/commands.py) import from here
+and never from each other, so the command line has no import circle. Nothing heavy at
+module level: every `hive` call imports this.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hive import output
+
+if TYPE_CHECKING:
+    from schemas.models import HiveConfig
+
+# Exit codes are a contract with CI pipelines and monitoring: 0 success (no changes),
+# 1 any error (usage errors included), 2 changes pending or made (with
+# --detailed-exitcode) or, for `hive status`, repositories in trouble.
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_TROUBLE = EXIT_CHANGES
+
+FILE_HELP = ("hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if present, "
+             "else /etc/hive/hive.yaml.")
+OUTPUT = click.option("--output", "-o", "fmt", type=click.Choice(["text", "json"]),
+                      default="text", show_default=True,
+                      help="json: one JSON object per line, a 'version' record first and a "
+                           "'summary' record last.")
+
+
+def default_config() -> str:
+    if os.environ.get("HIVE_CONFIG"):
+        return os.environ["HIVE_CONFIG"]
+    return "hive.yaml" if Path("hive.yaml").exists() else "/etc/hive/hive.yaml"
+
+
+def file_option(f: Any) -> Any:
+    return click.option("-f", "--file", "config_file", type=click.Path(),
+                        default=None, help=FILE_HELP)(f)
+
+
+def load(config_file: str | None, fmt: str) -> tuple[HiveConfig, Path]:
+    """hive.yaml, checked; on problems print every one (FILE:LINE:COL) and exit 1."""
+    import schemas
+
+    path = Path(config_file or default_config())
+    try:
+        return schemas.load(path), path
+    except schemas.ConfigError as exc:
+        if fmt == "json":
+            for problem in exc.problems:
+                output.emit("problem", **problem.data)
+            # The same summary keys as every other command, so `.errors` always works.
+            output.emit("summary", valid=False, problems=len(exc.problems), add=0, change=0,
+                        remove=0, errors=len(exc.problems))
+        else:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            n = len(exc.problems)
+            click.echo(f"\n{path}: {n} problem{'s' if n != 1 else ''}; nothing was changed.",
+                       err=True)
+        raise SystemExit(EXIT_ERROR) from None
+
+
+def fail(message: str, fmt: str = "text", **summary: Any) -> int:
+    """Print an error; returns EXIT_ERROR for the command to return.
+
+    For people `Error: MESSAGE` on stderr. For machines an `error` record, then the closing
+    `summary` record with the fields given (a command whose stream ends here passes them,
+    at least errors=1).
+    """
+    if fmt == "json":
+        output.emit("error", message=message)
+        if summary:
+            output.emit("summary", **summary)
+        return EXIT_ERROR
+    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+    return EXIT_ERROR
