@@ -14,7 +14,7 @@ from typing import Any
 
 import pydantic
 
-from schemas import checks, includes, yamlsource
+from schemas import checks, includes, parsecache, yamlsource
 from schemas.models import (
     DURATION_PATTERN,
     NAME_PATTERN,
@@ -149,11 +149,18 @@ class _Source:
 
 
 def _parse(text: str, file: str) -> yamlsource.Document:
+    """The parsed file, from schemas/parsecache.py when these bytes were parsed before."""
+    cached = parsecache.get(text)
+    if cached is not parsecache.MISS:
+        return yamlsource.Document(cached, None, [], text)
     try:
-        return yamlsource.parse(text)
+        document = yamlsource.parse(text)
     except yamlsource.YamlSyntaxError as exc:
         raise ConfigError([LocatedProblem(file, exc.mark.line, exc.mark.column, "",
                                           exc.message)]) from None
+    if not document.duplicates:   # a file with duplicates is refused: nothing to keep
+        parsecache.put(text, document.data)
+    return document
 
 
 def _read(path: Path, label: str) -> str:

@@ -131,3 +131,18 @@ if sys.prefix != sys.base_prefix:
     # Tests run from a virtualenv (README, .ci/run) without activating it: its console
     # scripts (`hive` for deploy/ci/hive-ci) must be the ones found on PATH.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _parse_cache_of_this_session() -> Iterator[None]:
+    """Parses cached by schemas/parsecache.py go to a folder of this session (for every
+    `hive` the tests start too), not to root's ~/.cache: the host is left as found."""
+    folder = tempfile.mkdtemp(prefix="hive-test-cache-")
+    before = os.environ.get("HIVE_CACHE_DIR")
+    os.environ["HIVE_CACHE_DIR"] = folder
+    yield
+    if before is None:
+        os.environ.pop("HIVE_CACHE_DIR", None)
+    else:
+        os.environ["HIVE_CACHE_DIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)
