@@ -172,9 +172,13 @@ class LdapIdentity:
         # 50,000 users most of the time of a converged plan. This connection belongs to
         # this object, used by one thread (plan and apply run sequentially), and each
         # result below is read right after its own request, before the next one.
+        # check_names=False: values come back as the server's text, not run through
+        # ldap3's formatters (without a schema, get_info=NONE, they only guess types, and
+        # cost a third of a search); parse_entries converts what it reads itself.
         conn = ldap3.Connection(server, user=s.bind_dn, password=password,
                                 client_strategy=ldap3.SYNC, receive_timeout=s.timeout,
-                                raise_exceptions=False, collect_usage=True)
+                                raise_exceptions=False, collect_usage=True,
+                                check_names=False)
         try:
             conn.open()
             if s.start_tls:
