@@ -35,14 +35,18 @@ def phases(path: Path) -> dict[str, float]:
     from reconciler import inventory as inventory_mod
     from reconciler.desired import Facts, desired_state
     from reconciler.plan import diff, safety_errors
-    from schemas import checks, yamlsource
+    from schemas import checks, parsecache, yamlsource
     from schemas.models import HiveConfig
 
     s = lap("import (first run only)", start)
     text = path.read_text(encoding="utf-8")
     s = lap("read file", s)
-    data = yamlsource.parse(text).data
-    s = lap("yaml parse (positions)", s)
+    data = parsecache.get(text)
+    if data is parsecache.MISS:
+        data = yamlsource.parse(text).data
+        s = lap("yaml parse (positions)", s)
+    else:
+        s = lap("yaml parse (cached)", s)
     config = HiveConfig.model_validate(data, context={"base_dir": path.resolve().parent})
     s = lap("pydantic validate", s)
     problems = checks.check(config)

@@ -104,7 +104,9 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
         inventory_mod.save(state_dir, claimed)
         journal = Journal(state_dir, config.server.name)
         journal.write(journal.record("start", user=who(), file=str(config_file),
-                                     commit=git_commit(config_file), prune=prune,
+                                     files=list(config.source_files[1:]),
+                                     commit=git_commit(config_file, config.source_files),
+                                     prune=prune,
                                      force=force, summary=plan.summary))
         total = len(plan.changes)
         for (_phase, kind), batch_iter in groupby(

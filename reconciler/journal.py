@@ -32,16 +32,18 @@ def who() -> str:
         return str(os.geteuid())
 
 
-def git_commit(config_file: Path) -> str | None:
-    """The commit of hive.yaml when it sits in a git checkout, '+dirty' if edited since."""
+def git_commit(config_file: Path, files: tuple[str, ...] = ()) -> str | None:
+    """The commit of hive.yaml when it sits in a git checkout, '+dirty' if it or any file
+    it includes (`files`) was edited since."""
     folder = config_file.resolve().parent
+    paths = [str(Path(f).resolve()) for f in files] or [config_file.name]
     try:
         head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
                               capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return None
         dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--",
-                                config_file.name], capture_output=True, text=True, timeout=5)
+                                *paths], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = head.stdout.strip()

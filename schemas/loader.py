@@ -16,7 +16,7 @@ from typing import Any
 
 import pydantic
 
-from schemas import checks, yamlsource
+from schemas import checks, includes, parsecache, yamlsource
 from schemas.models import (
     DURATION_PATTERN,
     NAME_PATTERN,
@@ -238,27 +238,134 @@ def _pydantic_problems(exc: pydantic.ValidationError) -> list[checks.Problem]:
     return problems
 
 
-def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
-    """Validate hive.yaml text; raise ConfigError listing every problem."""
-    base = base_dir if base_dir is not None else Path(file).resolve().parent
+@dataclass
+class _Source:
+    """One file read: the name problems give it, and its parsed text for positions."""
+
+    file: str
+    document: yamlsource.Document
+
+
+def _parse(text: str, file: str) -> yamlsource.Document:
+    """The parsed file, from schemas/parsecache.py when these bytes were parsed before."""
+    cached = parsecache.get(text)
+    if cached is not parsecache.MISS:
+        return yamlsource.Document(cached, None, [], text)
     try:
         document = yamlsource.parse(text)
     except yamlsource.YamlSyntaxError as exc:
         raise ConfigError([LocatedProblem(file, exc.mark.line, exc.mark.column, "",
                                           exc.message)]) from None
-    data = document.data
+    if not document.duplicates:   # a file with duplicates is refused: nothing to keep
+        parsecache.put(text, document.data)
+    return document
+
+
+def _include(data: dict[Any, Any], main: _Source, main_path: Path,
+             sources: list[_Source], origins: dict[tuple[Any, ...], _Source],
+             result: list[LocatedProblem]) -> dict[Any, Any]:
+    """`data` with the sections of every included file merged in; `sources` and
+    `origins` learn which file each name came from. Problems that leave nothing sensible
+    to validate (a bad pattern, a file that is not YAML) raise at once."""
+    patterns = data.get("include")
+    if not isinstance(patterns, list):
+        return data   # not a list: the model says so, at the right place
+    early: list[LocatedProblem] = []
+    label_dir = str(Path(main.file).parent)
+    label_dir = "" if label_dir == "." else label_dir
+    matches: list[includes.Match] = []
+    for i, pattern in enumerate(patterns):
+        if not isinstance(pattern, str):
+            continue   # the model reports it
+        found, why = includes.expand(pattern, main_path, label_dir)
+        if why:
+            mark = main.document.locate(("include", i))
+            early.append(LocatedProblem(main.file, mark.line, mark.column, f"include[{i}]",
+                                        why))
+        matches.extend(m for m in found if m.path not in {n.path for n in matches})
+    parsed: list[tuple[_Source, dict[Any, Any]]] = []
+    for match in matches:
+        try:
+            source = _Source(match.label, _parse(_read(match.path, match.label),
+                                                 match.label))
+        except ConfigError as exc:
+            early.extend(exc.problems)
+            continue
+        sources.append(source)
+        result.extend(LocatedProblem(source.file, m.line, m.column, "", msg)
+                      for m, msg in source.document.duplicates)
+        body = source.document.data
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            early.append(LocatedProblem(source.file, 1, 1, "", "an included file must be a "
+                                        f"mapping with {', '.join(includes.SECTIONS)}"))
+            continue
+        for key, value in body.items():
+            why = includes.section_problem(key, value)
+            if why:
+                mark = source.document.locate((key,), key=True)
+                early.append(LocatedProblem(source.file, mark.line, mark.column, str(key),
+                                            why))
+        parsed.append((source, body))
+    if early:
+        raise ConfigError(early)
+    merged = dict(data)
+    for section in includes.SECTIONS:
+        own = merged.get(section)
+        if own is None:
+            own = {}
+        if not isinstance(own, dict):
+            continue   # the model reports the main file's section
+        combined = dict(own)
+        for source, body in parsed:
+            for name, value in (body.get(section) or {}).items():
+                if name in combined:
+                    first = origins.get((section, name), main)
+                    here = source.document.locate((section, name), key=True)
+                    there = first.document.locate((section, name), key=True)
+                    what = f"{includes.SINGULAR[section]} {name!r}"
+                    result.append(LocatedProblem(
+                        source.file, here.line, here.column, f"{section}.{name}",
+                        f"{what} is also defined in {first.file}:{there.line}:"
+                        f"{there.column}; each name may appear once across all files"))
+                    result.append(LocatedProblem(
+                        first.file, there.line, there.column, f"{section}.{name}",
+                        f"{what} is also defined in {source.file}:{here.line}:"
+                        f"{here.column}; each name may appear once across all files"))
+                    continue
+                combined[name] = value
+                origins[(section, name)] = source
+        if section in merged or combined:
+            merged[section] = combined
+    return merged
+
+
+def load_text(text: str, file: str, base_dir: Path | None = None,
+              path: Path | None = None) -> HiveConfig:
+    """Validate hive.yaml text; raise ConfigError listing every problem. `path` (the file
+    on disk) is where `include:` patterns are resolved from; without it, from `base_dir`."""
+    base = base_dir if base_dir is not None else Path(file).resolve().parent
+    main = _Source(file, _parse(text, file))
+    data = main.document.data
+    sources = [main]
+    origins: dict[tuple[Any, ...], _Source] = {}
 
     def located(problem: checks.Problem) -> LocatedProblem:
-        mark = document.locate(problem.path, key=problem.key)
-        return LocatedProblem(file, mark.line, mark.column, _dotted(problem.path),
+        source = origins.get(problem.path[:2], main) if len(problem.path) >= 2 else main
+        mark = source.document.locate(problem.path, key=problem.key)
+        return LocatedProblem(source.file, mark.line, mark.column, _dotted(problem.path),
                               problem.message)
 
     result = [LocatedProblem(file, m.line, m.column, "", msg)
-              for m, msg in document.duplicates]
+              for m, msg in main.document.duplicates]
     if not isinstance(data, dict):
         result.append(LocatedProblem(file, 1, 1, "", "the file must be a mapping with "
                                      "'version:', 'server:' and 'repositories:'"))
         raise ConfigError(result)
+    if "include" in data:
+        data = _include(data, main, path or base / Path(file).name, sources, origins,
+                        result)
     config = None
     try:
         config = HiveConfig.model_validate(data, context={"base_dir": base})
@@ -267,9 +374,11 @@ def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
     if config is not None:
         result.extend(located(p) for p in checks.check(config))
     if result:
-        result.sort(key=lambda p: (p.line, p.column))
+        order = {source.file: i for i, source in enumerate(sources)}
+        result.sort(key=lambda p: (order.get(p.file, 0), p.line, p.column))
         raise ConfigError(result)
     assert config is not None
+    config._sources = tuple(source.file for source in sources)
     return config
 
 
@@ -311,9 +420,9 @@ def _read(path: Path, label: str) -> str:
 
 
 def load(path: Path | str) -> HiveConfig:
-    """Read and validate hive.yaml from disk."""
+    """Read and validate hive.yaml (and the files it includes) from disk."""
     path = Path(path)
-    return load_text(_read(path, str(path)), str(path), path.resolve().parent)
+    return load_text(_read(path, str(path)), str(path), path.resolve().parent, path)
 
 
 def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:

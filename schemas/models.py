@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -472,6 +473,17 @@ class HiveConfig(Strict):
     groups: dict[Name, Group] = Field(default_factory=dict)
     keys: dict[Name, Key] = Field(default_factory=dict)
     repositories: dict[Name, Repository] = Field(default_factory=dict)
+    include: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns of more files (relative to this one, inside its folder) "
+                    "that add owners, groups, keys and repositories; e.g. ['teams/*.yaml'].")
+    #: The files this state was read from, the main file first (set by schemas.loader).
+    _sources: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def source_files(self) -> tuple[str, ...]:
+        """The main file and every included one, as named in messages."""
+        return self._sources
 
     @model_validator(mode="before")
     @classmethod

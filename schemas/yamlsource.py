@@ -48,6 +48,8 @@ class Document:
     data: Any
     root: yaml.Node | None
     duplicates: list[tuple[Mark, str]]
+    #: The source, when `data` came from a cache: the node tree is built on first locate().
+    text: str | None = None
 
     def locate(self, path: tuple[Any, ...], *, key: bool = False) -> Mark:
         """The best position for a path of keys/indexes into the data.
@@ -56,6 +58,8 @@ class Document:
         the closest enclosing mapping, which is where the user has to add it. With `key`,
         the last step points at the key itself rather than its value (for bad names).
         """
+        if self.root is None and self.text is not None:
+            self.root = parse(self.text).root
         node = self.root
         if node is None:
             return Mark(1, 1)

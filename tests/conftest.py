@@ -75,23 +75,36 @@ def sysroot() -> Any:
 
 
 def nobody_hive_argv(sysroot: Path) -> list[str] | None:
-    """argv prefix that runs this checkout's `hive` as `nobody`. The interpreter may live
-    under /root (0700): a private mount namespace binds its prefix to a path nobody can
-    reach; the host is untouched. None where that cannot work (a virtualenv, odd layout)."""
-    prefix = Path(sys.base_prefix)
-    exe = Path(sys.executable).resolve()
-    if not exe.is_relative_to(prefix) or Path(sys.prefix) != prefix:
+    """argv prefix that runs this checkout's `hive` as `nobody`. The interpreter, its
+    packages (a virtualenv's or the interpreter's own) and the checkout may live under
+    /root (0700): a private mount namespace binds each to a path under `sysroot` that
+    nobody can reach; the host is untouched. None where that cannot work (odd layout)."""
+    base = Path(sys.base_prefix)
+    exe = Path(sys.executable).resolve()   # a virtualenv's python links to its base's
+    if not exe.is_relative_to(base):
         return None
-    mount = sysroot / "python"
-    mount.mkdir(exist_ok=True)
-    inner = mount / exe.relative_to(prefix)
-    # Seen here: a prefix reached through another path does not add its site-packages by
-    # itself, so add it (and its .pth files, for an editable install) explicitly.
-    site = mount / Path(sysconfig.get_paths()["purelib"]).relative_to(prefix)
-    boot = (f"import site, runpy, sys; site.addsitedir('{site}'); sys.argv[0] = 'hive'; "
+    binds = {base: sysroot / "python", ROOT: sysroot / "src"}
+    packages = Path(sysconfig.get_paths()["purelib"])
+    env_prefix = Path(sys.prefix)
+    if env_prefix != base:   # a virtualenv: its packages are under its own prefix
+        binds[env_prefix] = sysroot / "venv"
+    owner = env_prefix if packages.is_relative_to(env_prefix) else base
+    if not packages.is_relative_to(owner):
+        return None
+    for target in binds.values():
+        target.mkdir(exist_ok=True)
+    inner = binds[base] / exe.relative_to(base)
+    site = binds[owner] / packages.relative_to(owner)
+    # -S: nothing from the interpreter's own site (a Debian python's dist-packages) can
+    # shadow the environment's packages; the checkout comes first, as with an editable
+    # install, and the environment's .pth files are read by addsitedir.
+    boot = (f"import site, runpy, sys; site.addsitedir('{site}'); "
+            f"sys.path.insert(0, '{binds[ROOT]}'); sys.argv[0] = 'hive'; "
             "runpy.run_module('hive', run_name='__main__')")
-    script = (f"mount -n --bind {prefix} {mount} && exec setpriv --reuid=65534 --regid=65534 "
-              f'--clear-groups {inner} -c "{boot}" "$@"')
+    mounts = " && ".join(f"mount -n --bind '{origin}' '{target}'"
+                         for origin, target in binds.items())
+    script = (f"{mounts} && exec setpriv --reuid=65534 --regid=65534 "
+              f'--clear-groups {inner} -S -c "{boot}" "$@"')
     return ["unshare", "--mount", "sh", "-c", script, "sh"]
 
 
@@ -109,3 +122,27 @@ def hive_install() -> Iterator[Any]:
         except InstallUnavailable as why:
             yield str(why)
 
+
+
+# CI's gate on unexpected skips (tests/skip_gate.py); hooks are found as conftest names.
+from skip_gate import pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402, F401
+
+if sys.prefix != sys.base_prefix:
+    # Tests run from a virtualenv (README, .ci/run) without activating it: its console
+    # scripts (`hive` for deploy/ci/hive-ci) must be the ones found on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _parse_cache_of_this_session() -> Iterator[None]:
+    """Parses cached by schemas/parsecache.py go to a folder of this session (for every
+    `hive` the tests start too), not to root's ~/.cache: the host is left as found."""
+    folder = tempfile.mkdtemp(prefix="hive-test-cache-")
+    before = os.environ.get("HIVE_CACHE_DIR")
+    os.environ["HIVE_CACHE_DIR"] = folder
+    yield
+    if before is None:
+        os.environ.pop("HIVE_CACHE_DIR", None)
+    else:
+        os.environ["HIVE_CACHE_DIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)

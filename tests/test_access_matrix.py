@@ -95,7 +95,12 @@ VARIANT_NAMES = ("debian-1.2", "pypi-1.4")
 @pytest.fixture(scope="session")
 def pypi_clients() -> Iterator[Path | str]:
     """A venv with borg 1.4 and borgmatic from PyPI, built once per session under a temp
-    dir and removed afterwards; a string (the reason) when it cannot be built."""
+    dir and removed afterwards; a string (the reason) when it cannot be built. A borg 1.4
+    given as HIVE_TEST_BORG14 (.ci/run builds one) is used when borgmatic is beside it."""
+    given = Path(os.environ.get("HIVE_TEST_BORG14", "/nonexistent")).parent
+    if (given / "borg").is_file() and (given / "borgmatic").is_file():
+        yield given
+        return
     folder = Path(tempfile.mkdtemp(prefix="hive-pypi-clients-"))
     try:
         venv = folder / "venv"

@@ -166,14 +166,24 @@ class LdapIdentity:
         password = bind_password(s)
         server = ldap3.Server(s.url, use_ssl=s.url.startswith("ldaps://"), tls=tls,
                               connect_timeout=s.timeout, get_info=ldap3.NONE)
+        # SYNC, not SAFE_SYNC: SAFE_SYNC deep-copies every response so that threads
+        # sharing a connection cannot see each other's results -- for a paged search of
+        # 50,000 users most of the time of a converged plan. This connection belongs to
+        # this object, used by one thread (plan and apply run sequentially), and each
+        # result below is read right after its own request, before the next one.
+        # check_names=False: values come back as the server's text, not run through
+        # ldap3's formatters (without a schema, get_info=NONE, they only guess types, and
+        # cost a third of a search); parse_entries converts what it reads itself.
         conn = ldap3.Connection(server, user=s.bind_dn, password=password,
-                                client_strategy=ldap3.SAFE_SYNC, receive_timeout=s.timeout,
-                                raise_exceptions=False, collect_usage=True)
+                                client_strategy=ldap3.SYNC, receive_timeout=s.timeout,
+                                raise_exceptions=False, collect_usage=True,
+                                check_names=False)
         try:
             conn.open()
             if s.start_tls:
                 conn.start_tls()
-            ok, result, _, _ = conn.bind()
+            ok = conn.bind()
+            result = conn.result or {}
         except LDAPException as exc:
             raise TargetError(f"LDAP: cannot connect to {s.url}: {_cause(exc)}") from None
         if not ok:
@@ -190,7 +200,8 @@ class LdapIdentity:
 
         conn = self.connect()
         try:
-            ok, result, _, _ = getattr(conn, method)(*args, **kwargs)
+            ok = getattr(conn, method)(*args, **kwargs)
+            result = conn.result or {}
         except LDAPException as exc:
             raise TargetError(f"LDAP {method} {what}: {_cause(exc)}") from None
         finally:
@@ -231,10 +242,11 @@ class LdapIdentity:
         cookie = None
         while True:
             try:
-                _, result, response, _ = conn.search(
+                conn.search(
                     base, "(|(objectClass=posixAccount)(objectClass=posixGroup))",
                     ldap3.SUBTREE, attributes=SEARCH_ATTRIBUTES, paged_size=PAGE_SIZE,
                     paged_cookie=cookie)
+                result, response = conn.result or {}, conn.response or []
             except LDAPException as exc:
                 raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
             self.requests += 1

@@ -1,0 +1,74 @@
+"""`include:`: the desired state split over several files, one folder.
+
+Big fleets are edited by several teams; one file per team gives each its own review rule
+(CODEOWNERS) and no merge conflicts. The main file keeps `server:` (what Hive may touch on
+this host); included files only add names to `owners`, `groups`, `keys` and `repositories`.
+
+Patterns are globs relative to the main file's folder and must stay inside it (no absolute
+paths, no `..`, no symlink out): the folder is what is reviewed and committed, and
+`plan --server-from` of a proposal must not read files from elsewhere on the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+SECTIONS = ("owners", "groups", "keys", "repositories")
+SINGULAR = {"owners": "owner", "groups": "group", "keys": "key",
+            "repositories": "repository"}
+
+
+@dataclass(frozen=True)
+class Match:
+    """A file an `include:` pattern found: its path and the name errors give it."""
+
+    path: Path
+    label: str   # as the user would write it: the main file's folder as given + relative
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` may not be used, or None."""
+    if not pattern.strip():
+        return "empty pattern; give a glob such as 'teams/*.yaml'"
+    parts = PurePosixPath(pattern).parts
+    if pattern.startswith(("/", "~")) or ".." in parts:
+        return (f"{pattern!r} leaves the main file's folder; include paths are relative "
+                "to it and stay inside it, such as 'teams/*.yaml'")
+    return None
+
+
+def expand(pattern: str, main: Path, label_dir: str) -> tuple[list[Match], str | None]:
+    """The files `pattern` matches (sorted, the main file left out) or a problem."""
+    why = pattern_problem(pattern)
+    if why:
+        return [], why
+    folder = main.resolve().parent
+    found: list[Match] = []
+    for path in sorted(folder.glob(pattern)):
+        if not path.is_file() or path.resolve() == main.resolve():
+            continue
+        if not path.resolve().is_relative_to(folder):
+            return [], (f"{pattern!r} reaches {path.relative_to(folder)}, a link that leaves "
+                        "the main file's folder; include only files inside it")
+        relative = path.relative_to(folder).as_posix()
+        found.append(Match(path, f"{label_dir}/{relative}" if label_dir else relative))
+    if not found:
+        return [], (f"{pattern!r} matches no file in {folder}; fix the pattern or remove "
+                    "it (an include that finds nothing is an error, not an empty team)")
+    return found, None
+
+
+def section_problem(key: Any, value: Any) -> str | None:
+    """Why an included file may not hold this top-level entry, or None."""
+    if isinstance(key, str) and key.startswith("x-"):
+        return None   # YAML anchors, as in the main file
+    if key in SECTIONS:
+        if value is not None and not isinstance(value, dict):
+            return f"'{key}' must be a mapping of names, as in the main file"
+        return None
+    if key in ("server", "version", "include"):
+        return (f"'{key}' may only be in the main file; an included file holds "
+                f"{', '.join(SECTIONS)}")
+    return f"unknown section {key!r}; an included file holds {', '.join(SECTIONS)}"

@@ -1,0 +1,152 @@
+"""Parsed YAML kept by the hash of its bytes, so an unchanged file is not parsed again.
+
+PyYAML builds a Python object for every node: ~12 s for an 18 MB hive.yaml (50,000
+repositories), and its node tree is most of the peak memory. What the parser makes of a
+file depends only on the file's bytes and on the parser's own code, so the result is
+stored under sha256(parser code + bytes): a changed file, a changed parser or another
+PyYAML has another key, and a stale result cannot be served. Only the parse is cached;
+validation (pydantic, whole-file checks) runs every time, so no rule can be skipped, and
+when a problem needs a position the node tree is built from the same text again.
+
+Stored as JSON (nothing in the cache can run code), written atomically, in a folder only
+this user can write (`HIVE_CACHE_DIR`, else `$XDG_CACHE_HOME/hive` or `~/.cache/hive`;
+`HIVE_CACHE_DIR=` turns it off). Anything odd -- a folder others may write, a file that
+does not decode, data JSON cannot hold exactly (int or bool keys, binary) -- means no
+cache, never a wrong one. With several included files each file has its own entry, so
+editing one team's file parses only that file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MISS = object()
+KEEP = 400   # entries kept; the oldest beyond that are removed when one is written
+
+
+def _code_key() -> bytes:
+    digest = hashlib.sha256(f"yaml {yaml.__version__} {yaml.__with_libyaml__}".encode())
+    here = Path(__file__).resolve().parent
+    for name in ("yamlsource.py", "parsecache.py"):
+        digest.update((here / name).read_bytes())
+    return digest.digest()
+
+
+_CODE: bytes | None = None
+
+
+def folder() -> Path | None:
+    """The cache folder, made if needed; None when there is none this user alone owns."""
+    given = os.environ.get("HIVE_CACHE_DIR")
+    if given == "":
+        return None
+    if given:
+        path = Path(given)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".cache")
+        path = Path(base) / "hive" / "yaml"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
+    except OSError:
+        return None
+    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o022:
+        return None   # someone else could plant a parse of a file they never saw
+    return path
+
+
+def _key(text: str) -> str:
+    global _CODE
+    if _CODE is None:
+        _CODE = _code_key()
+    return hashlib.sha256(_CODE + text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _dates(data: Any, path: list[Any], found: list[list[Any]]) -> None:
+    """Record where dates are (JSON has none); refuse what JSON cannot hold exactly."""
+    kind = type(data)
+    if kind is dict:
+        for key, value in data.items():
+            if type(key) is not str:
+                raise _Unsupported
+            _dates(value, [*path, key], found)
+    elif kind is list:
+        for i, value in enumerate(data):
+            _dates(value, [*path, i], found)
+    elif kind is dt.datetime:
+        found.append([path, "datetime", data.isoformat()])
+    elif kind is dt.date:
+        found.append([path, "date", data.isoformat()])
+    elif kind not in (str, int, float, bool, type(None)):
+        raise _Unsupported
+
+
+def get(text: str) -> Any:
+    """The cached parse of `text`, or MISS."""
+    where = folder()
+    if where is None:
+        return MISS
+    try:
+        entry = json.loads((where / _key(text)).read_bytes())
+        data = entry["data"]
+        for path, kind, value in entry["dates"]:
+            holder = data
+            for step in path[:-1]:
+                holder = holder[step]
+            parse = dt.datetime if kind == "datetime" else dt.date
+            holder[path[-1]] = parse.fromisoformat(value)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return MISS
+    return data
+
+
+def put(text: str, data: Any) -> None:
+    """Store the parse of `text` when JSON can hold it exactly; never fails the caller."""
+    where = folder()
+    if where is None:
+        return
+    found: list[list[Any]] = []
+    try:
+        _dates(data, [], found)
+        payload = json.dumps({"data": data, "dates": found}, ensure_ascii=False,
+                             separators=(",", ":"), allow_nan=False, default=_refuse)
+    except (_Unsupported, ValueError, RecursionError, TypeError):
+        return
+    try:
+        handle, tmp = tempfile.mkstemp(dir=where, prefix=".tmp-")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(payload)
+        os.replace(tmp, where / _key(text))
+        _trim(where)
+    except OSError:
+        return
+
+
+def _refuse(value: Any) -> Any:
+    """JSON's fallback: dates as text (their places are in "dates"), nothing else."""
+    if type(value) in (dt.date, dt.datetime):
+        return value.isoformat()
+    raise _Unsupported
+
+
+def _trim(where: Path) -> None:
+    entries = [p for p in where.iterdir() if not p.name.startswith(".")]
+    if len(entries) <= KEEP:
+        return
+    entries.sort(key=lambda p: p.stat().st_mtime)
+    for old in entries[:len(entries) - KEEP]:
+        old.unlink(missing_ok=True)

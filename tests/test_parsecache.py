@@ -1,0 +1,99 @@
+"""The parse cache (schemas/parsecache.py): same result, same positions, never stale."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from conftest import write_config
+
+import schemas
+from schemas import parsecache
+
+ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE025IREm0GtFJnL9BQ7kKfZEAot1lwEefHs0y9rRXaF a"
+BODY = f"""\
+owners: {{alice: {{}}}}
+keys:
+  k1: {{owner: alice, public_key: {ED}, expires: 2031-02-03}}
+repositories:
+  r1: {{owner: alice, keys: [k1], quota: 10G}}
+"""
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("HIVE_CACHE_DIR", str(folder))
+    return folder
+
+
+def entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def problems(path: Path) -> list[str]:
+    try:
+        schemas.load(path)
+    except schemas.ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def test_a_cached_parse_gives_the_same_state(tmp_path: Path, cache: Path) -> None:
+    path = write_config(tmp_path, BODY)
+    first = schemas.load(path)
+    assert len(entries(cache)) == 1
+    assert parsecache.get(path.read_text()) is not parsecache.MISS
+    second = schemas.load(path)
+    assert second == first
+    assert second.keys["k1"].expires == first.keys["k1"].expires
+    assert type(parsecache.get(path.read_text())["keys"]["k1"]["expires"]) is dt.date
+
+
+def test_problems_keep_their_positions_when_the_parse_is_cached(
+        tmp_path: Path, cache: Path) -> None:
+    path = write_config(tmp_path, BODY.replace("owner: alice, keys", "owner: bob, keys"))
+    uncached = problems(path)
+    assert uncached == [
+        f"{path}:13:15: repositories.r1.owner: unknown owner 'bob'; add it under 'owners:'",
+        f"{path}:13:27: repositories.r1.keys[0]: key 'k1' belongs to 'alice', who is neither "
+        "the owner ('bob') nor in one of this repository's groups"]
+    assert len(entries(cache)) == 1   # the YAML was fine: its parse is kept
+    assert problems(path) == uncached
+
+
+def test_an_edited_file_is_parsed_again(tmp_path: Path, cache: Path) -> None:
+    path = write_config(tmp_path, BODY)
+    assert problems(path) == []
+    write_config(tmp_path, BODY.replace("quota: 10G", "quota: 10 apples"))
+    found = problems(path)
+    assert len(found) == 1 and found[0].startswith(f"{path}:13:41: repositories.r1.quota"), \
+        found
+    assert len(entries(cache)) == 2
+
+
+def test_a_broken_entry_is_a_miss_not_an_error(tmp_path: Path, cache: Path) -> None:
+    path = write_config(tmp_path, BODY)
+    schemas.load(path)
+    (entry,) = entries(cache)
+    entry.write_text('{"data": {"version": 1')
+    assert parsecache.get(path.read_text()) is parsecache.MISS
+    assert schemas.load(path).repositories["r1"].quota == "10G"
+
+
+def test_a_folder_others_may_write_is_not_used(tmp_path: Path, cache: Path) -> None:
+    cache.mkdir(mode=0o700)
+    cache.chmod(0o777)
+    path = write_config(tmp_path, BODY)
+    schemas.load(path)
+    assert entries(cache) == []
+    assert parsecache.folder() is None
+
+
+def test_duplicates_and_non_text_keys_are_never_cached(tmp_path: Path, cache: Path) -> None:
+    path = write_config(tmp_path, BODY + "  r1: {owner: alice}\n")
+    assert "duplicate key 'r1'" in problems(path)[0]
+    path = write_config(tmp_path, BODY + "x-anchors: {1: one}\n")
+    assert problems(path) == []
+    assert entries(cache) == []
