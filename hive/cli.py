@@ -1,7 +1,8 @@
 """The `hive` command: validate, plan, apply, history, purge, schema, authorized-keys.
 
 Exit codes are a contract with CI pipelines: 0 success (no changes), 1 any error (usage
-errors included), 2 changes pending or made, and only with --detailed-exitcode.
+errors included), 2 changes pending or made, and only with --detailed-exitcode, 3 `hive apply
+--checksum` refused because the plan is not the reviewed one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import click
 
 from hive import __version__, output
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_CHECKSUM = 0, 1, 2, 3
 
 _FILE_HELP = ("hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if present, "
               "else /etc/hive/hive.yaml.")
@@ -122,6 +123,18 @@ def _show_plan(planned: Any, fmt: str, title: str) -> None:
         output.emit_plan(planned.plan)
     else:
         output.print_plan(planned.plan, title)
+        click.echo(f"Plan checksum: {planned.plan.checksum}")
+
+
+def _checksum_option(ctx: click.Context, param: click.Parameter, value: str | None
+                     ) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower().removeprefix("sha256:")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise click.BadParameter("expected the 64 hex digits 'hive plan' prints after "
+                                 "'Plan checksum:'", ctx, param)
+    return value
 
 
 @cli.command()
@@ -148,21 +161,29 @@ def plan(config_file: str | None, fmt: str, prune: bool, force: bool,
 @click.option("--dry-run", is_flag=True, help="Only show the plan (same as 'hive plan').")
 @click.option("--lock-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for another running apply to finish.")
+@click.option("--checksum", metavar="SUM", default=None, callback=_checksum_option,
+              help="Apply only if the plan is exactly the one 'hive plan' showed with this "
+                   "'Plan checksum:'. Otherwise show the new plan, change nothing, exit 3.")
 def apply(config_file: str | None, fmt: str, prune: bool, force: bool,
-          detailed_exitcode: bool, dry_run: bool, lock_timeout: float) -> int:
+          detailed_exitcode: bool, dry_run: bool, lock_timeout: float,
+          checksum: str | None) -> int:
     """Make the server match hive.yaml: accounts, folders, the authorized-keys cache.
 
     Idempotent: a second run on an unchanged file changes nothing. Needs root. A repository
     removed from the file loses access (keys revoked, account locked) but keeps its data.
     Every run is appended to the journal in state_dir ('hive history').
+
+    \b
+    Reviewed plans: 'hive plan' ends with 'Plan checksum: SUM'; 'hive apply --checksum SUM'
+    applies that plan or nothing (exit 3 when the server or the file changed since).
     """
     return _plan_or_apply(config_file, fmt, prune, force, detailed_exitcode, dry_run,
-                          lock_timeout)
+                          lock_timeout, checksum=checksum)
 
 
 def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
                    detailed_exitcode: bool, dry_run: bool, lock_timeout: float,
-                   server_from: str | None = None) -> int:
+                   server_from: str | None = None, checksum: str | None = None) -> int:
     from reconciler import engine
     from reconciler.inventory import InventoryError
     from reconciler.lock import LockBusy
@@ -185,8 +206,13 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         if dry_run:
             planned = engine.make_plan(config, prune=prune, force=force)
             _show_plan(planned, fmt, f"Hive plan for {config.server.name} ({path}):")
+            if checksum is not None and checksum != planned.plan.checksum:
+                _fail(fmt, str(engine.ChecksumMismatch(checksum, planned)),
+                      checksum=planned.plan.checksum)
+                return EXIT_CHECKSUM
             if fmt == "json":
-                output.emit("summary", **planned.plan.summary, errors=len(planned.plan.errors))
+                output.emit("summary", **planned.plan.summary, errors=len(planned.plan.errors),
+                            checksum=planned.plan.checksum)
             if planned.plan.errors:
                 return EXIT_ERROR
             return changed_code if planned.plan.changes else EXIT_OK
@@ -196,7 +222,11 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
             config, path, prune=prune, force=force, lock_timeout=lock_timeout,
             progress=_Progress() if text and sys.stderr.isatty() else None,
             on_plan=(lambda p: p.plan.changes and output.print_plan(p.plan, title))
-            if text else None)
+            if text else None, checksum=checksum)
+    except engine.ChecksumMismatch as exc:
+        _show_plan(exc.planned, fmt, f"The plan for {config.server.name} now ({path}):")
+        _fail(fmt, str(exc), checksum=exc.planned.plan.checksum)
+        return EXIT_CHECKSUM
     except (engine.RefusedError, LockBusy, InventoryError, TargetError) as exc:
         _fail(fmt, str(exc))
         return EXIT_ERROR
@@ -206,7 +236,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         for change, error in applied.results:
             output.emit("applied", **change.data, error=error)
         output.emit("summary", **plan_.summary, applied=len(applied.results),
-                    errors=int(applied.error is not None))
+                    errors=int(applied.error is not None), checksum=plan_.checksum)
     elif not plan_.changes:
         output.print_plan(plan_, "")
     elif applied.error:
@@ -235,10 +265,10 @@ class _Progress:
             click.echo(err=True)
 
 
-def _fail(fmt: str, message: str) -> None:
+def _fail(fmt: str, message: str, **summary: Any) -> None:
     if fmt == "json":
         output.emit("error", message=message)
-        output.emit("summary", add=0, change=0, remove=0, errors=1)
+        output.emit("summary", add=0, change=0, remove=0, errors=1, **summary)
     else:
         click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
 
