@@ -52,6 +52,12 @@ class RepoStatus:
     stale_after_seconds: int = 0
     size_measured: datetime | None = None
     lock_since: datetime | None = None
+    url: str = ""  # what a client gives borg: HiveConfig.client_url
+
+    @property
+    def borg_repo(self) -> str | None:
+        """A line to paste on the client; only borg-mode repositories are borg's to open."""
+        return f"export BORG_REPO='{self.url}'" if self.mode == "borg" and self.url else None
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -59,6 +65,7 @@ class RepoStatus:
             data[key] = data[key].isoformat() if data[key] is not None else None
         if data["age_seconds"] is not None:
             data["age_seconds"] = round(data["age_seconds"])
+        data["borg_repo"] = self.borg_repo
         return data
 
 
@@ -111,7 +118,8 @@ def evaluate(config: Any, repository: str, disk: Disk, recorded: Recorded, now: 
         quota_used=(size / quota) if size is not None and quota else None, locked=locked,
         path=path, unix_user=user, groups=list(repo.groups),
         stale_after_seconds=stale_after, size_measured=recorded.size_time,
-        lock_since=_ts(state.lock_since) if state is not None else None)
+        lock_since=_ts(state.lock_since) if state is not None else None,
+        url=config.client_url(repository))
 
 
 def look(path: str) -> Disk:
