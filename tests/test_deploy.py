@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nsswitch_edit
 import pytest
 import yaml
 from conftest import requires_root, write_config
@@ -328,3 +329,78 @@ def test_python_is_the_one_running_the_tests() -> None:
     out = subprocess.run([sys.executable, "-m", "hive", "--version"], capture_output=True,
                          text=True)
     assert result.stdout == out.stdout
+
+
+# --------------------------------------------------------------------------- nsswitch
+
+
+@pytest.mark.parametrize(("shipped", "module"), [(nsswitch_edit.EXTRAUSERS_EDIT, "extrausers"),
+                                                 (nsswitch_edit.LDAP_EDIT, "ldap")],
+                         ids=["extrausers", "ldap"])
+def test_nsswitch_edit_adds_after_files_and_keeps_the_rest(shipped: Path, module: str) -> None:
+    """The shipped edit, run by sed on Debian 12's file: `module` right after `files` in
+    passwd/group/shadow, `systemd` and every other line kept, a second run changes nothing,
+    and the file says what the result is."""
+    debian = nsswitch_edit.DEBIAN12
+    once = nsswitch_edit.edited(shipped, debian)
+    assert nsswitch_edit.edited(shipped, once) == once
+    before, after = debian.splitlines(), once.splitlines()
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        name = old.split(":")[0]
+        if name in ("passwd", "group", "shadow"):
+            assert new.split() == [old.split()[0], "files", module, *old.split()[2:]], new
+        else:
+            assert new == old
+    # Without systemd (the libc-bin default, a slim image), the same edit.
+    bare = debian.replace(" systemd", "")
+    shown = [line for line in nsswitch_edit.edited(shipped, bare).splitlines()
+             if line.startswith(("passwd:", "group:", "shadow:"))]
+    assert [" ".join(x.split()) for x in shown] == [
+        f"{n}: files {module}" for n in ("passwd", "group", "shadow")]
+    # What the file says Debian 12 ends with (its shadow line has no `systemd` there).
+    documented = nsswitch_edit.documented_result(shipped)
+    assert documented == [f"passwd: files {module} systemd", f"group: files {module} systemd",
+                          f"shadow: files {module}"]
+    assert documented == [" ".join(x.split()) for x in nsswitch_edit.edited(
+        shipped, debian.replace("shadow:         files systemd", "shadow:         files")
+    ).splitlines() if x.startswith(("passwd:", "group:", "shadow:"))]
+    # No line in the shipped file that a copy would put in force.
+    assert not [x for x in shipped.read_text().splitlines() if x and not x.startswith("#")]
+
+
+@requires_root
+def test_nsswitch_edit_makes_glibc_find_extrausers_users(tmp_path: Path) -> None:
+    """Real glibc: in a private mount namespace, Debian 12's nsswitch.conf with the shipped
+    edit over /etc/nsswitch.conf and a temporary /var/lib/extrausers: `getent` finds a
+    user Hive would write, and root still comes from /etc/passwd."""
+    (tmp_path / "passwd").write_text("bh-nsstest:x:29999:29999:Hive:/nonexistent:/bin/sh\n")
+    (tmp_path / "group").write_text("bh-nsstest:x:29999:\n")
+    (tmp_path / "shadow").write_text("bh-nsstest:*:20000::::::\n")
+    conf = tmp_path / "nsswitch.conf"
+    conf.write_text(nsswitch_edit.edited(nsswitch_edit.EXTRAUSERS_EDIT))
+    empty = tmp_path / "nscd"
+    empty.mkdir()
+    script = (f"mount --bind {conf} /etc/nsswitch.conf && "
+              f"mount --bind {tmp_path} /var/lib/extrausers && "
+              f"{{ [ ! -d /run/nscd ] || mount --bind {empty} /run/nscd; }} && "
+              "getent passwd bh-nsstest root && getent group bh-nsstest && "
+              "getent shadow bh-nsstest")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("bh-nsstest:x:29999:29999:")
+    assert lines[1].startswith("root:x:0:0:")
+    assert lines[2] == "bh-nsstest:x:29999:" and lines[3].startswith("bh-nsstest:*:")
+    assert "bh-nsstest" not in subprocess.run(["getent", "passwd"], capture_output=True,
+                                              text=True).stdout  # the host is untouched
+
+
+def test_image_makes_the_shipped_nsswitch_edits() -> None:
+    """The image edits nsswitch.conf as an operator does: the same sed expressions."""
+    extrausers = nsswitch_edit.sed_argv(nsswitch_edit.EXTRAUSERS_EDIT)[3]
+    ldap = nsswitch_edit.sed_argv(nsswitch_edit.LDAP_EDIT)[3]
+    assert f"sed -i -E '{extrausers}' /etc/nsswitch.conf" in DOCKERFILE.read_text()
+    entrypoint = (DEPLOY / "docker" / "entrypoint.sh").read_text()
+    assert f"sed -i -E '{ldap}' /etc/nsswitch.conf" in entrypoint
