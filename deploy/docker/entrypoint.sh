@@ -23,12 +23,13 @@ secret() {
 wait_for_config() {
     # A first start before hive.yaml exists: say what to do and wait, instead of failing
     # and being restarted for ever by `restart: unless-stopped`.
+    [ -f "$HIVE_CONFIG" ] && return
+    say "no $HIVE_CONFIG yet. Put your hive.yaml there (with compose: in" \
+        "deploy/docker/config/, e.g. cp ../hive.yaml config/ and edit it); waiting for it."
     while [ ! -f "$HIVE_CONFIG" ]; do
-        say "no $HIVE_CONFIG yet. Put your hive.yaml there (with compose: in" \
-            "deploy/docker/config/, e.g. cp ../hive.yaml config/ and edit it); checking" \
-            "again every ${HIVE_WAIT_SECONDS:-10} s."
         sleep "${HIVE_WAIT_SECONDS:-10}"
     done
+    say "found $HIVE_CONFIG"
 }
 
 start_nslcd() {
