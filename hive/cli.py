@@ -437,7 +437,7 @@ def authorized_keys_help(args: tuple[str, ...]) -> int:
     hive authorized-keys [-f FILE | --state-dir DIR] USER
     Runs on every login, so it reads one file and imports nothing heavy. Unknown users
     and a missing cache print nothing and exit 0 (no access). In sshd_config:
-      AuthorizedKeysCommand /usr/local/bin/hive authorized-keys --state-dir /var/lib/hive %u
+      AuthorizedKeysCommand /opt/hive/bin/hive authorized-keys --state-dir /var/lib/hive %u
       AuthorizedKeysCommandUser nobody
     """
     from hive.login import authorized_keys

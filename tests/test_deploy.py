@@ -404,3 +404,20 @@ def test_image_makes_the_shipped_nsswitch_edits() -> None:
     assert f"sed -i -E '{extrausers}' /etc/nsswitch.conf" in DOCKERFILE.read_text()
     entrypoint = (DEPLOY / "docker" / "entrypoint.sh").read_text()
     assert f"sed -i -E '{ldap}' /etc/nsswitch.conf" in entrypoint
+
+
+def test_one_path_for_hive_and_documentation_that_exists_after_install() -> None:
+    """README's install puts the command at /opt/hive/bin/hive and the release's files in
+    /opt/hive/src (a clone of the tag): every unit's Documentation= is one of those files,
+    the image has the same layout, and no deploy file or README names another command."""
+    for service in SYSTEMD.glob("*.service"):
+        (doc,) = _settings(service)["Documentation"]
+        assert doc.startswith("file:///opt/hive/src/"), (service, doc)
+        assert (ROOT / doc.removeprefix("file:///opt/hive/src/")).is_file(), (service, doc)
+    assert "cp /usr/src/hive/README.md /opt/hive/src/README.md" in DOCKERFILE.read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "git clone --depth 1 --branch v0.1.0" in readme
+    for path in [ROOT / "README.md", *(p for p in DEPLOY.rglob("*") if p.is_file())]:
+        text = path.read_text()
+        assert "/usr/local/bin/hive" not in text, path
+        assert "/path/to/hive" not in text, path

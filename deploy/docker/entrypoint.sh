@@ -43,7 +43,7 @@ start_nslcd() {
         pw=$(secret ldap_nslcd_password)
         umask 027
         sed -e "s#^uri .*#uri $HIVE_NSLCD_URI#" -e "s/dc=example,dc=org/$suffix/g" \
-            -e '/^tls_/d' -e '/^bindpw /d' /opt/hive/deploy/ldap/nslcd.conf > /etc/nslcd.conf
+            -e '/^tls_/d' -e '/^bindpw /d' /opt/hive/src/deploy/ldap/nslcd.conf > /etc/nslcd.conf
         printf 'bindpw %s\n' "$pw" >> /etc/nslcd.conf
         umask 022
         chown root:nslcd /etc/nslcd.conf
@@ -91,7 +91,7 @@ CONF
         sed -e "s/dc=example,dc=org/$suffix/g" \
             -e "0,/{SSHA}REPLACE[^ ]*/s##$hive_pw#" \
             -e "0,/{SSHA}REPLACE[^ ]*/s##$nslcd_pw#" \
-            /opt/hive/deploy/ldap/base.ldif > /tmp/base.ldif
+            /opt/hive/src/deploy/ldap/base.ldif > /tmp/base.ldif
         # The suffix entry itself, then Hive's base entries.
         dc=$(echo "$suffix" | sed -E 's/^dc=([^,]+).*/\1/')
         printf 'dn: %s\nobjectClass: dcObject\nobjectClass: organization\no: %s\ndc: %s\n\n' \
