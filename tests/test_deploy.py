@@ -266,7 +266,9 @@ def test_hive_ci_plan_ignores_the_proposals_server_section(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("command", ["", "sh", "plan extra", "apply 1234 alice",
                                      "apply " + "a" * 40 + " 'al ice'", "validate; id",
-                                     "apply $(id) x y", "history"])
+                                     "apply $(id) x y", "history",
+                                     "apply " + "a" * 40 + " alice " + "g" * 64,
+                                     "apply " + "a" * 40 + " alice " + "a" * 64 + " x"])
 def test_hive_ci_refuses_anything_else(command: str) -> None:
     result = _hive_ci(command)
     assert result.returncode == 1
@@ -319,6 +321,40 @@ def test_hive_ci_applies_a_commit_of_main(tmp_path: Path) -> None:
     _git(origin, "commit", "-q", "-am", "r2")
     old = _hive_ci(f"apply {commit} alice", env=env)
     assert old.returncode == 1 and "is not the tip of main" in old.stderr, old.stderr
+
+
+@requires_root
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_hive_ci_applies_only_the_reviewed_plan(tmp_path: Path) -> None:
+    """The flow of deploy/ci/: the pull request's `plan` shows a checksum; `apply COMMIT
+    ACTOR SUM` applies that plan, or nothing (exit 3) when the plan computed now differs."""
+    origin, checkout = tmp_path / "origin", tmp_path / "checkout"
+    origin.mkdir()
+    _git(origin, "init", "-q", "-b", "main")
+    write_config(origin, "owners: {alice: {}}\nrepositories:\n  r1: {owner: alice}\n",
+                 uid_range="[23100, 23199]")
+    _git(origin, "add", "hive.yaml")
+    _git(origin, "commit", "-q", "-m", "r1")
+    commit = _git(origin, "rev-parse", "HEAD")
+    subprocess.run(["git", "clone", "-q", str(origin), str(checkout)], check=True)
+    env = {"HIVE_CHECKOUT": str(checkout)}
+    planned = _hive_ci("plan", (origin / "hive.yaml").read_text(), env)
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    (reviewed,) = re.findall(r"^Plan checksum: ([0-9a-f]{64})$", planned.stdout, re.M)
+
+    # Someone changed the server since the review (here: a folder Hive would create).
+    (checkout / "repos" / "bh-r1").mkdir(parents=True)
+    (checkout / "repos" / "bh-r1").chmod(0o700)
+    refused = _hive_ci(f"apply {commit} alice {reviewed}", env=env)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "differs from the reviewed one" in refused.stderr
+    assert not (checkout / "repos" / "bh-r1" / "r1").exists()
+    assert not (checkout / "state" / "journal.jsonl").exists()
+
+    shutil.rmtree(checkout / "repos")   # back to the state the plan was made on
+    applied = _hive_ci(f"apply {commit} alice {reviewed}", env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert (checkout / "repos" / "bh-r1" / "r1").is_dir()
 
 
 def test_python_is_the_one_running_the_tests() -> None:
