@@ -457,3 +457,27 @@ def test_one_path_for_hive_and_documentation_that_exists_after_install() -> None
         text = path.read_text()
         assert "/usr/local/bin/hive" not in text, path
         assert "/path/to/hive" not in text, path
+
+
+def test_ci_examples_pass_the_reviewed_plans_checksum(tmp_path: Path) -> None:
+    """The plan job's sed finds the checksum in real `hive plan` output, puts it in the
+    marker, and the apply job hands a checksum to hive-ci (deploy/ci/hive-ci)."""
+    cfg = write_config(tmp_path, "owners: {alice: {}}\nrepositories:\n  r1: {owner: alice}\n")
+    plan = subprocess.run([sys.executable, "-m", "hive", "plan", "-f", str(cfg)],
+                          capture_output=True, text=True)
+    (tmp_path / "plan.txt").write_text(plan.stdout)
+    json_sum = json.loads(subprocess.run(
+        [sys.executable, "-m", "hive", "plan", "-f", str(cfg), "-o", "json"],
+        capture_output=True, text=True).stdout.splitlines()[-1])["checksum"]
+    for path, apply_tail in ((DEPLOY / "ci" / "github-actions.yml", "$HIVE_PLAN_CHECKSUM"),
+                             (DEPLOY / "ci" / "gitlab-ci.yml", "$sum")):
+        text = path.read_text()
+        (line,) = [x.strip().removeprefix("- ") for x in text.splitlines()
+                   if x.strip().removeprefix("- ").startswith("sum=$(sed -n")]
+        found = subprocess.run(["sh", "-c", f'{line}; printf %s "$sum"'], cwd=tmp_path,
+                               capture_output=True, text=True, check=True).stdout
+        assert found == json_sum
+        assert "<!-- hive-plan blob=" in text
+        joined = " ".join(text.replace("\\\n", " ").split())
+        assert 'apply "$' in joined and joined.count(apply_tail) >= 1
+        assert re.search(r'apply "\$\w+" "\$\w+" ' + re.escape(apply_tail), joined), path
