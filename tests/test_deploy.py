@@ -17,8 +17,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nsswitch_edit
@@ -481,3 +483,80 @@ def test_ci_examples_pass_the_reviewed_plans_checksum(tmp_path: Path) -> None:
         joined = " ".join(text.replace("\\\n", " ").split())
         assert 'apply "$' in joined and joined.count(apply_tail) >= 1
         assert re.search(r'apply "\$\w+" "\$\w+" ' + re.escape(apply_tail), joined), path
+
+
+@requires_root
+def test_entrypoint_seeds_slapd_so_that_echo_written_secrets_bind(tmp_path: Path) -> None:
+    """The image's `slapd` start, without a container engine: deploy/docker/entrypoint.sh
+    runs in private mount and network namespaces over the paths the Dockerfile makes
+    (/opt/hive/src/deploy/ldap, /run/secrets, /var/lib/ldap), with the real slapd. The
+    secrets are written by `echo` (a trailing newline): the service accounts must bind
+    with the password as Hive reads bind_password_file (first line, no newline)."""
+    secrets = {"admin": "a-Secret-1", "hive": "h-Secret-2", "nslcd": "n-Secret-3"}
+    script = "\n".join([
+        "set -e",
+        "ip link set lo up",
+        "mount -t tmpfs none /run && mkdir -p /run/secrets",
+        *(f"echo '{pw}' > /run/secrets/ldap_{name}_password" for name, pw in secrets.items()),
+        "mount -t tmpfs none /var/lib/ldap",
+        "mount -t tmpfs none /opt && mkdir -p /opt/hive/src/deploy/ldap",
+        f"mount --bind {DEPLOY / 'ldap'} /opt/hive/src/deploy/ldap",
+        f"LDAP_SUFFIX=dc=example,dc=org {DEPLOY / 'docker' / 'entrypoint.sh'} slapd "
+        f"> {tmp_path}/slapd.log 2>&1 &",
+        "for i in $(seq 100); do ldapwhoami -x -H ldap:/// >/dev/null 2>&1 && break; "
+        "sleep 0.1; done",
+        *(f"ldapwhoami -x -H ldap:/// -D {dn} -w '{secrets[name]}' && "
+          f"! ldapwhoami -x -H ldap:/// -D {dn} -y /run/secrets/ldap_{name}_password "
+          "2>/dev/null"
+          for name, dn in (("admin", "cn=admin,dc=example,dc=org"),
+                           ("hive", "cn=hive,ou=services,dc=example,dc=org"),
+                           ("nslcd", "cn=nslcd,ou=services,dc=example,dc=org"))),
+        # Hive may write people; nobody may read them anonymously.
+        "ldapsearch -x -H ldap:/// -b ou=people,dc=example,dc=org -s base dn "
+        "-D cn=hive,ou=services,dc=example,dc=org -w h-Secret-2 | grep -c '^dn:'",
+        "kill $(cat /run/slapd/slapd.pid)",
+    ])
+    result = subprocess.run(["unshare", "--mount", "--net", "--propagation", "private",
+                             "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "slapd.log").read_text() if (tmp_path / "slapd.log").exists() else ""
+    assert result.returncode == 0, result.stdout + result.stderr + log
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["dn:cn=admin,dc=example,dc=org",
+                         "dn:cn=hive,ou=services,dc=example,dc=org",
+                         "dn:cn=nslcd,ou=services,dc=example,dc=org"], result.stdout
+    assert lines[3] == "1"
+
+
+def test_entrypoint_waits_for_a_missing_hive_yaml_then_starts(tmp_path: Path) -> None:
+    """A first start before hive.yaml exists (compose's ./config is empty) says what to do
+    and waits, instead of exiting and being restarted for ever; once the file is there,
+    the container's command (here `hive watch`) starts."""
+    config = tmp_path / "config" / "hive.yaml"
+    config.parent.mkdir()
+    env = {**os.environ, "HIVE_CONFIG": str(config), "HIVE_WAIT_SECONDS": "0.1"}
+    log = tmp_path / "entrypoint.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(DEPLOY / "docker" / "entrypoint.sh"), "watch"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for it" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()      # still there: no restart loop
+        text = log.read_text()
+        assert f"no {config} yet" in text and "deploy/docker/config/" in text
+        assert text.count("waiting for it") == 1          # said once, not every 0.1 s
+        write_config(config.parent, "owners: {alice: {}}\nrepositories:\n"
+                                    "  r1: {owner: alice}\n")
+        (config.parent / "repos").mkdir()
+        (config.parent / "state").mkdir()
+        while "hive watch: watching" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "found" in log.read_text() and "hive watch: watching" in log.read_text(), \
+            log.read_text()
+        assert proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
