@@ -560,3 +560,26 @@ def test_entrypoint_waits_for_a_missing_hive_yaml_then_starts(tmp_path: Path) ->
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_compose_ldap_variant_gives_each_service_the_secrets_its_start_reads() -> None:
+    """compose.ldap.yaml over compose.yaml: the hive service gets the secrets that
+    `start_nslcd` and Hive's bind_password_file read, waits for a healthy slapd, and the
+    ldap service gets every secret `seed_slapd` hashes."""
+    base = yaml.safe_load((DEPLOY / "docker" / "compose.yaml").read_text())
+    ldap = yaml.safe_load((DEPLOY / "docker" / "compose.ldap.yaml").read_text())
+    assert "ldap" not in base["services"] and "secrets" not in base  # files: no secrets
+    entrypoint = (DEPLOY / "docker" / "entrypoint.sh").read_text()
+    body = {name: entrypoint.split(f"{name}() {{", 1)[1].split("\n}\n", 1)[0]
+            for name in ("start_nslcd", "seed_slapd")}
+    used = {name: set(re.findall(r"(?:secret|hash) (ldap_\w+_password)", text))
+            for name, text in body.items()}
+    hive = ldap["services"]["hive"]
+    assert used["start_nslcd"] | {"ldap_hive_password"} == set(hive["secrets"])
+    assert hive["depends_on"]["ldap"]["condition"] == "service_healthy"
+    assert hive["environment"]["HIVE_NSLCD_URI"].startswith("ldap://ldap")
+    assert used["seed_slapd"] == set(ldap["services"]["ldap"]["secrets"])
+    assert set(ldap["secrets"]) == used["seed_slapd"]
+    assert "bind_password_file: /run/secrets/ldap_hive_password" in \
+        (DEPLOY / "docker" / "compose.ldap.yaml").read_text()
+    assert {v.split(":")[0] for v in ldap["services"]["ldap"]["volumes"]} <= set(ldap["volumes"])
