@@ -583,3 +583,19 @@ def test_compose_ldap_variant_gives_each_service_the_secrets_its_start_reads() -
     assert "bind_password_file: /run/secrets/ldap_hive_password" in \
         (DEPLOY / "docker" / "compose.ldap.yaml").read_text()
     assert {v.split(":")[0] for v in ldap["services"]["ldap"]["volumes"]} <= set(ldap["volumes"])
+
+
+def test_readme_runtime_packages_are_ones_the_tests_run_with() -> None:
+    """README's per-backend `apt-get install` lines: only packages .ci/run installs (the
+    tests prove them), without the test-only ones, and each backend's NSS module."""
+    _, ci_packages = _apt_install((ROOT / ".ci" / "run").read_text())
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = re.findall(r"^\s*apt-get install --no-install-recommends ([^\n]*)", readme, re.M)
+    assert len(lines) == 2, lines
+    files, ldap = (set(line.split()) for line in lines)
+    for packages in (files, ldap):
+        assert packages - {"ca-certificates"} <= set(ci_packages), packages - set(ci_packages)
+        assert {"openssh-server", "borgbackup", "rsync", "python3-venv"} <= packages
+        assert not packages & {"slapd", "build-essential", "libacl1-dev", "inotify-tools"}
+    assert "libnss-extrausers" in files and "libnss-extrausers" not in ldap
+    assert {"nslcd", "libnss-ldapd"} <= ldap and "nslcd" not in files
