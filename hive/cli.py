@@ -83,7 +83,8 @@ def cli() -> None:
     'hive rollback' undoes what append-only keys did. 'hive COMMAND --help' for each.
 
     \b
-    Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode).
+    Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode),
+    3 'hive apply --checksum' refused (the plan is not the reviewed one).
     Nothing that Hive does deletes repository data; only 'hive purge' does, when asked.
     """
 
