@@ -1,7 +1,8 @@
 """The `hive` command: validate, plan, apply, history, purge, schema, authorized-keys.
 
 Exit codes are a contract with CI pipelines: 0 success (no changes), 1 any error (usage
-errors included), 2 changes pending or made, and only with --detailed-exitcode.
+errors included), 2 changes pending or made, and only with --detailed-exitcode, 3 `hive apply
+--checksum` refused because the plan is not the reviewed one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from hive.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, fail
 from hive.common import OUTPUT as _OUTPUT
 from hive.common import file_option as _file_option
 from hive.common import load as _load
+
+EXIT_CHECKSUM = 3  # apply --checksum: the plan is not the reviewed one; nothing changed
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
@@ -39,7 +42,8 @@ def cli() -> None:
     'hive rollback' undoes what append-only keys did. 'hive COMMAND --help' for each.
 
     \b
-    Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode).
+    Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode),
+    3 'hive apply --checksum' refused (the plan is not the reviewed one).
     Nothing that Hive does deletes repository data; only 'hive purge' does, when asked.
     """
 
@@ -79,6 +83,18 @@ def _show_plan(planned: Any, fmt: str, title: str) -> None:
         output.emit_plan(planned.plan)
     else:
         output.print_plan(planned.plan, title)
+        click.echo(f"Plan checksum: {planned.plan.checksum}")
+
+
+def _checksum_option(ctx: click.Context, param: click.Parameter, value: str | None
+                     ) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower().removeprefix("sha256:")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise click.BadParameter("expected the 64 hex digits 'hive plan' prints after "
+                                 "'Plan checksum:'", ctx, param)
+    return value
 
 
 @cli.command()
@@ -105,21 +121,29 @@ def plan(config_file: str | None, fmt: str, prune: bool, force: bool,
 @click.option("--dry-run", is_flag=True, help="Only show the plan (same as 'hive plan').")
 @click.option("--lock-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for another running apply to finish.")
+@click.option("--checksum", metavar="SUM", default=None, callback=_checksum_option,
+              help="Apply only if the plan is exactly the one 'hive plan' showed with this "
+                   "'Plan checksum:'. Otherwise show the new plan, change nothing, exit 3.")
 def apply(config_file: str | None, fmt: str, prune: bool, force: bool,
-          detailed_exitcode: bool, dry_run: bool, lock_timeout: float) -> int:
+          detailed_exitcode: bool, dry_run: bool, lock_timeout: float,
+          checksum: str | None) -> int:
     """Make the server match hive.yaml: accounts, folders, the authorized-keys cache.
 
     Idempotent: a second run on an unchanged file changes nothing. Needs root. A repository
     removed from the file loses access (keys revoked, account locked) but keeps its data.
     Every run is appended to the journal in state_dir ('hive history').
+
+    \b
+    Reviewed plans: 'hive plan' ends with 'Plan checksum: SUM'; 'hive apply --checksum SUM'
+    applies that plan or nothing (exit 3 when the server or the file changed since).
     """
     return _plan_or_apply(config_file, fmt, prune, force, detailed_exitcode, dry_run,
-                          lock_timeout)
+                          lock_timeout, checksum=checksum)
 
 
 def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
                    detailed_exitcode: bool, dry_run: bool, lock_timeout: float,
-                   server_from: str | None = None) -> int:
+                   server_from: str | None = None, checksum: str | None = None) -> int:
     from reconciler import engine
     from reconciler.inventory import InventoryError
     from reconciler.lock import LockBusy
@@ -142,8 +166,13 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         if dry_run:
             planned = engine.make_plan(config, prune=prune, force=force)
             _show_plan(planned, fmt, f"Hive plan for {config.server.name} ({path}):")
+            if checksum is not None and checksum != planned.plan.checksum:
+                _fail(fmt, str(engine.ChecksumMismatch(checksum, planned)),
+                      checksum=planned.plan.checksum)
+                return EXIT_CHECKSUM
             if fmt == "json":
-                output.emit("summary", **planned.plan.summary, errors=len(planned.plan.errors))
+                output.emit("summary", **planned.plan.summary, errors=len(planned.plan.errors),
+                            checksum=planned.plan.checksum)
             if planned.plan.errors:
                 return EXIT_ERROR
             return changed_code if planned.plan.changes else EXIT_OK
@@ -157,7 +186,11 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         applied = engine.apply(
             config, path, prune=prune, force=force, lock_timeout=lock_timeout,
             progress=_Progress() if text and sys.stderr.isatty() else None,
-            on_plan=show if text else None)
+            on_plan=show if text else None, checksum=checksum)
+    except engine.ChecksumMismatch as exc:
+        _show_plan(exc.planned, fmt, f"The plan for {config.server.name} now ({path}):")
+        _fail(fmt, str(exc), checksum=exc.planned.plan.checksum)
+        return EXIT_CHECKSUM
     except (engine.RefusedError, LockBusy, InventoryError, TargetError) as exc:
         _fail(fmt, str(exc))
         return EXIT_ERROR
@@ -167,7 +200,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         for change, error in applied.results:
             output.emit("applied", **change.data, error=error)
         output.emit("summary", **plan_.summary, applied=len(applied.results),
-                    errors=int(applied.error is not None))
+                    errors=int(applied.error is not None), checksum=plan_.checksum)
     elif not plan_.changes:
         output.print_plan(plan_, "")
     elif applied.error:
@@ -196,9 +229,9 @@ class _Progress:
             click.echo(err=True)
 
 
-def _fail(fmt: str, message: str) -> None:
+def _fail(fmt: str, message: str, **summary: Any) -> None:
     """The error of plan and apply: its JSON summary carries the plan's counts (all 0)."""
-    fail(message, fmt, add=0, change=0, remove=0, errors=1)
+    fail(message, fmt, **{"add": 0, "change": 0, "remove": 0, "errors": 1, **summary})
 
 
 @cli.command()
@@ -369,7 +402,7 @@ def authorized_keys_help(args: tuple[str, ...]) -> int:
     would refuse (any folder from / down, or the file, not root-owned, group- or world-
     writable, a symlink; not a regular file) prints nothing, says why on stderr and
     exits 1. In sshd_config:
-      AuthorizedKeysCommand /usr/local/bin/hive authorized-keys --state-dir /var/lib/hive %u
+      AuthorizedKeysCommand /opt/hive/bin/hive authorized-keys --state-dir /var/lib/hive %u
       AuthorizedKeysCommandUser nobody
     """
     from hive.login import authorized_keys

@@ -33,6 +33,18 @@ class RefusedError(Exception):
     """The apply did not start: nothing was changed. The message says what to do."""
 
 
+class ChecksumMismatch(RefusedError):
+    """`--checksum` named another plan than the one computed now: nothing was changed."""
+
+    def __init__(self, expected: str, planned: Planned) -> None:
+        self.expected, self.planned = expected, planned
+        super().__init__(
+            f"the plan differs from the reviewed one: --checksum {expected}, but the plan "
+            f"computed now has checksum {planned.plan.checksum} (the file or the server "
+            "changed since that plan was made). Nothing was changed. Review the current "
+            "plan ('hive plan' shows it), then apply with its checksum")
+
+
 @dataclass
 class Planned:
     plan: Plan
@@ -71,8 +83,12 @@ def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
 
 def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: bool = False,
           lock_timeout: float = 10.0, progress: Progress | None = None,
-          on_plan: Callable[[Planned], None] | None = None) -> Applied:
+          on_plan: Callable[[Planned], None] | None = None,
+          checksum: str | None = None) -> Applied:
     """Make the server match the file. Raises RefusedError before changing anything.
+
+    With `checksum` (from a reviewed `hive plan`), the plan computed here under the lock
+    must have exactly that checksum, else ChecksumMismatch and nothing is touched.
 
     `on_plan` sees the plan (under the lock, before any change) so the caller can show it;
     `progress` sees each change as it is done.
@@ -89,6 +105,8 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
         targets = targets_for(config)  # one connection each, reused to apply
         planned = make_plan(config, prune=prune, force=force, targets=targets)
         plan = planned.plan
+        if checksum is not None and checksum != plan.checksum:
+            raise ChecksumMismatch(checksum, planned)
         if plan.errors:
             raise RefusedError("the plan has errors; nothing was changed:\n  "
                                + "\n  ".join(plan.errors))

@@ -11,6 +11,8 @@ both call it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -35,6 +37,22 @@ class Plan:
     def summary(self) -> dict[str, int]:
         return {"add": self.count("create"), "change": self.count("update"),
                 "remove": self.count("delete")}
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of what this plan would do, for `hive apply --checksum`.
+
+        WHY: a reviewed plan (a pull request's) and the one an apply computes later can
+        differ (main moved on, the server drifted); the checksum lets apply refuse then.
+        It covers the changes (in their order) and the errors, as the canonical JSON of
+        their `--output json` data (sorted keys, no spaces); not the notes, which change
+        nothing and may say what a non-root plan could not read. Plans hold no timestamps,
+        so the same file on the same server state gives the same checksum.
+        """
+        data = {"changes": [c.data for c in self.changes], "errors": self.errors}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def observed_of(facts: Facts, kind: str, name: str) -> Any:

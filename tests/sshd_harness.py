@@ -51,18 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import nsswitch_edit
+
 SSHD = "/usr/sbin/sshd"
 UNSHARE = "/usr/bin/unshare"
 EXTRAUSERS_DIR = Path("/var/lib/extrausers")
 PRIVSEP_DIR = Path("/run/sshd")
 LOOPBACK = "127.0.0.1"
 
-#: The nsswitch lines that make glibc (and so sshd) see libnss-extrausers users.
-NSSWITCH_EXTRAUSERS = (
-    "passwd: files extrausers\n"
-    "group: files extrausers\n"
-    "shadow: files extrausers\n"
-)
+#: Debian 12's nsswitch.conf after the edit deploy/sshd/nsswitch.conf.extrausers ships:
+#: glibc (and so sshd) then sees libnss-extrausers users.
+NSSWITCH_EXTRAUSERS = nsswitch_edit.edited(nsswitch_edit.EXTRAUSERS_EDIT)
 
 #: glibc asks a running nscd before reading nsswitch.conf; a host nscd would answer from the
 #: host's configuration. An empty folder mounted here (in the namespace only) switches it off.

@@ -89,6 +89,8 @@ def test_plan_json_is_a_stream_with_version_first_and_summary_last(
     assert result.returncode == 2
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records[0]["type"] == "version" and records[0]["format"] == 1
+    checksum = records[-1].pop("checksum")   # tests/test_plan_checksum.py checks its value
+    assert len(checksum) == 64
     assert records[-1] == {"type": "summary", "add": 9, "change": 0, "remove": 0, "errors": 0}
     changes = [r for r in records if r["type"] == "change"]
     assert changes[0] == {"type": "change", "action": "create", "kind": "account",

@@ -17,10 +17,13 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import nsswitch_edit
 import pytest
 import yaml
 from conftest import requires_root, write_config
@@ -265,7 +268,9 @@ def test_hive_ci_plan_ignores_the_proposals_server_section(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("command", ["", "sh", "plan extra", "apply 1234 alice",
                                      "apply " + "a" * 40 + " 'al ice'", "validate; id",
-                                     "apply $(id) x y", "history"])
+                                     "apply $(id) x y", "history",
+                                     "apply " + "a" * 40 + " alice " + "g" * 64,
+                                     "apply " + "a" * 40 + " alice " + "a" * 64 + " x"])
 def test_hive_ci_refuses_anything_else(command: str) -> None:
     result = _hive_ci(command)
     assert result.returncode == 1
@@ -320,6 +325,40 @@ def test_hive_ci_applies_a_commit_of_main(tmp_path: Path) -> None:
     assert old.returncode == 1 and "is not the tip of main" in old.stderr, old.stderr
 
 
+@requires_root
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_hive_ci_applies_only_the_reviewed_plan(tmp_path: Path) -> None:
+    """The flow of deploy/ci/: the pull request's `plan` shows a checksum; `apply COMMIT
+    ACTOR SUM` applies that plan, or nothing (exit 3) when the plan computed now differs."""
+    origin, checkout = tmp_path / "origin", tmp_path / "checkout"
+    origin.mkdir()
+    _git(origin, "init", "-q", "-b", "main")
+    write_config(origin, "owners: {alice: {}}\nrepositories:\n  r1: {owner: alice}\n",
+                 uid_range="[23100, 23199]")
+    _git(origin, "add", "hive.yaml")
+    _git(origin, "commit", "-q", "-m", "r1")
+    commit = _git(origin, "rev-parse", "HEAD")
+    subprocess.run(["git", "clone", "-q", str(origin), str(checkout)], check=True)
+    env = {"HIVE_CHECKOUT": str(checkout)}
+    planned = _hive_ci("plan", (origin / "hive.yaml").read_text(), env)
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    (reviewed,) = re.findall(r"^Plan checksum: ([0-9a-f]{64})$", planned.stdout, re.M)
+
+    # Someone changed the server since the review (here: a folder Hive would create).
+    (checkout / "repos" / "bh-r1").mkdir(parents=True)
+    (checkout / "repos" / "bh-r1").chmod(0o700)
+    refused = _hive_ci(f"apply {commit} alice {reviewed}", env=env)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "differs from the reviewed one" in refused.stderr
+    assert not (checkout / "repos" / "bh-r1" / "r1").exists()
+    assert not (checkout / "state" / "journal.jsonl").exists()
+
+    shutil.rmtree(checkout / "repos")   # back to the state the plan was made on
+    applied = _hive_ci(f"apply {commit} alice {reviewed}", env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert (checkout / "repos" / "bh-r1" / "r1").is_dir()
+
+
 def test_python_is_the_one_running_the_tests() -> None:
     """hive-ci's tests use the `hive` console script: it must be this project's."""
     hive = shutil.which("hive")
@@ -328,3 +367,235 @@ def test_python_is_the_one_running_the_tests() -> None:
     out = subprocess.run([sys.executable, "-m", "hive", "--version"], capture_output=True,
                          text=True)
     assert result.stdout == out.stdout
+
+
+# --------------------------------------------------------------------------- nsswitch
+
+
+@pytest.mark.parametrize(("shipped", "module"), [(nsswitch_edit.EXTRAUSERS_EDIT, "extrausers"),
+                                                 (nsswitch_edit.LDAP_EDIT, "ldap")],
+                         ids=["extrausers", "ldap"])
+def test_nsswitch_edit_adds_after_files_and_keeps_the_rest(shipped: Path, module: str) -> None:
+    """The shipped edit, run by sed on Debian 12's file: `module` right after `files` in
+    passwd/group/shadow, `systemd` and every other line kept, a second run changes nothing,
+    and the file says what the result is."""
+    debian = nsswitch_edit.DEBIAN12
+    once = nsswitch_edit.edited(shipped, debian)
+    assert nsswitch_edit.edited(shipped, once) == once
+    before, after = debian.splitlines(), once.splitlines()
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        name = old.split(":")[0]
+        if name in ("passwd", "group", "shadow"):
+            assert new.split() == [old.split()[0], "files", module, *old.split()[2:]], new
+        else:
+            assert new == old
+    # Without systemd (the libc-bin default, a slim image), the same edit.
+    bare = debian.replace(" systemd", "")
+    shown = [line for line in nsswitch_edit.edited(shipped, bare).splitlines()
+             if line.startswith(("passwd:", "group:", "shadow:"))]
+    assert [" ".join(x.split()) for x in shown] == [
+        f"{n}: files {module}" for n in ("passwd", "group", "shadow")]
+    # What the file says Debian 12 ends with (its shadow line has no `systemd` there).
+    documented = nsswitch_edit.documented_result(shipped)
+    assert documented == [f"passwd: files {module} systemd", f"group: files {module} systemd",
+                          f"shadow: files {module}"]
+    assert documented == [" ".join(x.split()) for x in nsswitch_edit.edited(
+        shipped, debian.replace("shadow:         files systemd", "shadow:         files")
+    ).splitlines() if x.startswith(("passwd:", "group:", "shadow:"))]
+    # No line in the shipped file that a copy would put in force.
+    assert not [x for x in shipped.read_text().splitlines() if x and not x.startswith("#")]
+
+
+@requires_root
+def test_nsswitch_edit_makes_glibc_find_extrausers_users(tmp_path: Path) -> None:
+    """Real glibc: in a private mount namespace, Debian 12's nsswitch.conf with the shipped
+    edit over /etc/nsswitch.conf and a temporary /var/lib/extrausers: `getent` finds a
+    user Hive would write, and root still comes from /etc/passwd."""
+    (tmp_path / "passwd").write_text("bh-nsstest:x:29999:29999:Hive:/nonexistent:/bin/sh\n")
+    (tmp_path / "group").write_text("bh-nsstest:x:29999:\n")
+    (tmp_path / "shadow").write_text("bh-nsstest:*:20000::::::\n")
+    conf = tmp_path / "nsswitch.conf"
+    conf.write_text(nsswitch_edit.edited(nsswitch_edit.EXTRAUSERS_EDIT))
+    empty = tmp_path / "nscd"
+    empty.mkdir()
+    script = (f"mount --bind {conf} /etc/nsswitch.conf && "
+              f"mount --bind {tmp_path} /var/lib/extrausers && "
+              f"{{ [ ! -d /run/nscd ] || mount --bind {empty} /run/nscd; }} && "
+              "getent passwd bh-nsstest root && getent group bh-nsstest && "
+              "getent shadow bh-nsstest")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("bh-nsstest:x:29999:29999:")
+    assert lines[1].startswith("root:x:0:0:")
+    assert lines[2] == "bh-nsstest:x:29999:" and lines[3].startswith("bh-nsstest:*:")
+    assert "bh-nsstest" not in subprocess.run(["getent", "passwd"], capture_output=True,
+                                              text=True).stdout  # the host is untouched
+
+
+def test_image_makes_the_shipped_nsswitch_edits() -> None:
+    """The image edits nsswitch.conf as an operator does: the same sed expressions."""
+    extrausers = nsswitch_edit.sed_argv(nsswitch_edit.EXTRAUSERS_EDIT)[3]
+    ldap = nsswitch_edit.sed_argv(nsswitch_edit.LDAP_EDIT)[3]
+    assert f"sed -i -E '{extrausers}' /etc/nsswitch.conf" in DOCKERFILE.read_text()
+    entrypoint = (DEPLOY / "docker" / "entrypoint.sh").read_text()
+    assert f"sed -i -E '{ldap}' /etc/nsswitch.conf" in entrypoint
+
+
+def test_one_path_for_hive_and_documentation_that_exists_after_install() -> None:
+    """README's install puts the command at /opt/hive/bin/hive and the release's files in
+    /opt/hive/src (a clone of the tag): every unit's Documentation= is one of those files,
+    the image has the same layout, and no deploy file or README names another command."""
+    for service in SYSTEMD.glob("*.service"):
+        (doc,) = _settings(service)["Documentation"]
+        assert doc.startswith("file:///opt/hive/src/"), (service, doc)
+        assert (ROOT / doc.removeprefix("file:///opt/hive/src/")).is_file(), (service, doc)
+    assert "cp /usr/src/hive/README.md /opt/hive/src/README.md" in DOCKERFILE.read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "git clone --depth 1 --branch v0.1.0" in readme
+    for path in [ROOT / "README.md", *(p for p in DEPLOY.rglob("*") if p.is_file())]:
+        text = path.read_text()
+        assert "/usr/local/bin/hive" not in text, path
+        assert "/path/to/hive" not in text, path
+
+
+def test_ci_examples_pass_the_reviewed_plans_checksum(tmp_path: Path) -> None:
+    """The plan job's sed finds the checksum in real `hive plan` output, puts it in the
+    marker, and the apply job hands a checksum to hive-ci (deploy/ci/hive-ci)."""
+    cfg = write_config(tmp_path, "owners: {alice: {}}\nrepositories:\n  r1: {owner: alice}\n")
+    plan = subprocess.run([sys.executable, "-m", "hive", "plan", "-f", str(cfg)],
+                          capture_output=True, text=True)
+    (tmp_path / "plan.txt").write_text(plan.stdout)
+    json_sum = json.loads(subprocess.run(
+        [sys.executable, "-m", "hive", "plan", "-f", str(cfg), "-o", "json"],
+        capture_output=True, text=True).stdout.splitlines()[-1])["checksum"]
+    for path, apply_tail in ((DEPLOY / "ci" / "github-actions.yml", "$HIVE_PLAN_CHECKSUM"),
+                             (DEPLOY / "ci" / "gitlab-ci.yml", "$sum")):
+        text = path.read_text()
+        (line,) = [x.strip().removeprefix("- ") for x in text.splitlines()
+                   if x.strip().removeprefix("- ").startswith("sum=$(sed -n")]
+        found = subprocess.run(["sh", "-c", f'{line}; printf %s "$sum"'], cwd=tmp_path,
+                               capture_output=True, text=True, check=True).stdout
+        assert found == json_sum
+        assert "<!-- hive-plan blob=" in text
+        joined = " ".join(text.replace("\\\n", " ").split())
+        assert 'apply "$' in joined and joined.count(apply_tail) >= 1
+        assert re.search(r'apply "\$\w+" "\$\w+" ' + re.escape(apply_tail), joined), path
+
+
+@requires_root
+def test_entrypoint_seeds_slapd_so_that_echo_written_secrets_bind(tmp_path: Path) -> None:
+    """The image's `slapd` start, without a container engine: deploy/docker/entrypoint.sh
+    runs in private mount and network namespaces over the paths the Dockerfile makes
+    (/opt/hive/src/deploy/ldap, /run/secrets, /var/lib/ldap), with the real slapd. The
+    secrets are written by `echo` (a trailing newline): the service accounts must bind
+    with the password as Hive reads bind_password_file (first line, no newline)."""
+    secrets = {"admin": "a-Secret-1", "hive": "h-Secret-2", "nslcd": "n-Secret-3"}
+    script = "\n".join([
+        "set -e",
+        "ip link set lo up",
+        "mount -t tmpfs none /run && mkdir -p /run/secrets",
+        *(f"echo '{pw}' > /run/secrets/ldap_{name}_password" for name, pw in secrets.items()),
+        "mount -t tmpfs none /var/lib/ldap",
+        "mount -t tmpfs none /opt && mkdir -p /opt/hive/src/deploy/ldap",
+        f"mount --bind {DEPLOY / 'ldap'} /opt/hive/src/deploy/ldap",
+        f"LDAP_SUFFIX=dc=example,dc=org {DEPLOY / 'docker' / 'entrypoint.sh'} slapd "
+        f"> {tmp_path}/slapd.log 2>&1 &",
+        "for i in $(seq 100); do ldapwhoami -x -H ldap:/// >/dev/null 2>&1 && break; "
+        "sleep 0.1; done",
+        *(f"ldapwhoami -x -H ldap:/// -D {dn} -w '{secrets[name]}' && "
+          f"! ldapwhoami -x -H ldap:/// -D {dn} -y /run/secrets/ldap_{name}_password "
+          "2>/dev/null"
+          for name, dn in (("admin", "cn=admin,dc=example,dc=org"),
+                           ("hive", "cn=hive,ou=services,dc=example,dc=org"),
+                           ("nslcd", "cn=nslcd,ou=services,dc=example,dc=org"))),
+        # Hive may write people; nobody may read them anonymously.
+        "ldapsearch -x -H ldap:/// -b ou=people,dc=example,dc=org -s base dn "
+        "-D cn=hive,ou=services,dc=example,dc=org -w h-Secret-2 | grep -c '^dn:'",
+        "kill $(cat /run/slapd/slapd.pid)",
+    ])
+    result = subprocess.run(["unshare", "--mount", "--net", "--propagation", "private",
+                             "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "slapd.log").read_text() if (tmp_path / "slapd.log").exists() else ""
+    assert result.returncode == 0, result.stdout + result.stderr + log
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["dn:cn=admin,dc=example,dc=org",
+                         "dn:cn=hive,ou=services,dc=example,dc=org",
+                         "dn:cn=nslcd,ou=services,dc=example,dc=org"], result.stdout
+    assert lines[3] == "1"
+
+
+def test_entrypoint_waits_for_a_missing_hive_yaml_then_starts(tmp_path: Path) -> None:
+    """A first start before hive.yaml exists (compose's ./config is empty) says what to do
+    and waits, instead of exiting and being restarted for ever; once the file is there,
+    the container's command (here `hive watch`) starts."""
+    config = tmp_path / "config" / "hive.yaml"
+    config.parent.mkdir()
+    env = {**os.environ, "HIVE_CONFIG": str(config), "HIVE_WAIT_SECONDS": "0.1"}
+    log = tmp_path / "entrypoint.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(DEPLOY / "docker" / "entrypoint.sh"), "watch"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for it" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()      # still there: no restart loop
+        text = log.read_text()
+        assert f"no {config} yet" in text and "deploy/docker/config/" in text
+        assert text.count("waiting for it") == 1          # said once, not every 0.1 s
+        write_config(config.parent, "owners: {alice: {}}\nrepositories:\n"
+                                    "  r1: {owner: alice}\n")
+        (config.parent / "repos").mkdir()
+        (config.parent / "state").mkdir()
+        while "hive watch: watching" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "found" in log.read_text() and "hive watch: watching" in log.read_text(), \
+            log.read_text()
+        assert proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_compose_ldap_variant_gives_each_service_the_secrets_its_start_reads() -> None:
+    """compose.ldap.yaml over compose.yaml: the hive service gets the secrets that
+    `start_nslcd` and Hive's bind_password_file read, waits for a healthy slapd, and the
+    ldap service gets every secret `seed_slapd` hashes."""
+    base = yaml.safe_load((DEPLOY / "docker" / "compose.yaml").read_text())
+    ldap = yaml.safe_load((DEPLOY / "docker" / "compose.ldap.yaml").read_text())
+    assert "ldap" not in base["services"] and "secrets" not in base  # files: no secrets
+    entrypoint = (DEPLOY / "docker" / "entrypoint.sh").read_text()
+    body = {name: entrypoint.split(f"{name}() {{", 1)[1].split("\n}\n", 1)[0]
+            for name in ("start_nslcd", "seed_slapd")}
+    used = {name: set(re.findall(r"(?:secret|hash) (ldap_\w+_password)", text))
+            for name, text in body.items()}
+    hive = ldap["services"]["hive"]
+    assert used["start_nslcd"] | {"ldap_hive_password"} == set(hive["secrets"])
+    assert hive["depends_on"]["ldap"]["condition"] == "service_healthy"
+    assert hive["environment"]["HIVE_NSLCD_URI"].startswith("ldap://ldap")
+    assert used["seed_slapd"] == set(ldap["services"]["ldap"]["secrets"])
+    assert set(ldap["secrets"]) == used["seed_slapd"]
+    assert "bind_password_file: /run/secrets/ldap_hive_password" in \
+        (DEPLOY / "docker" / "compose.ldap.yaml").read_text()
+    assert {v.split(":")[0] for v in ldap["services"]["ldap"]["volumes"]} <= set(ldap["volumes"])
+
+
+def test_readme_runtime_packages_are_ones_the_tests_run_with() -> None:
+    """README's per-backend `apt-get install` lines: only packages .ci/run installs (the
+    tests prove them), without the test-only ones, and each backend's NSS module."""
+    _, ci_packages = _apt_install((ROOT / ".ci" / "run").read_text())
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = re.findall(r"^\s*apt-get install --no-install-recommends ([^\n]*)", readme, re.M)
+    assert len(lines) == 2, lines
+    files, ldap = (set(line.split()) for line in lines)
+    for packages in (files, ldap):
+        assert packages - {"ca-certificates"} <= set(ci_packages), packages - set(ci_packages)
+        assert {"openssh-server", "borgbackup", "rsync", "python3-venv"} <= packages
+        assert not packages & {"slapd", "build-essential", "libacl1-dev", "inotify-tools"}
+    assert "libnss-extrausers" in files and "libnss-extrausers" not in ldap
+    assert {"nslcd", "libnss-ldapd"} <= ldap and "nslcd" not in files

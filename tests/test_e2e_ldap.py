@@ -8,7 +8,8 @@ chain needs can only be shown with the real programs.
 
 How the host is kept clean: nslcd's config (/etc/nslcd.conf) and socket (/run/nslcd) are
 compiled in, so the shipped deploy/ldap/nslcd.conf (test URI, CA and password swapped in)
-and a private socket folder are mounted over them, and deploy/ldap/nsswitch.conf over
+and a private socket folder are mounted over them, and Debian 12's nsswitch.conf with the
+edit deploy/ldap/nsswitch.conf ships over
 /etc/nsswitch.conf, inside ONE private mount namespace, where nslcd runs in the foreground
 and then sshd starts (tests/sshd_harness.py). The fixture's teardown checks that the host's
 files, mounts and processes are as they were.
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nsswitch_edit
 import pytest
 from slapd import PEOPLE, SUFFIX, Slapd
 from sshd_harness import (
@@ -164,7 +166,7 @@ def make_server(d: LdapDeployment) -> SshdServer:
     os.chown(socket_dir, nslcd.pw_uid, nslcd.pw_gid)  # nslcd binds its socket after setuid
     return SshdServer(
         workdir=d.root / "sshd", files_dir=None, keys=None, include=snippet,
-        hardening=BASE_OPTIONS, nsswitch=SHIPPED_NSSWITCH.read_text(),
+        hardening=BASE_OPTIONS, nsswitch=nsswitch_edit.edited(SHIPPED_NSSWITCH),
         mounts=[BindMount(nslcd_conf(d), NSLCD_CONF),
                 BindMount(socket_dir, NSLCD_RUN, create_target=True)],
         daemons=[NamespaceDaemon("nslcd", [NSLCD, "-d"], log=d.root / "nslcd.log",

@@ -160,6 +160,31 @@ def test_filters_and_exit_codes(server: Path) -> None:
     assert invalid.returncode == 1 and invalid.stdout == ""
 
 
+def test_status_of_named_repositories_gives_their_client_url(server: Path) -> None:
+    """`hive status REPO`: the URL a client gives borg (HiveConfig.client_url, with the
+    server's ssh_host and ssh_port) and a BORG_REPO line that a shell takes as it is."""
+    server.write_text(server.read_text().replace("  state_dir: ./state\n",
+                                                 "  state_dir: ./state\n  ssh_port: 2222\n"))
+    url = f"ssh://bh-good@127.0.0.1:2222{server.parent}/repos/bh-good/good"
+    assert schemas.load(server).client_url("good") == url
+    result = hive_cli("status", "-f", str(server), "good", "paused")
+    assert result.returncode == 0, result.stderr       # ok and disabled
+    lines = result.stdout.splitlines()
+    assert [x.split()[0] for x in lines[1:3]] == ["good", "paused"]
+    assert f"  URL: {url}" in lines
+    (line,) = [x.strip() for x in lines if "BORG_REPO" in x]  # not for the disabled one
+    shell = subprocess.run(["sh", "-c", f'{line}; printf %s "$BORG_REPO"'],
+                           capture_output=True, text=True, check=True)
+    assert shell.stdout == url
+    code, found = status(server, "good", "paused")
+    assert code == 0
+    assert [(s["repository"], s["url"], s["borg_repo"]) for s in found] == [
+        ("good", url, line), ("paused", url.replace("good", "paused"), None)]
+    assert "URL:" not in hive_cli("status", "-f", str(server)).stdout  # the table only
+    unknown = hive_cli("status", "-f", str(server), "nope")
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+
+
 def test_status_table_and_sizes_after_stats(server: Path) -> None:
     assert hive_cli("stats", "-f", str(server)).returncode == 0
     result = hive_cli("status", "-f", str(server))

@@ -194,6 +194,7 @@ def stats(repositories: tuple[str, ...], config_file: str | None, no_record: boo
 
 
 @click.command()
+@click.argument("repositories", nargs=-1, metavar="[REPO]...")
 @_file_option
 @click.option("--owner", multiple=True, help="Only repositories of this owner (repeatable).")
 @click.option("--group", multiple=True,
@@ -207,9 +208,13 @@ def stats(repositories: tuple[str, ...], config_file: str | None, no_record: boo
               help="json: ONE JSON document, a list with an object per repository "
                    "(repository, owner, mode, state, last_backup as ISO 8601 or null, "
                    "size_bytes, quota_bytes, ...), not JSON lines.")
-def status(config_file: str | None, owner: tuple[str, ...], group: tuple[str, ...],
-           states: tuple[str, ...], lock_stale_after: float, fmt: str) -> int:
+def status(repositories: tuple[str, ...], config_file: str | None, owner: tuple[str, ...],
+           group: tuple[str, ...], states: tuple[str, ...], lock_stale_after: float,
+           fmt: str) -> int:
     """Show each repository's state: is it being backed up?
+
+    With REPO names: only those, each followed by its client URL and a BORG_REPO line
+    to paste on the client (-o json always has 'url' and 'borg_repo').
 
     \b
     States: ok; stale (last backup older than its stale_after, default
@@ -226,12 +231,15 @@ def status(config_file: str | None, owner: tuple[str, ...], group: tuple[str, ..
 
     unknown = [o for o in owner if o not in config.owners]
     unknown += [g for g in group if g not in config.groups]
+    unknown += [r for r in repositories if r not in config.repositories]
     if unknown:
         return _error(f"not in {config_file or 'hive.yaml'}: {', '.join(unknown)}")
     try:
         found = status_mod.gather(config, owner, group, lock_stale_after)
     except store.StoreError as exc:
         return _error(str(exc))
+    if repositories:
+        found = [s for s in found if s.repository in repositories]
     if states:
         found = [s for s in found if s.state in states]
     trouble = any(s.state in status_mod.TROUBLE for s in found)
@@ -265,4 +273,8 @@ def status(config_file: str | None, owner: tuple[str, ...], group: tuple[str, ..
     counts = {state: sum(s.state == state for s in found) for state in _STATES}
     click.echo("\n" + f"{len(found)} repositories: "
                + ", ".join(f"{n} {state}" for state, n in counts.items() if n) + ".")
+    for s in found if repositories else []:
+        click.echo(f"\n{s.repository} ({s.mode}), as unix user {s.unix_user}:\n  URL: {s.url}")
+        if s.borg_repo:
+            click.echo(f"  {s.borg_repo}")
     return EXIT_TROUBLE if trouble else EXIT_OK

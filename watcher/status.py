@@ -58,6 +58,12 @@ class RepoStatus:
     lock_since: datetime | None = None
     problem: str | None = None  # why the state is "corrupt": what makes no sense
     last_activity: datetime | None = None  # the last commit of any kind
+    url: str = ""  # what a client gives borg: HiveConfig.client_url
+
+    @property
+    def borg_repo(self) -> str | None:
+        """A line to paste on the client; only borg-mode repositories are borg's to open."""
+        return f"export BORG_REPO='{self.url}'" if self.mode == "borg" and self.url else None
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -65,6 +71,7 @@ class RepoStatus:
             data[key] = data[key].isoformat() if data[key] is not None else None
         if data["age_seconds"] is not None:
             data["age_seconds"] = round(data["age_seconds"])
+        data["borg_repo"] = self.borg_repo
         return data
 
 
@@ -130,7 +137,8 @@ def evaluate(config: HiveConfig, repository: str, disk: Disk, recorded: Recorded
         stale_after_seconds=stale_after, size_measured=recorded.size_time,
         lock_since=_ts(state.lock_since) if state is not None else None,
         problem=disk.state.problem if disk.readable and disk.state is not None else None,
-        last_activity=activity)
+        last_activity=activity,
+        url=config.client_url(repository))
 
 
 def look(path: str) -> Disk:
