@@ -71,11 +71,12 @@ _FRIENDLY_PATTERNS = {
 }
 
 
-def _dotted(path: tuple[Any, ...]) -> str:
-    """('keys', 'k', 'from', 0) -> 'keys.k.from[0]'"""
+def _dotted(path: tuple[Any, ...], key: bool = False) -> str:
+    """('keys', 'k', 'from', 0) -> 'keys.k.from[0]'; with `key`, the last step is a mapping
+    key even when YAML made it a number: ('repositories', 1) -> 'repositories.1'."""
     text = ""
-    for step in path:
-        if type(step) is int:
+    for i, step in enumerate(path):
+        if type(step) is int and not (key and i == len(path) - 1):
             text += f"[{step}]"
         else:
             name = _clip(step if isinstance(step, str) else _shown(step), 60)
@@ -354,7 +355,7 @@ def load_text(text: str, file: str, base_dir: Path | None = None,
     def located(problem: checks.Problem) -> LocatedProblem:
         source = origins.get(problem.path[:2], main) if len(problem.path) >= 2 else main
         mark = source.document.locate(problem.path, key=problem.key)
-        return LocatedProblem(source.file, mark.line, mark.column, _dotted(problem.path),
+        return LocatedProblem(source.file, mark.line, mark.column, _dotted(problem.path, problem.key),
                               problem.message)
 
     result = [LocatedProblem(file, m.line, m.column, "", msg)
@@ -436,7 +437,7 @@ def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> H
     merged = config.model_copy(update={"server": trusted.server})
     problems = checks.check(merged)
     if problems:
-        raise ConfigError([LocatedProblem(file, 1, 1, _dotted(p.path),
+        raise ConfigError([LocatedProblem(file, 1, 1, _dotted(p.path, p.key),
                                           f"{p.message} (with the trusted server: section)")
                            for p in problems])
     return merged

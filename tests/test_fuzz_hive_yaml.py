@@ -271,9 +271,9 @@ def test_mutated_files_through_the_command_line(tmp_path: Path) -> None:
     for source, text in sources().items():
         picked.append((source, -1, text))  # as it is: valid, and planned
         for n, mutated in mutants(text, SEED + 1):
-            if n in (3, 17):
+            if n in (3, 11):
                 picked.append((source, n, mutated))
-            if n >= 17:
+            if n >= 11:
                 break
     path = tmp_path / "hive.yaml"
     located = re.compile(rf"^{re.escape(str(path))}:\d+:\d+: ")

@@ -61,6 +61,9 @@ WRONG_TYPES = [
      "12:15: repositories.r1.owner: ", ["(date)"]),
     ("date-as-email", "owners:\n  alice: {email: 2024-01-01}\n", "10:18: owners.alice.email: ",
      ["(date)"]),
+    ("int-as-repository-name", OWNERS + "repositories:\n  1: {owner: alice}\n",
+     "12:3: repositories.1: ", ["YAML reads this as 1 (int), not a name or text: put it in "
+                                "quotes"]),
     ("binary-as-text", repo("description: !!binary aGVsbG8="),
      "12:35: repositories.r1.description: ", ["5 bytes (binary)"]),
     ("binary-as-name", OWNERS + "repositories:\n  !!binary cjE=: {owner: alice}\n",
