@@ -41,12 +41,12 @@ class Failed(Exception):
     """Print this message, exit 1. Raised after everything useful was already shown."""
 
 
-def _load(config_file: str | None, fmt: str) -> tuple[Any, Path]:
+def _load(config_file: str | None, fmt: str, extra_checks: Any = None) -> tuple[Any, Path]:
     import schemas
 
     path = Path(config_file or _default_config())
     try:
-        return schemas.load(path), path
+        return schemas.load(path, extra_checks), path
     except schemas.ConfigError as exc:
         if fmt == "json":
             for problem in exc.problems:
@@ -94,7 +94,9 @@ def validate(config_file: str | None, fmt: str) -> int:
     """Check hive.yaml completely and report every problem as FILE:LINE:COL: field: message."""
     if fmt == "json":
         output.emit_version()
-    config, path = _load(config_file, fmt)
+    from notifications.checks import apprise_problems_if_any
+
+    config, path = _load(config_file, fmt, apprise_problems_if_any)
     if fmt == "json":
         output.emit("summary", valid=True, errors=0, repositories=len(config.repositories),
                     keys=len(config.keys))
@@ -454,3 +456,7 @@ cli.add_command(status)
 from hive.rollback_cmd import rollback  # noqa: E402
 
 cli.add_command(rollback)
+
+from notifications.command import notify  # noqa: E402
+
+cli.add_command(notify)

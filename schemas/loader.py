@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,12 @@ def _pydantic_problems(exc: pydantic.ValidationError) -> list[checks.Problem]:
     return problems
 
 
-def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
-    """Validate hive.yaml text; raise ConfigError listing every problem."""
+def load_text(text: str, file: str, base_dir: Path | None = None,
+              extra_checks: Callable[[HiveConfig], list[checks.Problem]] | None = None,
+              ) -> HiveConfig:
+    """Validate hive.yaml text; raise ConfigError listing every problem.
+
+    `extra_checks` are costly checks only some commands run (apprise URL parsing)."""
     base = base_dir if base_dir is not None else Path(file).resolve().parent
     try:
         document = yamlsource.parse(text)
@@ -168,6 +173,8 @@ def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
         result.extend(located(p) for p in _pydantic_problems(exc))
     if config is not None:
         result.extend(located(p) for p in checks.check(config))
+        if extra_checks is not None:
+            result.extend(located(p) for p in extra_checks(config))
     if result:
         result.sort(key=lambda p: (p.line, p.column))
         raise ConfigError(result)
@@ -175,7 +182,9 @@ def load_text(text: str, file: str, base_dir: Path | None = None) -> HiveConfig:
     return config
 
 
-def load(path: Path | str) -> HiveConfig:
+def load(path: Path | str,
+         extra_checks: Callable[[HiveConfig], list[checks.Problem]] | None = None,
+         ) -> HiveConfig:
     """Read and validate hive.yaml from disk."""
     path = Path(path)
     try:
@@ -186,7 +195,7 @@ def load(path: Path | str) -> HiveConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([LocatedProblem(str(path), 1, 1, "", f"cannot read: {exc}")]) \
             from None
-    return load_text(text, str(path), path.resolve().parent)
+    return load_text(text, str(path), path.resolve().parent, extra_checks)
 
 
 def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:
