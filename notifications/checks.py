@@ -137,6 +137,8 @@ def apprise_problems(config: HiveConfig) -> list[Problem]:
     refuse literal values in the parts apprise itself marks private (tokens, keys)."""
     result = []
     for name, channel in config.notifications.channels.items():
+        if _literal_password(channel.url):
+            continue  # `problems` said so already
         message = url_problem(channel.url)
         if message:
             result.append(Problem(("notifications", "channels", name, "url"), message))
