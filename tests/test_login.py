@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import hive, write_config
 
-HEAVY = ("click", "pydantic", "yaml", "schemas", "reconciler", "json", "datetime")
+HEAVY = ("click", "pydantic", "yaml", "schemas", "reconciler", "json", "datetime", "apprise",
+         "notifications", "duckdb")
 
 
 @pytest.fixture
