@@ -227,3 +227,17 @@ def test_the_models_refuse(tmp_path: Path, entry: str, message: str) -> None:
         schemas.load(path)
     assert message in str(caught.value)
     assert str(caught.value).startswith(f"{path}:11:")
+
+
+def test_the_readme_example_validates(tmp_path: Path) -> None:
+    """README's Notifications example (e-mail, ntfy, Pushover, a webhook) is a valid file,
+    apprise's parsing of each URL included."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Notifications", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = write_config(tmp_path, block + "groups: {family: {members: [alice]}}\n"
+                                          "repositories:\n  laptop: {owner: alice}\n")
+    result = hive("validate", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    assert set(schemas.load(path).notifications.channels) == {
+        "ops-mail", "ops-ntfy", "alice-pushover", "monitoring"}
