@@ -63,8 +63,11 @@ def problems(config: HiveConfig) -> Iterator[Problem]:
         literal = _literal_password(channel.url)
         if literal:
             yield Problem((*where, "url"), literal)
+    by_owner: dict[str, list[str]] = {}
+    for repository, repo in config.repositories.items():
+        by_owner.setdefault(repo.owner, []).append(repository)
     for owner_name, owner in config.owners.items():
-        mine = [r for r, repo in config.repositories.items() if repo.owner == owner_name]
+        mine = by_owner.get(owner_name, [])
         for i, channel_name in enumerate(owner.notify):
             where = ("owners", owner_name, "notify", i)
             if channel_name not in channels:

@@ -15,6 +15,7 @@ from notifications.alerts import BACKUP_ALERTS, Delivery, age_text
 from schemas.models import HiveConfig
 
 TITLE_LIMIT = 160
+BODY_ITEMS = 50  # repositories described in one body; the rest are named in one line
 SEVERE = frozenset({"stale", "never_backed_up", "locked", "missing"})
 _NAMES = {"stale": "stale", "never_backed_up": "never backed up", "locked": "locked",
           "missing": "missing on disk", "quota": "quota", "key_expiring": "key expiring"}
@@ -97,7 +98,7 @@ def _alert(config: HiveConfig, host: str, channel: str, items: list[Delivery],
         parts = [f"{d.repository} {_short(d.alert, d.condition.detail)}"
                  for d in items if d.condition]
     lines = [f"Backup server {host}: {n} alert{'s' if n != 1 else ''}.", ""]
-    for d in items:
+    for d in items[:BODY_ITEMS]:
         s = d.condition.status if d.condition else None
         if s is None:
             continue
@@ -108,6 +109,10 @@ def _alert(config: HiveConfig, host: str, channel: str, items: list[Delivery],
         lines.append(f"  last backup: {_when(s.last_backup)}"
                      + (f" ({age_text(s.age_seconds)} ago)" if s.last_backup else ""))
         lines.append(f"  host: {host}; {_where(config, d.repository)}")
+    if n > BODY_ITEMS:
+        lines.append(f"... and {n - BODY_ITEMS} more: "
+                     + ", ".join(f"{d.repository} ({_NAMES[d.alert]})"
+                                 for d in items[BODY_ITEMS:]))
     lines += ["", f"Rules: {', '.join(rules)}. Sent by hive notify."]
     severe = any(d.alert in SEVERE for d in items)
     return Message(channel, "alert", _title(prefix, parts), "\n".join(lines),
@@ -119,7 +124,7 @@ def _recovery(config: HiveConfig, host: str, channel: str, items: list[Delivery]
     repos = list(dict.fromkeys(d.repository for d in items))
     prefix = f"{host}: {len(repos)} recovered: "
     lines = [f"Backup server {host}: these alerts have ended.", ""]
-    for d in items:
+    for d in items[:BODY_ITEMS]:
         s = statuses.get(d.repository)
         owner = s.owner if s is not None else config.repositories[d.repository].owner
         lines.append(f"{d.repository} (owner {owner}): {_NAMES[d.alert]} recovered"
@@ -128,6 +133,10 @@ def _recovery(config: HiveConfig, host: str, channel: str, items: list[Delivery]
             lines.append(f"  last backup: {_when(s.last_backup)}"
                          + (f" ({age_text(s.age_seconds)} ago)" if s.last_backup else ""))
         lines.append(f"  host: {host}; {_where(config, d.repository)}")
+    if len(items) > BODY_ITEMS:
+        lines.append(f"... and {len(items) - BODY_ITEMS} more: "
+                     + ", ".join(f"{d.repository} ({_NAMES[d.alert]})"
+                                 for d in items[BODY_ITEMS:]))
     return Message(channel, "recovery", _title(prefix, repos), "\n".join(lines), "success",
                    group)
 

@@ -241,3 +241,16 @@ def test_the_readme_example_validates(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert set(schemas.load(path).notifications.channels) == {
         "ops-mail", "ops-ntfy", "alice-pushover", "monitoring"}
+
+
+def test_a_long_message_names_everyone_but_details_the_first_fifty() -> None:
+    statuses = {r: status(r, Disk(backed_up(3))) for r in ("laptop", "pc", "nas", "desk")}
+    found = alerts.conditions(CONFIG, statuses.values(), {}, NOW)
+    many = [Delivery("all", "ops", f"r{i:03}", "stale", "new", found[("pc", "stale")])
+            for i in range(120)]
+    (message,) = render.messages(CONFIG, many, statuses, NOW)
+    assert message.title.startswith("backup1: 120 backups late: r000 3 d, r001 3 d")
+    assert message.title.endswith(" more") and len(message.title) <= render.TITLE_LIMIT
+    assert message.body.count("last backup:") == render.BODY_ITEMS
+    assert "... and 70 more: r050 (stale), r051 (stale)" in message.body
+    assert "r119 (stale)" in message.body
