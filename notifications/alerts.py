@@ -79,7 +79,8 @@ def conditions(config: HiveConfig, statuses: Iterable[Any],
         elif alert == "missing":
             add(s, alert, "missing")
         if s.quota_used is not None and s.quota_used >= config.quota_warn(s.repository):
-            add(s, "quota", f"quota {s.quota_used:.0%}")
+            used = s.quota_used
+            add(s, "quota", f"quota {used:.0%}" if used >= 0.1 else f"quota {used:.1%}")
         expiring = []
         repo = config.repositories[s.repository]
         for key_name in dict.fromkeys([*repo.keys, *repo.append_only_keys]):

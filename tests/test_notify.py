@@ -305,3 +305,30 @@ def test_apprise_is_imported_only_by_notify_and_validate(tmp_path: Path) -> None
         assert "apprise" not in modules(*command, "-f", str(site.path)), command
     assert "apprise" in modules("validate", "-f", str(site.path))
     assert "apprise" in modules("notify", "--dry-run", "-f", str(site.path))
+
+
+def test_never_backed_up_counts_from_the_apply_that_created_it_and_quota_from_stats(
+        tmp_path: Path, http: HttpReceiver) -> None:
+    from reconciler.journal import Journal
+    from reconciler.resources import Change
+
+    site = Site(tmp_path, {"young": "owner: alice, stale_after: 1h",
+                           "unknown": "owner: alice, stale_after: 1h",
+                           "full": "owner: bob, quota: 10M, quota_warn: 0.01"}, f"""\
+        channels: {{hook: {{url: "json://127.0.0.1:{http.port}/hook"}}}}
+        rules: [{{name: all, channels: [hook]}}]
+        """, backed_up=("full",))
+    site.state.mkdir(exist_ok=True)
+    journal = Journal(site.state, "test1")  # as `hive apply` records creating a repository
+    created = Change("create", "directory", str(repo_path(tmp_path, "young")), None,
+                     {"mode": "0700"}, {"role": "repository", "repository": "young"})
+    journal.write(journal.record("change", **created.data, error=None))
+    stats = subprocess.run([sys.executable, "-m", "hive", "stats", "-f", str(site.path)],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert stats.returncode == 0, stats.stderr
+    result = site.notify()
+    assert result.returncode == 0, result.stderr
+    (title,) = titles(http.requests)
+    assert re.fullmatch(r"test1: 2 problems: full quota \d\.\d%, unknown never backed up",
+                        title), title
+    assert http.requests[0].data["type"] == "failure"
