@@ -52,7 +52,7 @@ def problems(config: HiveConfig) -> Iterator[Problem]:
     section = config.notifications
     channels = section.channels
     for name, channel in channels.items():
-        where = ("notifications", "channels", name)
+        where: tuple[str | int, ...] = ("notifications", "channels", name)
         if channel.owner is not None and channel.owner not in config.owners:
             yield Problem((*where, "owner"), f"unknown owner {channel.owner!r}; add it under "
                                              "'owners:'")
@@ -69,13 +69,12 @@ def problems(config: HiveConfig) -> Iterator[Problem]:
     for owner_name, owner in config.owners.items():
         mine = by_owner.get(owner_name, [])
         for i, channel_name in enumerate(owner.notify):
-            where = ("owners", owner_name, "notify", i)
+            at: tuple[str | int, ...] = ("owners", owner_name, "notify", i)
             if channel_name not in channels:
-                yield Problem(where, f"unknown channel {channel_name!r}; add it under "
+                yield Problem(at, f"unknown channel {channel_name!r}; add it under "
                                      "'notifications.channels:'")
                 continue
-            yield from _restricted(config, where, channel_name, mine,
-                                   f"owner {owner_name!r}")
+            yield from _restricted(config, at, channel_name, mine, f"owner {owner_name!r}")
     seen: set[str] = set()
     for i, rule in enumerate(section.rules):
         where = ("notifications", "rules", i)

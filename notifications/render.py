@@ -99,9 +99,9 @@ def _alert(config: HiveConfig, host: str, channel: str, items: list[Delivery],
                  for d in items if d.condition]
     lines = [f"Backup server {host}: {n} alert{'s' if n != 1 else ''}.", ""]
     for d in items[:BODY_ITEMS]:
-        s = d.condition.status if d.condition else None
-        if s is None:
+        if d.condition is None:
             continue
+        s = d.condition.status
         again = " (reminder)" if d.kind == "repeat" else ""
         detail = (f": {d.condition.detail}" if d.alert in ("locked", "quota", "key_expiring")
                   else "")
