@@ -17,6 +17,11 @@ _LOG_LEVEL = logging.WARNING
 
 def deliver(url: str, title: str, body: str, notify_type: str) -> str | None:
     """Send one message; None on success, else the (redacted) reason it failed."""
+    from notifications.checks import url_problem
+
+    problem = url_problem(url)  # the URL as written: placeholders, no secrets
+    if problem:
+        return f"the channel's URL: {problem}"
     try:
         resolved = resolve(url)
     except SecretError as exc:

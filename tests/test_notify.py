@@ -230,26 +230,33 @@ def test_a_failing_channel_does_not_block_the_others_and_is_retried(
           good: {{url: "json://127.0.0.1:{p}/good"}}
           broken: {{url: "json://hive:{{env:OTHER_SECRET}}@127.0.0.1:{p}/fail"}}
           unset: {{url: "json://hive:{{env:HIVE_TEST_NOT_SET}}@127.0.0.1:{p}/unset"}}
-        rules: [{{name: all, channels: [broken, good, unset]}}]
+          unknown: {{url: "nosuchservice://127.0.0.1:{p}/unknown"}}
+        rules: [{{name: all, channels: [broken, good, unset, unknown]}}]
         """)
+    assert "apprise knows no service" in subprocess.run(
+        [sys.executable, "-m", "hive", "validate", "-f", str(site.path)], capture_output=True,
+        text=True, cwd=ROOT).stderr  # CI's check; a timer's run still tells the others
     first = site.notify()
     assert first.returncode == 1
-    assert "delivery failed on channels broken, unset" in first.stderr
+    assert "delivery failed on channels broken, unknown, unset" in first.stderr
+    assert "the channel's URL: apprise knows no service 'nosuchservice://'" in first.stdout
     assert "environment variable HIVE_TEST_NOT_SET (from {env:HIVE_TEST_NOT_SET}) is not " \
            "set" in first.stdout
     assert len(http.at("/good")) == 1 and len(http.at("/fail")) == 1
     assert http.at("/unset") == []
     failed = site.rows("SELECT channel, result, error FROM notify_attempts WHERE "
                        "result = 'failed' ORDER BY channel")
-    assert [(c, r) for c, r, _ in failed] == [("broken", "failed"), ("unset", "failed")]
+    assert [(c, r) for c, r, _ in failed] == [("broken", "failed"), ("unknown", "failed"),
+                                              ("unset", "failed")]
     assert "error=500" in failed[0][2] or "500" in failed[0][2]
     second = site.notify("-o", "json")
     assert second.returncode == 1
     records = [json.loads(line) for line in second.stdout.splitlines()]
-    assert {r["channel"] for r in records if r["type"] == "message"} == {"broken", "unset"}
+    assert {r["channel"] for r in records if r["type"] == "message"} == {"broken", "unset",
+                                                                         "unknown"}
     assert len(http.at("/good")) == 1 and len(http.at("/fail")) == 2  # retried, not resent
-    assert records[-1] == {"type": "summary", "messages": 2, "sent": 0, "failed": 2,
-                           "errors": 2, "dry_run": False}
+    assert records[-1] == {"type": "summary", "messages": 3, "sent": 0, "failed": 3,
+                           "errors": 3, "dry_run": False}
     site.assert_no_secret_anywhere()
 
 
@@ -289,7 +296,7 @@ def test_dry_run_sends_and_records_nothing_and_test_sends_one(
     site.assert_no_secret_anywhere()
 
 
-def test_apprise_is_imported_only_by_notify_and_validate(tmp_path: Path) -> None:
+def test_apprise_is_imported_only_to_send_and_validate(tmp_path: Path) -> None:
     site = Site(tmp_path, {"r1": "owner: alice"}, """\
         channels: {hook: {url: "json://127.0.0.1:9/h"}}
         rules: [{name: all, channels: [hook]}]
@@ -303,8 +310,9 @@ def test_apprise_is_imported_only_by_notify_and_validate(tmp_path: Path) -> None
 
     for command in (["status"], ["plan"], ["history"]):
         assert "apprise" not in modules(*command, "-f", str(site.path)), command
+    assert "apprise" not in modules("notify", "--dry-run", "-f", str(site.path))
     assert "apprise" in modules("validate", "-f", str(site.path))
-    assert "apprise" in modules("notify", "--dry-run", "-f", str(site.path))
+    assert "apprise" in modules("notify", "-f", str(site.path))
 
 
 def test_never_backed_up_counts_from_the_apply_that_created_it_and_quota_from_stats(
