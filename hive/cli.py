@@ -39,7 +39,8 @@ def cli() -> None:
     \b
     On the server: 'hive watch' records repository events (a service), 'hive stats'
     measures them (a timer), 'hive status' says which are stale (monitoring exit codes),
-    'hive rollback' undoes what append-only keys did. 'hive COMMAND --help' for each.
+    'hive notify' tells people (a timer), 'hive rollback' undoes what append-only keys
+    did. 'hive COMMAND --help' for each.
 
     \b
     Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode),
@@ -52,10 +53,14 @@ def cli() -> None:
 @_file_option
 @_OUTPUT
 def validate(config_file: str | None, fmt: str) -> int:
-    """Check hive.yaml completely and report every problem as FILE:LINE:COL: field: message."""
+    """Check hive.yaml completely and report every problem as FILE:LINE:COL: field: message.
+
+    Notification channel URLs are parsed by apprise too (nothing is sent)."""
     if fmt == "json":
         output.emit_version()
-    config, path = _load(config_file, fmt)
+    from notifications.checks import apprise_problems_if_any
+
+    config, path = _load(config_file, fmt, apprise_problems_if_any)
     if fmt == "json":
         output.emit("summary", valid=True, errors=0, repositories=len(config.repositories),
                     keys=len(config.keys))
@@ -449,3 +454,7 @@ cli.add_command(status)
 from hive.rollback_cmd import rollback  # noqa: E402
 
 cli.add_command(rollback)
+
+from notifications.command import notify  # noqa: E402
+
+cli.add_command(notify)

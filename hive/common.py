@@ -44,13 +44,14 @@ def file_option(f: Any) -> Any:
                         default=None, help=FILE_HELP)(f)
 
 
-def load(config_file: str | None, fmt: str) -> tuple[HiveConfig, Path]:
+def load(config_file: str | None, fmt: str,
+         extra_checks: Any = None) -> tuple[HiveConfig, Path]:
     """hive.yaml, checked; on problems print every one (FILE:LINE:COL) and exit 1."""
     import schemas
 
     path = Path(config_file or default_config())
     try:
-        return schemas.load(path), path
+        return schemas.load(path, extra_checks=extra_checks), path
     except schemas.ConfigError as exc:
         if fmt == "json":
             for problem in exc.problems:

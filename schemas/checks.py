@@ -27,7 +27,10 @@ class Problem:
 
 def check(config: HiveConfig) -> list[Problem]:
     """All cross-field problems in the file, in file order."""
-    return [*_owners_and_groups(config), *_keys(config), *_repositories(config)]
+    from notifications import checks as notifications
+
+    return [*_owners_and_groups(config), *_keys(config), *_repositories(config),
+            *notifications.problems(config)]
 
 
 def _owners_and_groups(config: HiveConfig) -> Iterator[Problem]:

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,9 +344,12 @@ def _include(data: dict[Any, Any], main: _Source, main_path: Path,
 
 
 def load_text(text: str, file: str, base_dir: Path | None = None,
-              path: Path | None = None) -> HiveConfig:
+              path: Path | None = None, *,
+              extra_checks: Callable[[HiveConfig], list[checks.Problem]] | None = None,
+              ) -> HiveConfig:
     """Validate hive.yaml text; raise ConfigError listing every problem. `path` (the file
-    on disk) is where `include:` patterns are resolved from; without it, from `base_dir`."""
+    on disk) is where `include:` patterns are resolved from; without it, from `base_dir`.
+    `extra_checks` are costly checks only some commands run (apprise URL parsing)."""
     base = base_dir if base_dir is not None else Path(file).resolve().parent
     main = _Source(file, _parse(text, file))
     data = main.document.data
@@ -355,7 +359,8 @@ def load_text(text: str, file: str, base_dir: Path | None = None,
     def located(problem: checks.Problem) -> LocatedProblem:
         source = origins.get(problem.path[:2], main) if len(problem.path) >= 2 else main
         mark = source.document.locate(problem.path, key=problem.key)
-        return LocatedProblem(source.file, mark.line, mark.column, _dotted(problem.path, problem.key),
+        return LocatedProblem(source.file, mark.line, mark.column,
+                              _dotted(problem.path, problem.key),
                               problem.message)
 
     result = [LocatedProblem(file, m.line, m.column, "", msg)
@@ -374,6 +379,8 @@ def load_text(text: str, file: str, base_dir: Path | None = None,
         result.extend(located(p) for p in _pydantic_problems(exc))
     if config is not None:
         result.extend(located(p) for p in checks.check(config))
+        if extra_checks is not None:
+            result.extend(located(p) for p in extra_checks(config))
     if result:
         order = {source.file: i for i, source in enumerate(sources)}
         result.sort(key=lambda p: (order.get(p.file, 0), p.line, p.column))
@@ -420,10 +427,13 @@ def _read(path: Path, label: str) -> str:
                                           "UTF-8")]) from None
 
 
-def load(path: Path | str) -> HiveConfig:
+def load(path: Path | str, *,
+         extra_checks: Callable[[HiveConfig], list[checks.Problem]] | None = None,
+         ) -> HiveConfig:
     """Read and validate hive.yaml (and the files it includes) from disk."""
     path = Path(path)
-    return load_text(_read(path, str(path)), str(path), path.resolve().parent, path)
+    return load_text(_read(path, str(path)), str(path), path.resolve().parent, path,
+                     extra_checks=extra_checks)
 
 
 def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:

@@ -261,6 +261,10 @@ class Server(Strict):
     stale_after: Duration = Field(
         "26h", description="A repository whose last backup is older than this is stale "
                            "(each repository may set its own).")
+    quota_warn: float = Field(
+        90, gt=0, le=100, description="The quota alert fires when a repository uses this "
+                                      "percentage of its quota or more (each repository may "
+                                      "set its own).")
     users: UserSettings = Field(default_factory=UserSettings)
     identity: FilesIdentity | LdapIdentity = Field(
         default_factory=FilesIdentity, discriminator="backend",
@@ -282,6 +286,10 @@ class Owner(Strict):
 
     email: str | None = Field(None, description="Where notifications about their "
                                                 "repositories go.")
+    notify: list[Name] = Field(
+        default_factory=list,
+        description="Channels (under notifications.channels) that carry alerts about this "
+                    "owner's repositories, for rules with notify_owner: true.")
     description: str | None = None
 
     @field_validator("email")
@@ -410,6 +418,9 @@ class Repository(Strict):
                             json_schema_extra={"minimum": MIN_UID, "maximum": MAX_UID})
     stale_after: Duration | None = Field(None, description="Stale when the last backup is "
                                                            "older; default server.stale_after.")
+    quota_warn: float | None = Field(None, gt=0, le=100,
+                                     description="Quota alert at this percentage of the "
+                                                 "quota; default server.quota_warn.")
     description: str | None = None
 
     @property
@@ -453,6 +464,91 @@ def quota_size(text: str) -> Decimal:
     return Decimal(text.removesuffix(suffix)) * _QUOTA_FACTORS.get(suffix, 1)
 
 
+Alert = Literal["stale", "never_backed_up", "locked", "missing", "quota", "key_expiring"]
+ALERTS: tuple[Alert, ...] = ("stale", "never_backed_up", "locked", "missing", "quota",
+                           "key_expiring")
+# {env:NAME} or {file:/absolute/path}: the only way a secret enters a channel URL.
+SECRET_PLACEHOLDER = re.compile(r"\{(env|file):([^{}]*)\}")
+
+
+class Channel(Strict):
+    """A named apprise URL. Secrets in it only as {env:NAME} or {file:PATH}, resolved
+    when a message is sent, so hive.yaml (committed to git) never holds them."""
+
+    url: str = Field(min_length=3, description="An apprise URL (mailtos://, ntfys://, "
+                                               "pover://, json://, ...); secrets as "
+                                               "{env:NAME} or {file:/path}.")
+    owner: Name | None = Field(None, description="This channel may only carry alerts about "
+                                                 "this owner's repositories.")
+    groups: list[Name] = Field(default_factory=list,
+                               description="This channel may only carry alerts about "
+                                           "repositories of these groups (shared with the "
+                                           "group or owned by a member).")
+    description: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        for kind, arg in SECRET_PLACEHOLDER.findall(value):
+            if kind == "env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", arg):
+                raise ValueError(f"{{env:{arg}}}: {arg!r} is not an environment variable name")
+            if kind == "file" and not arg.startswith("/"):
+                raise ValueError(f"{{file:{arg}}}: give an absolute path")
+        rest = SECRET_PLACEHOLDER.sub("", value)
+        if re.search(r"\{(env|file)\b", rest):
+            raise ValueError("a secret placeholder is malformed; write {env:NAME} or "
+                             "{file:/path}")
+        if "://" not in value:
+            raise ValueError("is not an apprise URL (schema://...), such as "
+                             "mailtos://user:{env:SMTP_PASSWORD}@smtp.example.org")
+        return value
+
+
+class RuleMatch(Strict):
+    """Which repositories a rule covers; every field given must match. {} matches all."""
+
+    owner: Name | None = None
+    group: Name | None = Field(None, description="Repositories shared with this group or "
+                                                 "owned by one of its members.")
+    repositories: list[Name] = Field(default_factory=list)
+    mode: Mode | None = None
+
+
+class Rule(Strict):
+    """Who hears about which alerts, and how often."""
+
+    name: Name
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    channels: list[Name] = Field(default_factory=list,
+                                 description="Channels under notifications.channels.")
+    notify_owner: bool = Field(False, description="Also tell each repository's owner, "
+                                                  "through owners.<owner>.notify.")
+    alerts: list[Alert] = Field(default_factory=lambda: list(ALERTS),
+                                description="Default: all of them.")
+    repeat_every: Duration = Field("24h", description="Repeat an alert this often while it "
+                                                      "lasts.")
+    stop_after: Duration | None = Field(None, description="Stop repeating this long after "
+                                                          "the first message; default never.")
+    recovery: bool = Field(True, description="Say so once when an alert that was sent ends.")
+
+    @model_validator(mode="after")
+    def _someone(self) -> Rule:
+        if not self.channels and not self.notify_owner:
+            raise ValueError("names no channels and has no notify_owner: true; it would "
+                             "tell nobody")
+        return self
+
+
+class Notifications(Strict):
+    """`hive notify`: named apprise channels and the rules that use them."""
+
+    report_url: str | None = Field(None, pattern=r"^https?://\S+$",
+                                   description="Messages link here instead of naming the "
+                                               "'hive status REPO' command.")
+    channels: dict[Name, Channel] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+
+
 class HiveConfig(Strict):
     """The whole desired state of one Hive server."""
 
@@ -484,6 +580,7 @@ class HiveConfig(Strict):
     def source_files(self) -> tuple[str, ...]:
         """The main file and every included one, as named in messages."""
         return self._sources
+    notifications: Notifications = Field(default_factory=Notifications)
 
     @model_validator(mode="before")
     @classmethod
@@ -494,7 +591,7 @@ class HiveConfig(Strict):
             # as in docker compose files; Hive ignores them.
             data = {k: v for k, v in data.items() if not (isinstance(k, str)
                                                           and k.startswith("x-"))}
-            for section in ("owners", "groups", "keys", "repositories"):
+            for section in ("owners", "groups", "keys", "repositories", "notifications"):
                 if section in data and data[section] is None:
                     data[section] = {}
             for section in ("owners", "groups"):  # `bob:` alone means an owner with no fields
@@ -530,3 +627,8 @@ class HiveConfig(Strict):
         """How old a repository's last backup may be before it counts as stale."""
         own = self.repositories[repository].stale_after
         return duration_seconds(own or self.server.stale_after)
+
+    def quota_warn(self, repository: str) -> float:
+        """The share of its quota (0..1] at which a repository's quota alert fires."""
+        own = self.repositories[repository].quota_warn
+        return (own if own is not None else self.server.quota_warn) / 100

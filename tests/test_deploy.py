@@ -35,7 +35,7 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 CHART = DEPLOY / "helm" / "hive"
 HIVE_CI = DEPLOY / "ci" / "hive-ci"
 #: hive commands named by units or the entrypoint that another issue is still adding.
-PENDING_COMMANDS = {"notify", "report"}
+PENDING_COMMANDS = {"report"}
 
 
 def _hive_commands() -> set[str]:

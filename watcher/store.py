@@ -63,6 +63,17 @@ MIGRATIONS: list[list[str]] = [
                    who, error, 'apply'
             FROM journal WHERE record_type = 'change'""",
     ],
+    [  # 2: hive notify. Every attempt to send, and the alerts that went out (their state).
+        """CREATE TABLE notify_attempts (
+            time TIMESTAMPTZ NOT NULL, host VARCHAR NOT NULL, run VARCHAR NOT NULL,
+            rule VARCHAR, channel VARCHAR NOT NULL, alert VARCHAR, kind VARCHAR NOT NULL,
+            repositories VARCHAR[], result VARCHAR NOT NULL, error VARCHAR)""",
+        """CREATE TABLE notify_state (
+            host VARCHAR NOT NULL, rule VARCHAR NOT NULL, channel VARCHAR NOT NULL,
+            repository VARCHAR NOT NULL, alert VARCHAR NOT NULL,
+            first_sent TIMESTAMPTZ NOT NULL, last_sent TIMESTAMPTZ NOT NULL,
+            sends INTEGER NOT NULL)""",
+    ],
 ]
 
 
