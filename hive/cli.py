@@ -454,3 +454,7 @@ cli.add_command(status)
 from hive.rollback_cmd import rollback  # noqa: E402
 
 cli.add_command(rollback)
+
+from reports.command import report  # noqa: E402
+
+cli.add_command(report)

@@ -1,0 +1,83 @@
+"""The click command `hive report`: gather, build, render, swap in.
+
+Imports nothing heavy at module level (`hive` imports this on every call): DuckDB and
+jinja2 are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from watcher.commands import _LOCK_STALE, _error, _file_option, _load
+
+
+def generate(config: Any, dest: Path, prometheus_file: Path | None,
+             lock_stale_after: float = 86_400.0, now: datetime | None = None) -> Any:
+    """The whole report: `hive status`'s evaluation, the aggregates, the files."""
+    from reports import model, queries, render
+    from watcher import status as status_mod
+    from watcher import store
+
+    now = now or datetime.now(UTC)
+    render.check_destination(dest)  # before any work: a wrong -d fails at once
+    statuses = status_mod.gather(config, lock_stale_after=lock_stale_after, now=now)
+    names = [s.repository for s in statuses]
+    paths = [s.path for s in statuses]
+    host = config.server.name
+    with store.read(config.server.state_dir) as con:
+        if con is None:
+            series, timelines, alerts = {}, {}, None
+        else:
+            series = queries.series(con, host, names, paths, now)
+            timelines = queries.timelines(con, host, names, paths)
+            alerts = queries.alerts(con, host, names)
+    report = model.build(config, statuses, series, timelines, alerts, now)
+    render.write(report, config, dest, prometheus_file)
+    return report
+
+
+@click.command()
+@_file_option
+@click.option("-d", "--dest", type=click.Path(file_okay=False), default=None,
+              help="Folder to write. Default: <state_dir>/report. It is replaced as a whole "
+                   "(a new folder is built beside it and swapped in), so it must be one "
+                   "hive report wrote, or empty, or absent.")
+@click.option("--prometheus-file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the metrics here, by rename (for node_exporter's textfile "
+                   "collector, e.g. /var/lib/prometheus/node-exporter/hive.prom).")
+@_LOCK_STALE
+def report(config_file: str | None, dest: str | None, prometheus_file: str | None,
+           lock_stale_after: float) -> int:
+    """Write the static status page, status.json and metrics.prom.
+
+    \b
+    DIR/index.html           every repository: state, last backup, size, quota, growth
+    DIR/repos/NAME.html      client URL, borgmatic block, keys, size chart, timeline
+    DIR/owners/O.html, DIR/groups/G.html   the same table, only theirs
+    DIR/status.json          the machine-readable status (README documents it)
+    DIR/metrics.prom         Prometheus text format
+    Pages are self-contained (no network, work from file://). Serve DIR read-only with any
+    web server, and run this from a timer (deploy/systemd/hive-report.timer: hourly).
+    Exit codes: 0 written, 1 error (nothing replaced).
+    """
+    from reports.render import ReportError
+    from watcher.store import StoreError
+
+    config = _load(config_file, "text")
+    folder = Path(dest) if dest else config.server.state_dir / "report"
+    try:
+        found = generate(config, folder.absolute(),
+                         Path(prometheus_file).absolute() if prometheus_file else None,
+                         lock_stale_after)
+    except (ReportError, StoreError) as exc:
+        return _error(str(exc))
+    summary = found.summary
+    counts = ", ".join(f"{n} {state}" for state, n in summary.counts.items() if n)
+    click.echo(f"Wrote {folder}: {summary.total} repositories ({counts or 'none'}).")
+    if prometheus_file:
+        click.echo(f"Wrote {prometheus_file}.")
+    return 0
