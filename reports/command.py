@@ -14,27 +14,41 @@ import click
 
 from watcher.commands import _LOCK_STALE, _error, _file_option, _load
 
+DUCKDB_MEMORY = "256MB"  # the aggregates need far less; keeps the whole run < 500 MB
+
+
+def aggregate(config: Any, names: list[str], paths: list[str],
+              now: datetime) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Series, timelines and alerts from DuckDB, under the shared lock `hive status` takes."""
+    from reports import queries
+    from watcher import store
+
+    host = config.server.name
+    with store.read(config.server.state_dir) as con:
+        if con is None:
+            return {}, {}, None
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+        return (queries.series(con, host, names, paths, now),
+                queries.timelines(con, host, names, paths), queries.alerts(con, host, names))
+
 
 def generate(config: Any, dest: Path, prometheus_file: Path | None,
              lock_stale_after: float = 86_400.0, now: datetime | None = None) -> Any:
     """The whole report: `hive status`'s evaluation, the aggregates, the files."""
-    from reports import model, queries, render
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reports import model, render
     from watcher import status as status_mod
-    from watcher import store
 
     now = now or datetime.now(UTC)
     render.check_destination(dest)  # before any work: a wrong -d fails at once
-    statuses = status_mod.gather(config, lock_stale_after=lock_stale_after, now=now)
-    names = [s.repository for s in statuses]
-    paths = [s.path for s in statuses]
-    host = config.server.name
-    with store.read(config.server.state_dir) as con:
-        if con is None:
-            series, timelines, alerts = {}, {}, None
-        else:
-            series = queries.series(con, host, names, paths, now)
-            timelines = queries.timelines(con, host, names, paths)
-            alerts = queries.alerts(con, host, names)
+    names = sorted(config.repositories)
+    paths = [str(config.repo_path(name)) for name in names]
+    # DuckDB works without the GIL: let it aggregate while status looks at the folders.
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(aggregate, config, names, paths, now)
+        statuses = status_mod.gather(config, lock_stale_after=lock_stale_after, now=now)
+        series, timelines, alerts = pending.result()
     report = model.build(config, statuses, series, timelines, alerts, now)
     render.write(report, config, dest, prometheus_file)
     return report

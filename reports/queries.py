@@ -21,10 +21,10 @@ from typing import Any
 CHART_DAYS = 90   # the size charts show this much history
 FIT_DAYS = 30     # growth and the fill date: least squares over this much
 MIN_FIT_SPAN = 86400  # ... from measurements at least this far apart (seconds), else no guess
-BUCKETS = 120     # at most this many points per chart
+BUCKETS = 60      # at most this many points per chart
 SPARK_W, SPARK_H = 100, 24
 CHART_W, CHART_H = 600, 200
-TIMELINE = 50     # newest timeline rows per repository page
+TIMELINE = 20     # newest timeline rows per repository page
 ALERTS = 20       # newest alerts per repository page
 #: Columns of a notifications table that are safe to show (never a channel's URL).
 ALERT_COLUMNS = ("kind", "event", "state", "channel", "status", "outcome")
@@ -52,6 +52,7 @@ class Item:
     """One row of a repository's timeline: an event the watcher saw or an applied change."""
 
     time: datetime
+    shown: str  # the time as the page prints it (formatted by DuckDB)
     what: str
     who: str | None
     detail: str | None
@@ -77,44 +78,45 @@ def series(con: Any, host: str, names: list[str], paths: list[str],
     """Size history per repository: chart points (bucketed, formatted by DuckDB) and the fit."""
     sql = f"""
     WITH {_REPOS},
-    s AS (
-        SELECT r.repository, s.time, epoch(s.time) AS t, s.size_bytes AS size
-        FROM snapshots s JOIN repos r ON s.path = r.path
-        WHERE s.host = $host AND s.present AND s.size_bytes IS NOT NULL
-          AND s.time > $now::TIMESTAMPTZ - INTERVAL {CHART_DAYS} DAY
-          AND s.time <= $now::TIMESTAMPTZ),
-    span AS (
-        SELECT repository, min(t) AS t0, max(t) AS t1, max(size) AS ymax, min(time) AS first,
-               max(time) AS last, count(*) AS n
-        FROM s GROUP BY repository),
+    s AS MATERIALIZED (
+        SELECT path, epoch(time) AS t, size_bytes AS size
+        FROM snapshots
+        WHERE host = $host AND present AND size_bytes IS NOT NULL
+          AND time > $now::TIMESTAMPTZ - INTERVAL {CHART_DAYS} DAY
+          AND time <= $now::TIMESTAMPTZ
+          AND path IN (SELECT path FROM repos)),
+    span AS MATERIALIZED (
+        SELECT path, min(t) AS t0, max(t) AS t1, max(size) AS ymax, count(*) AS n
+        FROM s GROUP BY path),
     fit AS (
-        SELECT repository, regr_slope(size, t) AS slope, regr_intercept(size, t) AS icpt,
+        SELECT path, regr_slope(size, t) AS slope, regr_intercept(size, t) AS icpt,
                count(DISTINCT t) AS fit_n, max(t) - min(t) AS fit_span
-        FROM s WHERE time > $now::TIMESTAMPTZ - INTERVAL {FIT_DAYS} DAY GROUP BY repository),
+        FROM s WHERE t > epoch($now::TIMESTAMPTZ) - {FIT_DAYS * 86400} GROUP BY path),
     b AS (
-        SELECT s.repository,
+        SELECT s.path,
                CASE WHEN span.t1 = span.t0 THEN 0
                     ELSE floor({BUCKETS - 1}.999 * (s.t - span.t0) / (span.t1 - span.t0))
                END AS bucket,
                arg_max(s.size, s.t) AS size, max(s.t) AS t
-        FROM s JOIN span USING (repository) GROUP BY ALL),
+        FROM s JOIN span USING (path) GROUP BY ALL),
     p AS (
-        SELECT b.repository, b.t,
+        SELECT b.path, b.t,
                coalesce((b.t - span.t0) / nullif(span.t1 - span.t0, 0), 0) AS x,
                coalesce(b.size / nullif(span.ymax, 0), 0) AS y
-        FROM b JOIN span USING (repository)),
+        FROM b JOIN span USING (path)),
     drawn AS (
-        SELECT repository,
+        SELECT path,
                string_agg(printf('%.1f,%.1f', 1 + x * {SPARK_W - 2},
                                  {SPARK_H - 1} - y * {SPARK_H - 2}), ' ' ORDER BY t) AS spark,
                string_agg(printf('%.1f,%.1f', x * {CHART_W},
                                  {CHART_H - 2} - y * {CHART_H - 10}), ' ' ORDER BY t) AS chart,
                count(*) AS drawn_n,
                arg_max(y, t) AS last_y
-        FROM p GROUP BY repository)
-    SELECT span.repository, drawn.spark, drawn.chart, drawn.drawn_n, drawn.last_y, span.first,
-           span.last, span.ymax, span.n, fit.slope, fit.icpt, fit.fit_n, fit.fit_span
-    FROM span JOIN drawn USING (repository) LEFT JOIN fit USING (repository)
+        FROM p GROUP BY path)
+    SELECT repos.repository, drawn.spark, drawn.chart, drawn.drawn_n, drawn.last_y,
+           to_timestamp(span.t0), to_timestamp(span.t1), span.ymax, span.n, fit.slope,
+           fit.icpt, fit.fit_n, fit.fit_span
+    FROM span JOIN drawn USING (path) JOIN repos USING (path) LEFT JOIN fit USING (path)
     """
     found: dict[str, Series] = {}
     for (name, spark, chart, drawn_n, last_y, first, last, ymax, n, slope, icpt, fit_n,
@@ -131,29 +133,44 @@ def series(con: Any, host: str, names: list[str], paths: list[str],
 def timelines(con: Any, host: str, names: list[str], paths: list[str],
               limit: int = TIMELINE) -> dict[str, Timeline]:
     """The newest `limit` events and applied changes per repository, and how many exist."""
+    # The newest `limit` of each source per repository first (a cutoff time per folder
+    # from DuckDB's top-n `max(time, n)`: much cheaper than ranking every event), then the
+    # newest `limit` of those.
     sql = f"""
     WITH {_REPOS},
+    e AS (SELECT path, time, kind, details FROM events
+          WHERE host = $host AND path IN (SELECT path FROM repos)),
+    e_cut AS (SELECT path, list_min(max(time, $limit)) AS cut, count(*) AS n
+              FROM e GROUP BY path),
+    j AS (SELECT repository, time, action, resource_kind, name, who, error FROM journal
+          WHERE host = $host AND record_type = 'change' AND time IS NOT NULL
+            AND repository IN (SELECT repository FROM repos)),
+    j_cut AS (SELECT repository, list_min(max(time, $limit)) AS cut, count(*) AS n
+              FROM j GROUP BY repository),
     items AS (
         SELECT r.repository, e.time, e.kind AS what, NULL::VARCHAR AS who,
                CAST(e.details AS VARCHAR) AS detail, 'watch' AS origin
-        FROM events e JOIN repos r ON e.path = r.path
-        WHERE e.host = $host
+        FROM e JOIN e_cut c ON e.path = c.path AND e.time >= c.cut
+        JOIN repos r ON r.path = e.path
         UNION ALL
-        SELECT r.repository, j.time,
-               concat_ws(' ', j.action, j.resource_kind, j.name), j.who, j.error, 'apply'
-        FROM journal j JOIN repos r ON j.repository = r.repository
-        WHERE j.host = $host AND j.record_type = 'change' AND j.time IS NOT NULL)
-    SELECT repository, time, what, who, detail, origin,
-           count(*) OVER (PARTITION BY repository) AS total
-    FROM items
+        SELECT j.repository, j.time, concat_ws(' ', j.action, j.resource_kind, j.name),
+               j.who, j.error, 'apply'
+        FROM j JOIN j_cut c ON j.repository = c.repository AND j.time >= c.cut),
+    totals AS (
+        SELECT r.repository, coalesce(e_cut.n, 0) + coalesce(j_cut.n, 0) AS total
+        FROM repos r LEFT JOIN e_cut USING (path) LEFT JOIN j_cut USING (repository))
+    SELECT repository, time, strftime(time, '%Y-%m-%d %H:%M:%S'), what, who, detail, origin,
+           total
+    FROM items JOIN totals USING (repository)
     QUALIFY row_number() OVER (PARTITION BY repository ORDER BY time DESC) <= $limit
     ORDER BY repository, time DESC
     """
     found: dict[str, Timeline] = {}
-    for name, time, what, who, detail, origin, total in con.execute(
+    for name, time, shown, what, who, detail, origin, total in con.execute(
             sql, _params(host, names, paths, limit=limit)).fetchall():
         entry = found.setdefault(name, Timeline(total=total))
-        entry.items.append(Item(time=time, what=what, who=who, detail=detail, origin=origin))
+        entry.items.append(Item(time=time, shown=shown, what=what, who=who, detail=detail,
+                                origin=origin))
     return found
 
 

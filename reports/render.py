@@ -24,6 +24,8 @@ from typing import Any
 from reports import metrics, queries
 from reports.model import SEVERITY, Report, Row
 
+MAX_WORKERS = 4
+PAGES_PER_WORKER = 500
 MARKER = ".hive-report"  # a folder with this file is one hive report may replace
 STATUS_FORMAT = 1
 
@@ -114,14 +116,42 @@ def status_document(report: Report, config: Any) -> dict[str, Any]:
             "counts": summary.counts, "repositories": entries}
 
 
-def _list_context(report: Report, rows: list[Row], root: str) -> dict[str, Any]:
+def _list_context(report: Report, rows: list[Row], root: str,
+                  html: dict[str, str]) -> dict[str, Any]:
     from reports.model import summary as summarise
 
-    return {"rows": rows, "root": root,
+    return {"rows_html": [html[r.name] for r in rows], "root": root,
             "summary": summarise(report.summary.host, rows, report.summary.generated),
             "owners": sorted({r.status.owner for r in rows}),
             "groups": sorted({g for r in rows for g in r.in_groups}),
             "states": [s for s in SEVERITY if any(r.status.state == s for r in rows)]}
+
+
+def _render_pages(report: Report, folder: Path, common: dict[str, Any], part: int,
+                  parts: int) -> None:
+    template = _environment().get_template("repo.html.j2")
+    for page in report.pages[part::parts]:
+        (folder / "repos" / f"{page.row.name}.html").write_text(template.render(
+            **common, page=page, root="../", summary=report.summary))
+
+
+def _start_workers(report: Report, folder: Path, common: dict[str, Any]) -> tuple[int, list[Any]]:
+    """One page per repository is the bulk of the work: when there are many, forked
+    processes render their share (they inherit the finished report, nothing is sent
+    back) while this one writes the list pages. Returns the number of shares and the
+    workers; this process renders share 0."""
+    parts = min(os.cpu_count() or 1, MAX_WORKERS)
+    if parts < 2 or len(report.pages) < PAGES_PER_WORKER * 2:
+        return 1, []
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_render_pages, args=(report, folder, common, part,
+                                                           parts), daemon=True)
+               for part in range(1, parts)]
+    for worker in workers:
+        worker.start()
+    return parts, workers
 
 
 def write_folder(report: Report, config: Any, folder: Path) -> str:
@@ -131,29 +161,38 @@ def write_folder(report: Report, config: Any, folder: Path) -> str:
     env = _environment()
     common = {"hive_version": __version__}
     listing = env.get_template("list.html.j2")
-    repo_page = env.get_template("repo.html.j2")
     for sub in ("repos", "owners", "groups"):
         (folder / sub).mkdir()
+    env.get_template("repo.html.j2")  # compiled once, before the fork
+    parts, workers = _start_workers(report, folder, common)
     host = report.summary.host
+    # A row looks the same on every list page below the top: render it once for each depth.
+    macros = env.get_template("_macros.html.j2").make_module()
+    top = {r.name: macros.repo_row(r, "") for r in report.rows}
+    below = {r.name: macros.repo_row(r, "../") for r in report.rows}
     (folder / "index.html").write_text(listing.render(
-        **common, **_list_context(report, report.rows, ""), title=f"Backups on {host}",
+        **common, **_list_context(report, report.rows, "", top), title=f"Backups on {host}",
         description=None,
         caption=f"{len(report.rows)} repositories on {host}, worst state first"))
     for owner, rows in report.owners.items():
         spec = config.owners.get(owner)
         (folder / "owners" / f"{owner}.html").write_text(listing.render(
-            **common, **_list_context(report, rows, "../"), title=f"Backups of {owner}",
+            **common, **_list_context(report, rows, "../", below),
+            title=f"Backups of {owner}",
             description=spec.description if spec else None,
             caption=f"Repositories owned by {owner} on {host}"))
     for group, rows in report.groups.items():
         spec = config.groups.get(group)
         (folder / "groups" / f"{group}.html").write_text(listing.render(
-            **common, **_list_context(report, rows, "../"), title=f"Backups of group {group}",
+            **common, **_list_context(report, rows, "../", below),
+            title=f"Backups of group {group}",
             description=spec.description if spec else None,
             caption=f"Repositories shared with {group} or owned by its members, on {host}"))
-    for page in report.pages:
-        (folder / "repos" / f"{page.row.name}.html").write_text(repo_page.render(
-            **common, page=page, root="../", summary=report.summary))
+    _render_pages(report, folder, common, 0, parts)
+    for worker in workers:
+        worker.join()
+    if any(worker.exitcode != 0 for worker in workers):
+        raise OSError("a process rendering repository pages failed (see above)")
     (folder / "status.json").write_text(
         json.dumps(status_document(report, config), indent=1) + "\n")
     text = metrics.render(report)
