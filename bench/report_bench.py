@@ -70,8 +70,9 @@ def make_server(folder: Path, repos: int, events: int, snapshot_hours: int,
             INSERT INTO events
             SELECT now() - to_seconds(CAST(random() * {days * 86400} AS BIGINT)), $1,
                    r.repository, r.unix_user, r.path,
-                   ['opened', 'updated', 'closed', 'opened', 'closed'][e % 5 + 1], 'inotify',
-                   CASE WHEN e % 5 = 1 THEN
+                   ['opened', 'updated', 'closed', 'opened', 'closed'][(e // {n}) % 5 + 1],
+                   'inotify',
+                   CASE WHEN (e // {n}) % 5 = 1 THEN
                      json_object('transaction', e, 'previous', e - 1, 'backup', true)
                    ELSE json_object('locks', ['lock.exclusive']) END
             FROM range({events}) t(e) JOIN r ON r.i = e % {n}""", [host])
