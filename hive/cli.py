@@ -79,6 +79,7 @@ def cli() -> None:
     \b
     On the server: 'hive watch' records repository events (a service), 'hive stats'
     measures them (a timer), 'hive status' says which are stale (monitoring exit codes),
+    'hive report' writes the status page, status.json and Prometheus metrics (a timer),
     'hive rollback' undoes what append-only keys did. 'hive COMMAND --help' for each.
 
     \b

@@ -517,3 +517,23 @@ def test_growth_and_fill_date_are_least_squares_over_30_days(tmp_path: Path) -> 
     chart = page.one("svg", class_="chart").one("polyline").attrs["points"].split()
     assert len(chart) == 11 and chart[0] == "0.0,8.0"  # the 5 GB peak is the top
     assert entries["s"]["growth_bytes_per_week"] is None
+
+
+def test_a_link_can_sort_and_filter_the_table(site: Site, tmp_path: Path) -> None:
+    """The script sorts and filters (here from the link's #view), in real chromium."""
+    def shown(fragment: str) -> list[str]:
+        dom, console = chromium((site.report / "index.html").as_uri() + fragment,
+                                tmp_path / "profile")
+        assert console == [], console
+        tree = _Tree()
+        tree.feed(dom)
+        rows = tree.root.one("table", class_="repos").one("tbody").all("tr")
+        return [tr.one("th").text().strip() for tr in rows if "hidden" not in tr.attrs]
+
+    sizes = {s["repository"]: s["size_bytes"] or -1 for s in site.status}
+    by_size = shown("#sort=size&dir=desc")
+    assert sorted(by_size) == sorted(sizes) and by_size[0] == "photos"
+    assert [sizes[n] for n in by_size] == sorted(sizes.values(), reverse=True)
+    assert shown("#sort=repository") == sorted(sizes)
+    assert shown("#sort=repository&dir=desc&owner=bob") == ["old", "gone", "docs"]
+    assert shown("#group=team&state=ok") == ["docs", "photos"]  # worst first, then by name

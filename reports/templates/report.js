@@ -15,14 +15,14 @@
   var body = table.tBodies[0];
   var rows = Array.prototype.slice.call(body.rows);
   var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  var sorters = {};
   heads.forEach(function (th, column) {
     if (!th.hasAttribute("data-type")) { return; }
     var button = doc.createElement("button");
     button.type = "button";
     while (th.firstChild) { button.appendChild(th.firstChild); }
     th.appendChild(button);
-    button.addEventListener("click", function () {
-      var ascending = th.getAttribute("aria-sort") !== "ascending";
+    function sort(ascending) {
       var numeric = th.getAttribute("data-type") === "number";
       heads.forEach(function (other) { other.removeAttribute("aria-sort"); });
       th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
@@ -38,6 +38,10 @@
       var fragment = doc.createDocumentFragment();
       keyed.forEach(function (pair) { fragment.appendChild(pair[1]); });
       body.appendChild(fragment);
+    }
+    sorters[th.getAttribute("data-key")] = sort;
+    button.addEventListener("click", function () {
+      sort(th.getAttribute("aria-sort") !== "ascending");
     });
   });
   var form = doc.getElementById("filters");
@@ -59,5 +63,15 @@
   form.addEventListener("input", apply);
   form.addEventListener("submit", function (event) { event.preventDefault(); });
   form.hidden = false;
+  // A link may carry a view: index.html#state=stale&owner=alice&sort=size&dir=desc
+  var wanted = {};
+  location.hash.replace(/^#/, "").split("&").forEach(function (pair) {
+    var parts = pair.split("=");
+    if (parts.length === 2) { wanted[parts[0]] = decodeURIComponent(parts[1]); }
+  });
+  [owner, group, state, text].forEach(function (field) {
+    if (wanted[field.name] !== undefined) { field.value = wanted[field.name]; }
+  });
+  if (sorters[wanted.sort]) { sorters[wanted.sort](wanted.dir !== "desc"); }
   apply();
 }());
