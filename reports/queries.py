@@ -67,6 +67,9 @@ class Timeline:
 
 _REPOS = """repos AS (
     SELECT unnest($names::VARCHAR[]) AS repository, unnest($paths::VARCHAR[]) AS path)"""
+_REPOS_ID = """repos AS (
+    SELECT unnest($names::VARCHAR[]) AS repository, unnest($paths::VARCHAR[]) AS path,
+           generate_subscripts($names::VARCHAR[], 1) AS id)"""
 
 
 def _params(host: str, names: list[str], paths: list[str], **more: Any) -> dict[str, Any]:
@@ -76,51 +79,55 @@ def _params(host: str, names: list[str], paths: list[str], **more: Any) -> dict[
 def series(con: Any, host: str, names: list[str], paths: list[str],
            now: datetime) -> dict[str, Series]:
     """Size history per repository: chart points (bucketed, formatted by DuckDB) and the fit."""
+    # Rows are keyed by a small integer from here on, not the path: 1.8 million
+    # snapshots with a path string each would hold hundreds of MB.
     sql = f"""
-    WITH {_REPOS},
+    WITH {_REPOS_ID},
     s AS MATERIALIZED (
-        SELECT path, epoch(time) AS t, size_bytes AS size
-        FROM snapshots
-        WHERE host = $host AND present AND size_bytes IS NOT NULL
-          AND time > $now::TIMESTAMPTZ - INTERVAL {CHART_DAYS} DAY
-          AND time <= $now::TIMESTAMPTZ
-          AND path IN (SELECT path FROM repos)),
+        SELECT r.id, epoch(x.time) AS t, x.size_bytes AS size
+        FROM snapshots x JOIN repos r ON x.path = r.path
+        WHERE x.host = $host AND x.present AND x.size_bytes IS NOT NULL
+          AND x.time > $now::TIMESTAMPTZ - INTERVAL {CHART_DAYS} DAY
+          AND x.time <= $now::TIMESTAMPTZ),
     span AS MATERIALIZED (
-        SELECT path, min(t) AS t0, max(t) AS t1, max(size) AS ymax, count(*) AS n
-        FROM s GROUP BY path),
-    fit AS (
-        SELECT path, regr_slope(size, t) AS slope, regr_intercept(size, t) AS icpt,
-               count(DISTINCT t) AS fit_n, max(t) - min(t) AS fit_span
-        FROM s WHERE t > epoch($now::TIMESTAMPTZ) - {FIT_DAYS * 86400} GROUP BY path),
+        SELECT id, min(t) AS t0, max(t) AS t1, max(size) AS ymax, count(*) AS n,
+               regr_slope(size, t) FILTER (WHERE t > $fit_from) AS slope,
+               regr_intercept(size, t) FILTER (WHERE t > $fit_from) AS icpt,
+               count(DISTINCT t) FILTER (WHERE t > $fit_from) AS fit_n,
+               max(t) FILTER (WHERE t > $fit_from) - min(t) FILTER (WHERE t > $fit_from)
+                   AS fit_span
+        FROM s GROUP BY id),
     b AS (
-        SELECT s.path,
+        SELECT s.id,
                CASE WHEN span.t1 = span.t0 THEN 0
                     ELSE floor({BUCKETS - 1}.999 * (s.t - span.t0) / (span.t1 - span.t0))
                END AS bucket,
-               arg_max(s.size, s.t) AS size, max(s.t) AS t
-        FROM s JOIN span USING (path) GROUP BY ALL),
+               max(s.size) AS size, max(s.t) AS t
+        FROM s JOIN span USING (id) GROUP BY ALL),
     p AS (
-        SELECT b.path, b.t,
+        SELECT b.id, b.t,
                coalesce((b.t - span.t0) / nullif(span.t1 - span.t0, 0), 0) AS x,
                coalesce(b.size / nullif(span.ymax, 0), 0) AS y
-        FROM b JOIN span USING (path)),
+        FROM b JOIN span USING (id)),
     drawn AS (
-        SELECT path,
+        SELECT id,
                string_agg(printf('%.1f,%.1f', 1 + x * {SPARK_W - 2},
                                  {SPARK_H - 1} - y * {SPARK_H - 2}), ' ' ORDER BY t) AS spark,
                string_agg(printf('%.1f,%.1f', x * {CHART_W},
                                  {CHART_H - 2} - y * {CHART_H - 10}), ' ' ORDER BY t) AS chart,
                count(*) AS drawn_n,
                arg_max(y, t) AS last_y
-        FROM p GROUP BY path)
+        FROM p GROUP BY id)
     SELECT repos.repository, drawn.spark, drawn.chart, drawn.drawn_n, drawn.last_y,
-           to_timestamp(span.t0), to_timestamp(span.t1), span.ymax, span.n, fit.slope,
-           fit.icpt, fit.fit_n, fit.fit_span
-    FROM span JOIN drawn USING (path) JOIN repos USING (path) LEFT JOIN fit USING (path)
+           to_timestamp(span.t0), to_timestamp(span.t1), span.ymax, span.n, span.slope,
+           span.icpt, span.fit_n, span.fit_span
+    FROM span JOIN drawn USING (id) JOIN repos USING (id)
     """
     found: dict[str, Series] = {}
     for (name, spark, chart, drawn_n, last_y, first, last, ymax, n, slope, icpt, fit_n,
-         fit_span) in con.execute(sql, _params(host, names, paths, now=now)).fetchall():
+         fit_span) in con.execute(sql, _params(host, names, paths, now=now,
+                                             fit_from=now.timestamp() - FIT_DAYS * 86400)
+                                 ).fetchall():
         if drawn_n == 1:  # one measurement: a flat line across, not an invisible dot
             spark += f" {SPARK_W - 1:.1f},{SPARK_H - 1 - last_y * (SPARK_H - 2):.1f}"
             chart += f" {CHART_W:.1f},{CHART_H - 2 - last_y * (CHART_H - 10):.1f}"
@@ -138,24 +145,23 @@ def timelines(con: Any, host: str, names: list[str], paths: list[str],
     # newest `limit` of those.
     sql = f"""
     WITH {_REPOS},
-    e AS (SELECT path, time, kind, details FROM events
-          WHERE host = $host AND path IN (SELECT path FROM repos)),
-    e_cut AS (SELECT path, list_min(max(time, $limit)) AS cut, count(*) AS n
-              FROM e GROUP BY path),
-    j AS (SELECT repository, time, action, resource_kind, name, who, error FROM journal
-          WHERE host = $host AND record_type = 'change' AND time IS NOT NULL
-            AND repository IN (SELECT repository FROM repos)),
+    e_cut AS (SELECT path, list_min(max(time, $limit)) AS cut, count(*) AS n FROM events
+              WHERE host = $host AND path IN (SELECT path FROM repos) GROUP BY path),
     j_cut AS (SELECT repository, list_min(max(time, $limit)) AS cut, count(*) AS n
-              FROM j GROUP BY repository),
+              FROM journal
+              WHERE host = $host AND record_type = 'change' AND time IS NOT NULL
+                AND repository IN (SELECT repository FROM repos) GROUP BY repository),
     items AS (
         SELECT r.repository, e.time, e.kind AS what, NULL::VARCHAR AS who,
                CAST(e.details AS VARCHAR) AS detail, 'watch' AS origin
-        FROM e JOIN e_cut c ON e.path = c.path AND e.time >= c.cut
+        FROM events e JOIN e_cut c ON e.path = c.path AND e.time >= c.cut
         JOIN repos r ON r.path = e.path
+        WHERE e.host = $host
         UNION ALL
         SELECT j.repository, j.time, concat_ws(' ', j.action, j.resource_kind, j.name),
                j.who, j.error, 'apply'
-        FROM j JOIN j_cut c ON j.repository = c.repository AND j.time >= c.cut),
+        FROM journal j JOIN j_cut c ON j.repository = c.repository AND j.time >= c.cut
+        WHERE j.host = $host AND j.record_type = 'change'),
     totals AS (
         SELECT r.repository, coalesce(e_cut.n, 0) + coalesce(j_cut.n, 0) AS total
         FROM repos r LEFT JOIN e_cut USING (path) LEFT JOIN j_cut USING (repository))
