@@ -143,8 +143,10 @@ def _start_workers(report: Report, folder: Path, common: dict[str, Any]) -> tupl
     parts = min(os.cpu_count() or 1, MAX_WORKERS)
     if parts < 2 or len(report.pages) < PAGES_PER_WORKER * 2:
         return 1, []
+    import gc
     import multiprocessing
 
+    gc.freeze()  # the children's collector leaves the inherited objects (and pages) alone
     context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_render_pages, args=(report, folder, common, part,
                                                            parts), daemon=True)
