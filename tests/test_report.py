@@ -537,3 +537,28 @@ def test_a_link_can_sort_and_filter_the_table(site: Site, tmp_path: Path) -> Non
     assert shown("#sort=repository") == sorted(sizes)
     assert shown("#sort=repository&dir=desc&owner=bob") == ["old", "gone", "docs"]
     assert shown("#group=team&state=ok") == ["docs", "photos"]  # worst first, then by name
+
+
+def test_alerts_show_only_columns_without_secrets() -> None:
+    """`hive notify`'s table, when present: the newest alerts per repository, and never a
+    column such as a channel's URL. A real DuckDB, with no such table first."""
+    import duckdb
+
+    from reports import queries
+
+    con = duckdb.connect()
+    assert queries.alerts(con, "h1", ["r"]) is None  # no table: the section is left out
+    con.execute("CREATE TABLE notifications (time TIMESTAMPTZ, host VARCHAR, "
+                "repository VARCHAR, kind VARCHAR, channel VARCHAR, status VARCHAR, "
+                "url VARCHAR, message VARCHAR)")
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = [(base + timedelta(hours=i), "h1", "r", "stale", "mail", "sent",
+             "mailto://user:password@example.org", "secret body") for i in range(30)]
+    rows += [(base, "h2", "r", "stale", "mail", "sent", "x", "y"),
+             (base, "h1", "other", "stale", "mail", "sent", "x", "y")]
+    con.executemany("INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    found = queries.alerts(con, "h1", ["r"])
+    assert found is not None and list(found) == ["r"]
+    assert len(found["r"]) == queries.ALERTS
+    assert list(found["r"][0]) == ["time", "kind", "channel", "status"]
+    assert found["r"][0]["time"] == base + timedelta(hours=29)  # newest first
