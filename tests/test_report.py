@@ -562,3 +562,32 @@ def test_alerts_show_only_columns_without_secrets() -> None:
     assert len(found["r"]) == queries.ALERTS
     assert list(found["r"][0]) == ["time", "kind", "channel", "status"]
     assert found["r"][0]["time"] == base + timedelta(hours=29)  # newest first
+
+
+def _contrast(a: str, b: str) -> float:
+    def luminance(colour: str) -> float:
+        channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+                   for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_colours_pass_wcag_aa_in_light_and_dark() -> None:
+    """Every text colour of the stylesheet on the backgrounds it is used on: >= 4.5:1."""
+    css = (ROOT / "reports" / "templates" / "report.css").read_text()
+    blocks = re.findall(r":root\{([^}]*--bg:[^}]*)\}", css)
+    assert len(blocks) == 3  # light, dark, print
+    pairs = [("fg", "bg"), ("muted", "bg"), ("link", "bg"), ("fg", "head"), ("muted", "head"),
+             ("link", "head"), ("ok-fg", "ok-bg"), ("bad-fg", "bad-bg"),
+             ("warn-fg", "warn-bg"), ("off-fg", "off-bg")]
+    for block in blocks:
+        colours = {name: value if len(value) == 7 else "#" + "".join(2 * c for c in value[1:])
+                   for name, value in re.findall(r"--([a-z-]+):(#[0-9a-f]{6}|#[0-9a-f]{3})\b",
+                                                 block)}
+        assert {"fg", "bg", "muted", "link"} <= set(colours)
+        for fg, bg in pairs:
+            if fg in colours and bg in colours:
+                ratio = _contrast(colours[fg], colours[bg])
+                assert ratio >= 4.5, (fg, bg, colours[fg], colours[bg], round(ratio, 2))
