@@ -118,7 +118,8 @@ def projection(status: RepoStatus, series: Series, now: datetime) -> Projection 
         when = datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         return Projection(None, "not within this century")
-    return Projection(max(when, now), when.strftime("%Y-%m-%d"))
+    when = max(when, now)  # the line crosses the quota already: it fills any moment
+    return Projection(when, when.strftime("%Y-%m-%d"))
 
 
 def keys(config: HiveConfig, name: str, now: datetime) -> list[KeyRow]:
