@@ -39,8 +39,9 @@ def cli() -> None:
     \b
     On the server: 'hive watch' records repository events (a service), 'hive stats'
     measures them (a timer), 'hive status' says which are stale (monitoring exit codes),
-    'hive notify' tells people (a timer), 'hive rollback' undoes what append-only keys
-    did. 'hive COMMAND --help' for each.
+    'hive notify' tells people (a timer), 'hive report' writes the status page,
+    status.json and Prometheus metrics (a timer), 'hive rollback' undoes what
+    append-only keys did. 'hive COMMAND --help' for each.
 
     \b
     Exit codes: 0 success/no changes, 1 error, 2 changes (with --detailed-exitcode),
@@ -458,3 +459,7 @@ cli.add_command(rollback)
 from notifications.command import notify  # noqa: E402
 
 cli.add_command(notify)
+
+from reports.command import report  # noqa: E402
+
+cli.add_command(report)

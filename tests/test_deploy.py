@@ -34,8 +34,8 @@ SYSTEMD = DEPLOY / "systemd"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 CHART = DEPLOY / "helm" / "hive"
 HIVE_CI = DEPLOY / "ci" / "hive-ci"
-#: hive commands named by units or the entrypoint that another issue is still adding.
-PENDING_COMMANDS = {"report"}
+#: hive commands named by units or the entrypoint that another issue is still adding (none now).
+PENDING_COMMANDS: set[str] = set()
 
 
 def _hive_commands() -> set[str]:
