@@ -21,7 +21,7 @@ BACKUP_ALERTS = frozenset({"stale", "never_backed_up"})
 # Repositories in these modes are not backed up by borg clients: no backup alerts.
 NO_BACKUP_MODES = frozenset({"import", "export", "disabled"})
 _FROM_STATUS = {"stale": "stale", "never backed up": "never_backed_up", "locked": "locked",
-                "missing on disk": "missing"}
+                "missing on disk": "missing", "corrupt": "corrupt"}
 
 
 def age_text(seconds: float | None) -> str:
@@ -78,6 +78,8 @@ def conditions(config: HiveConfig, statuses: Iterable[Any],
             add(s, alert, "locked" + (f" {age_text(since)}" if since is not None else ""))
         elif alert == "missing":
             add(s, alert, "missing")
+        elif alert == "corrupt":
+            add(s, alert, "files make no sense: " + (s.problem or "see hive status"))
         if s.quota_used is not None and s.quota_used >= config.quota_warn(s.repository):
             used = s.quota_used
             add(s, "quota", f"quota {used:.0%}" if used >= 0.1 else f"quota {used:.1%}")

@@ -16,9 +16,10 @@ from schemas.models import HiveConfig
 
 TITLE_LIMIT = 160
 BODY_ITEMS = 50  # repositories described in one body; the rest are named in one line
-SEVERE = frozenset({"stale", "never_backed_up", "locked", "missing"})
+SEVERE = frozenset({"stale", "never_backed_up", "locked", "missing", "corrupt"})
 _NAMES = {"stale": "stale", "never_backed_up": "never backed up", "locked": "locked",
-          "missing": "missing on disk", "quota": "quota", "key_expiring": "key expiring"}
+          "missing": "missing on disk", "corrupt": "corrupt", "quota": "quota",
+          "key_expiring": "key expiring"}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from schemas.sshkeys import parse_public_key
 from watcher.status import STATES, RepoStatus
 
 #: Worst first: the banner shows the first state any repository is in.
-SEVERITY = ("missing on disk", "locked", "stale", "never backed up", "ok", "disabled")
+SEVERITY = ("corrupt", "missing on disk", "locked", "stale", "never backed up", "ok", "disabled")
 assert set(SEVERITY) == set(STATES)
 WEEK = 7 * 86400
 

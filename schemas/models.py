@@ -464,9 +464,10 @@ def quota_size(text: str) -> Decimal:
     return Decimal(text.removesuffix(suffix)) * _QUOTA_FACTORS.get(suffix, 1)
 
 
-Alert = Literal["stale", "never_backed_up", "locked", "missing", "quota", "key_expiring"]
-ALERTS: tuple[Alert, ...] = ("stale", "never_backed_up", "locked", "missing", "quota",
-                           "key_expiring")
+Alert = Literal["stale", "never_backed_up", "locked", "missing", "corrupt", "quota",
+                "key_expiring"]
+ALERTS: tuple[Alert, ...] = ("stale", "never_backed_up", "locked", "missing", "corrupt",
+                           "quota", "key_expiring")
 # {env:NAME} or {file:/absolute/path}: the only way a secret enters a channel URL.
 SECRET_PLACEHOLDER = re.compile(r"\{(env|file):([^{}]*)\}")
 

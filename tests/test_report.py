@@ -26,6 +26,8 @@ import pytest
 from conftest import ROOT, ssh_keygen, write_config
 from test_watcher_support import Borg, barrier, hive_cli, query, repo_path, watching
 
+from watcher.states import STATES
+
 ARTIFACTS = Path(os.environ.get("HIVE_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "report"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STATUS_FIELDS = {"repository", "owner", "mode", "state", "last_backup", "age_seconds",
@@ -200,8 +202,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     borg("init", repo_path(folder, "old"))
     borg("create", repo_path(folder, "old"), "a1", str(src))
     two_days_ago = time.time() - 2 * 86400
-    for index in repo_path(folder, "old").glob("index.*"):
-        os.utime(index, (two_days_ago, two_days_ago))  # committed while no watcher ran
+    old = repo_path(folder, "old")  # committed while no watcher ran, two days ago:
+    for written in [*old.glob("index.*"), *old.glob("data/*/*")]:  # commits are dated by
+        os.utime(written, (two_days_ago, two_days_ago))           # their segments' mtime
     state = folder / "state"
     with watching(config) as watcher:
         for name in ("photos", "docs", "fresh"):
@@ -346,7 +349,8 @@ def test_metrics_parse_with_prometheus_client(site: Site) -> None:
     for s in families["hive_repository_state"].samples:
         states.setdefault(s.labels["repository"], []).append((s.labels["state"], s.value))
     for name, values in states.items():
-        assert len(values) == 6 and [v for _, v in values].count(1.0) == 1
+        assert {state for state, _ in values} == set(STATES)  # one sample per state
+        assert [v for _, v in values].count(1.0) == 1
         assert dict(values)[status[name]["state"]] == 1.0
     quota = {s.labels["repository"]: s.value
              for s in families["hive_repository_quota_bytes"].samples}
