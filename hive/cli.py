@@ -410,7 +410,7 @@ def authorized_keys_help(args: tuple[str, ...]) -> int:
     would refuse (any folder from / down, or the file, not root-owned, group- or world-
     writable, a symlink; not a regular file) prints nothing, says why on stderr and
     exits 1. In sshd_config:
-      AuthorizedKeysCommand /usr/local/bin/hive authorized-keys --state-dir /var/lib/hive %u
+      AuthorizedKeysCommand /opt/hive/bin/hive authorized-keys --state-dir /var/lib/hive %u
       AuthorizedKeysCommandUser nobody
     """
     from hive.login import authorized_keys
