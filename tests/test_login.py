@@ -19,8 +19,8 @@ from conftest import hive, requires_root, write_config
 
 pytestmark = requires_root  # the rules are about root ownership
 
-HEAVY = ("click", "pydantic", "yaml", "schemas", "reconciler", "json", "datetime",
-         "apprise", "notifications", "duckdb")
+HEAVY = ("click", "pydantic", "yaml", "schemas", "reconciler", "json", "datetime", "apprise",
+         "notifications", "duckdb")
 LINE = 'restrict,command="borg serve" ssh-ed25519 AAAA hive:k\n'
 REPO_UID = 20000  # a repository user's uid
 
