@@ -163,16 +163,18 @@ class Walk:
         for i in range(base + 1, index + 1):
             parent = stack[i - 1].fd
             assert parent is not None
+            fd: int | None = None
             try:
-                fd = os.open(stack[i].name, OPEN_DIR, dir_fd=parent)
+                opened = os.open(stack[i].name, OPEN_DIR, dir_fd=parent)
             except OSError as exc:
-                fd, reason = None, exc.strerror
+                reason = exc.strerror
             else:
-                st = os.fstat(fd)
+                st = os.fstat(opened)
                 reason = "changed during the walk"
-                if (st.st_dev, st.st_ino) != stack[i].ident:
-                    os.close(fd)
-                    fd = None
+                if (st.st_dev, st.st_ino) == stack[i].ident:
+                    fd = opened
+                else:
+                    os.close(opened)
             if fd is None:
                 self._problem(f"{self._path(stack[:i], stack[i].name)}: {reason}")
                 for level in stack[i:index + 1]:
