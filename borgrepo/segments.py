@@ -298,3 +298,21 @@ def last_backup(repo: str, transaction: int, per_dir: int | None = None,
         if first == 0:
             break
     return None
+
+
+def last_commit(repo: str, transaction: int, per_dir: int | None = None,
+                max_segments: int = 20_000) -> list[Commit]:
+    """The commit that wrote `transaction` alone (not every commit before it): what a
+    watcher seeing a repository for the first time records. Its span starts after the
+    previous segment that ends with a COMMIT, looked for in the newest 256 segments first."""
+    for window in (256, max_segments):
+        first = max(0, transaction - window)
+        files = segment_files(repo, first, transaction - 1, per_dir)
+        previous = [n for n, path in files if ends_with_commit(path)]
+        if previous:
+            return commits(repo, previous[-1], transaction, per_dir)
+        if first == 0:
+            return commits(repo, None, transaction, per_dir)
+    return [Commit(transaction, None, problem=f"no earlier commit within {max_segments} "
+                                              "segments")]
+

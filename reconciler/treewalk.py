@@ -171,10 +171,10 @@ class Walk:
             else:
                 st = os.fstat(opened)
                 reason = "changed during the walk"
-                if (st.st_dev, st.st_ino) != stack[i].ident:
-                    os.close(opened)
-                else:
+                if (st.st_dev, st.st_ino) == stack[i].ident:
                     fd = opened
+                else:
+                    os.close(opened)
             if fd is None:
                 self._problem(f"{self._path(stack[:i], stack[i].name)}: {reason}")
                 for level in stack[i:index + 1]:

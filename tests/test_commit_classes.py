@@ -154,18 +154,29 @@ def _segment(entries: list[tuple[int, bytes, int]]) -> bytes:
 
 
 def test_parser_fuzz_never_crashes_or_hangs(tmp_path: Path) -> None:
-    """Random bytes and mutations of well-formed segments (seed 10, ~5 s): every result is
-    a list of commits, a bad segment makes its commit `other` with a problem."""
+    """Random bytes and mutations of well-formed and of real borg segments (seed 10, ~5 s):
+    every result is a list of commits, a bad segment makes its commit `other` with a
+    problem."""
     rng = random.Random(10)
     repo = tmp_path / "r"
     (repo / "data" / "0").mkdir(parents=True)
     good = _segment([(segments.PUT, os.urandom(32), 100), (segments.DELETE,
                      segments.MANIFEST_ID, 0), (segments.PUT, segments.MANIFEST_ID, 50),
                      (segments.COMMIT, b"", 0)])
+    # Real segments too: a real borg create's, each mutated in turn.
+    real = tmp_path / "real"
+    borg = Borg(tmp_path / "borg-base")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(os.urandom(200_000))
+    borg("init", real)
+    borg("create", real, "a1", str(tmp_path / "src"))
+    samples = [good, *(p.read_bytes() for p in sorted((real / "data").glob("*/*")))]
+    assert [c.what for c in segments.commits(str(real), 1, _index(real))] == ["backup"]
     deadline, rounds = time.monotonic() + 5, 0
     while time.monotonic() < deadline and rounds < 2000:
         rounds += 1
-        data = bytearray(good if rng.random() < 0.7 else os.urandom(rng.randint(0, 300)))
+        data = bytearray(rng.choice(samples) if rng.random() < 0.7
+                         else os.urandom(rng.randint(0, 300)))
         for _ in range(rng.randint(0, 4)):
             if data:
                 data[rng.randrange(len(data))] = rng.getrandbits(8)

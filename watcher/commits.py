@@ -45,7 +45,9 @@ def classify(path: str, layout: str | None, found: list[ev.RepoEvent],
             out.append(replace(event, details=details))
             continue
         try:
-            commits = segments.commits(path, previous, transaction)
+            # A repository seen for the first time: only its newest commit, not its history.
+            commits = segments.commits(path, previous, transaction) if previous is not None \
+                else segments.last_commit(path, transaction)
         except OSError as exc:  # the folder went away meanwhile
             commits = [segments.Commit(transaction, None, problem=str(exc))]
         gone = not commits or commits[-1].transaction != transaction
