@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from notifications.secrets import placeholder_markers
+from notifications.secrets import placeholder_markers, policy_of
 from schemas.checks import Problem
 from schemas.models import SECRET_PLACEHOLDER, Channel, HiveConfig, Rule
 
@@ -63,6 +63,11 @@ def problems(config: HiveConfig) -> Iterator[Problem]:
         literal = _literal_password(channel.url)
         if literal:
             yield Problem((*where, "url"), literal)
+        policy = policy_of(config)
+        for kind, arg in SECRET_PLACEHOLDER.findall(channel.url):
+            refused = policy.file_problem(arg) if kind == "file" else policy.env_problem(arg)
+            if refused:
+                yield Problem((*where, "url"), refused)
     by_owner: dict[str, list[str]] = {}
     for repository, repo in config.repositories.items():
         by_owner.setdefault(repo.owner, []).append(repository)

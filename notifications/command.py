@@ -86,12 +86,13 @@ def _error(message: str, fmt: str) -> int:
 
 def _test(config: Any, channel: str, lock_timeout: float, fmt: str) -> int:
     from notifications import render, send, state
+    from notifications.secrets import policy_of
 
     now = datetime.now(UTC)
     message = render.test_message(config, channel, now)
     with state.run_lock(config.server.state_dir, lock_timeout):
         error = send.deliver(config.notifications.channels[channel].url, message.title,
-                             message.body, message.notify_type)
+                             message.body, message.notify_type, policy_of(config))
         state.record(config.server.state_dir, config.server.name, now,
                      [state.Attempt(channel, "test", [], error)], [])
     return _report(config, [(message, error)], dry_run=False, fmt=fmt)
@@ -102,6 +103,7 @@ def _run(config: Any, dry_run: bool, lock_stale_after: float, lock_timeout: floa
     import contextlib
 
     from notifications import alerts, render, send, state
+    from notifications.secrets import policy_of
     from watcher import status
 
     if not config.notifications.rules:
@@ -129,7 +131,7 @@ def _run(config: Any, dry_run: bool, lock_stale_after: float, lock_timeout: floa
         channels = config.notifications.channels
         for message in messages:
             error = send.deliver(channels[message.channel].url, message.title,
-                                 message.body, message.notify_type)
+                                 message.body, message.notify_type, policy_of(config))
             results.append((message, error))
         cleared = [d for d in deliveries if d.kind == "clear"]
         if results or cleared:

@@ -9,14 +9,58 @@ apprise's own error texts can quote the URL.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from schemas.models import SECRET_PLACEHOLDER
 
+if TYPE_CHECKING:
+    from schemas.models import HiveConfig
+
+MAX_SECRET_BYTES = 64 * 1024
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
 
 class SecretError(Exception):
     """A placeholder could not be resolved; the message names it, never a value."""
+
+
+@dataclass(frozen=True)
+class SecretPolicy:
+    """Where secrets may come from. `hive notify` runs as root, and hive.yaml's channels
+    are edited by more people than the server: a {file:} outside `secrets_dir`, or the
+    LDAP bind password's variable, would let a channel send the server's own secrets to
+    whoever its URL names."""
+
+    secrets_dir: str = "/etc/hive/secrets"
+    forbidden_env: frozenset[str] = frozenset()
+
+    def file_problem(self, path: str) -> str | None:
+        """Why {file:path} is not allowed (None: it is), from the path as written."""
+        root = os.path.normpath(self.secrets_dir)
+        if os.path.commonpath([root, os.path.normpath(path)]) != root or \
+                os.path.normpath(path) == root:
+            return (f"{{file:{path}}} is outside server.secrets_dir ({self.secrets_dir}); "
+                    "keep the secret in a file there")
+        return None
+
+    def env_problem(self, name: str) -> str | None:
+        if name in self.forbidden_env:
+            return (f"{{env:{name}}} is the LDAP bind password's variable; a channel may not "
+                    "send it anywhere")
+        return None
+
+
+def policy_of(config: HiveConfig) -> SecretPolicy:
+    """The policy hive.yaml's trusted server: section sets."""
+    identity = config.server.identity
+    forbidden = set()
+    ldap = getattr(identity, "ldap", None)
+    if ldap is not None and ldap.bind_password_env:
+        forbidden.add(ldap.bind_password_env)
+    return SecretPolicy(str(config.server.secrets_dir), frozenset(forbidden))
 
 
 @dataclass
@@ -28,31 +72,57 @@ class Resolved:
         return redact(text, self.secrets)
 
 
-def _value(kind: str, arg: str, environ: dict[str, str] | os._Environ[str]) -> str:
+def _value(kind: str, arg: str, environ: dict[str, str] | os._Environ[str],
+           policy: SecretPolicy) -> str:
     if kind == "env":
+        refused = policy.env_problem(arg)
+        if refused:
+            raise SecretError(refused)
         value = environ.get(arg)
         if value is None or value == "":
             raise SecretError(f"environment variable {arg} (from {{env:{arg}}}) is not set")
         return value
+    return _read_secret_file(arg, policy)
+
+
+def _read_secret_file(arg: str, policy: SecretPolicy) -> str:
+    """The first line of a secret file inside the secrets folder: symlinks resolved before
+    the check (none may lead out), the file itself opened without following one, never a
+    FIFO or device, and only so many bytes."""
+    real = os.path.realpath(arg)
+    refused = policy.file_problem(arg)
+    if refused is None and SecretPolicy(os.path.realpath(policy.secrets_dir)).file_problem(real):
+        refused = f"{{file:{arg}}} leads outside server.secrets_dir (through a symlink)"
+    if refused:
+        raise SecretError(refused)
     try:
-        with open(arg, encoding="utf-8") as handle:
-            value = handle.readline().strip()
+        fd = os.open(real, _OPEN)
     except OSError as exc:
         raise SecretError(f"cannot read {arg} (from {{file:{arg}}}): {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SecretError(f"{arg} (from {{file:{arg}}}) is not a regular file")
+        data = os.read(fd, MAX_SECRET_BYTES)
+    finally:
+        os.close(fd)
+    value = data.decode("utf-8", "replace").splitlines()[0].strip() if data else ""
     if not value:
         raise SecretError(f"{arg} (from {{file:{arg}}}) is empty")
     return value
 
 
-def resolve(url: str, environ: dict[str, str] | None = None) -> Resolved:
+def resolve(url: str, environ: dict[str, str] | None = None,
+            policy: SecretPolicy | None = None) -> Resolved:
     """The URL with its placeholders replaced by their values, URL-quoted (a password
-    with '@' or '/' must not change the URL's shape)."""
+    with '@' or '/' must not change the URL's shape). Without a policy, the default one
+    (files only in /etc/hive/secrets): never no limit."""
     env = os.environ if environ is None else environ
+    policy = policy or SecretPolicy()
     found: list[str] = []
 
     def replace(match: object) -> str:
         kind, arg = match.group(1), match.group(2)  # type: ignore[attr-defined]
-        value = _value(kind, arg, env)
+        value = _value(kind, arg, env, policy)
         quoted = quote(value, safe="")
         found.extend({value, quoted})
         return quoted

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import logging
 
-from notifications.secrets import Resolved, SecretError, redact, resolve
+from notifications.secrets import Resolved, SecretError, SecretPolicy, redact, resolve
 
 # apprise's WARNING lines say why a delivery failed ("A Connection error occurred ...").
 _LOG_LEVEL = logging.WARNING
 
 
-def deliver(url: str, title: str, body: str, notify_type: str) -> str | None:
-    """Send one message; None on success, else the (redacted) reason it failed."""
+def deliver(url: str, title: str, body: str, notify_type: str,
+            policy: SecretPolicy) -> str | None:
+    """Send one message; None on success, else the (redacted) reason it failed. `policy`
+    says where its secrets may come from (server.secrets_dir)."""
     from notifications.checks import url_problem
 
     problem = url_problem(url)  # the URL as written: placeholders, no secrets
     if problem:
         return f"the channel's URL: {problem}"
     try:
-        resolved = resolve(url)
+        resolved = resolve(url, policy=policy)
     except SecretError as exc:
         return str(exc)
     try:

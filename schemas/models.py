@@ -257,6 +257,12 @@ class Server(Strict):
                     "from here: it and its parents must be root-owned and not group- or "
                     "world-writable.")
     borg_command: SafeCommand = Field("borg", description="Name or path of borg on the server.")
+    secrets_dir: ResolvedPath = Field(
+        Path("/etc/hive/secrets"),
+        description="{file:PATH} secrets in notification URLs must be files in this folder. "
+                    "server: is the part of hive.yaml a proposal cannot change (plan "
+                    "--server-from), so a channel cannot be pointed at /etc/shadow or the "
+                    "LDAP password file.")
     rrsync_command: SafeCommand = Field("rrsync", description="Name or path of rrsync.")
     stale_after: Duration = Field(
         "26h", description="A repository whose last backup is older than this is stale "

