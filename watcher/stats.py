@@ -135,7 +135,7 @@ def targets(config: HiveConfig,
         except OSError:
             continue
         for name in names:
-            path = str(root / user / name)
+            path = config.repo_folder(name, user)
             found.setdefault(path, (name, user, path, False, None))
     return [t for _, t in sorted(found.items()) if not wanted or t[0] in wanted]
 
