@@ -136,8 +136,9 @@ YAML_VALUES = [
     ("control-character", "x-a: a\x01b\n", "11:7: YAML syntax: ", "U+0001"),
     ("deep-nesting", "x-a: " + "[" * 300 + "]" * 300 + "\n", "11:69: YAML: ",
      "nested more than 64 levels"),
-    ("very-deep-nesting", "x-a: " + "[" * 30000 + "]" * 30000 + "\n", "11:69: YAML: ",
-     "nested more than 64 levels"),
+    # PyYAML 6.0.4's libyaml stops at 1,000 levels by itself (its own located message,
+    # "exceeded maximum nesting depth"); 6.0.3 has no limit and segfaulted before Hive's.
+    ("very-deep-nesting", "x-a: " + "[" * 30000 + "]" * 30000 + "\n", "11:", "nest"),
     ("alias-chain", "x-a0: &a0 [x]\n" + "".join(f"x-a{i}: &a{i} [*a{i - 1}]\n"
                                                  for i in range(1, 100)),
      "11:7: YAML: ", "counting what aliases (*name) expand to"),
