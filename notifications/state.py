@@ -38,22 +38,14 @@ class NotifyBusy(Exception):
 def run_lock(state_dir: Path, timeout: float) -> Iterator[None]:
     """One `hive notify` at a time per server, so two never send the same alert: the
     second waits, then finds the first one's rows and sends nothing again."""
-    import fcntl
-    import time
+    from reconciler.lock import flock_within
 
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise NotifyBusy(f"another hive notify holds {state_dir / LOCK_NAME}; "
-                                     f"waited {timeout:g}s") from None
-                time.sleep(0.05)
+        if not flock_within(fd, timeout):
+            raise NotifyBusy(f"another hive notify holds {state_dir / LOCK_NAME}; "
+                             f"waited {timeout:g}s")
         yield
     finally:
         os.close(fd)

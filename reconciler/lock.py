@@ -23,23 +23,30 @@ class LockBusy(Exception):
     pass
 
 
+def flock_within(fd: int, timeout: float, poll: float = 0.05) -> bool:
+    """Take an exclusive flock on `fd`, trying until `timeout` seconds have passed; False if
+    it never came free. Polling (not a blocking flock) keeps the wait bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+
 @contextmanager
 def apply_lock(state_dir: Path, timeout: float) -> Iterator[None]:
     path = state_dir / FILE_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = Path(path).read_text(encoding="utf-8", errors="replace").strip()
-                    raise LockBusy(f"another hive apply is running ({holder or 'holder unknown'}"
-                                   f"); waited {timeout:g}s for {path}. Try again when it has "
-                                   "finished") from None
-                time.sleep(0.1)
+        if not flock_within(fd, timeout, poll=0.1):
+            holder = Path(path).read_text(encoding="utf-8", errors="replace").strip()
+            raise LockBusy(f"another hive apply is running ({holder or 'holder unknown'}"
+                           f"); waited {timeout:g}s for {path}. Try again when it has "
+                           "finished")
         os.ftruncate(fd, 0)
         since = datetime.now(UTC).isoformat(timespec="seconds")
         os.pwrite(fd, f"pid {os.getpid()}, {getpass.getuser()}@{socket.gethostname()}, "
