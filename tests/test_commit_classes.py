@@ -234,6 +234,56 @@ def test_borg2_prune_and_compact_leave_last_backup_at_the_create(tmp_path: Path,
     assert shown["state"] == "ok"
 
 
+def test_borg2_archives_listing_reads_only_what_borg_writes(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The repository's user controls archives/: a symlinked folder, FIFOs, symlinks,
+    sub-folders and future dates are not archives, and the listing is bounded."""
+    from borgrepo import archives
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ("a" * 64)).write_bytes(b"")
+    (repo / "archives").symlink_to(outside)
+    assert archives.listing(str(repo)) == archives.Listing()     # never followed
+    (repo / "archives").unlink()
+    (repo / "archives").mkdir()
+    assert archives.what(archives.listing(str(repo)), None, 10) == "other"
+    os.mkfifo(repo / "archives" / "fifo")
+    (repo / "archives" / "link").symlink_to(outside / ("a" * 64))
+    (repo / "archives" / "dir").mkdir()
+    (repo / "archives" / "x.tmp").write_bytes(b"")
+    future = repo / "archives" / "future"
+    future.write_bytes(b"")
+    os.utime(future, (time.time() + 10 * 86_400,) * 2)
+    found = archives.listing(str(repo))
+    assert (found.live, found.deleted, found.written, found.problem) == (1, 0, (), None)
+    (repo / "archives" / "b.del").write_bytes(b"")
+    found = archives.listing(str(repo))
+    assert (found.live, found.deleted, len(found.soft_deleted)) == (1, 1, 1)
+    monkeypatch.setattr(archives, "ENTRY_LIMIT", 3)
+    assert "more than 3 entries" in (archives.listing(str(repo)).problem or "")
+
+
+@pytest.mark.parametrize(("listing", "previous", "expected"), [
+    ({}, None, "init"),                                    # repo-create: no archives/
+    ({"exists": True}, None, "other"),                     # first sight: not guessed
+    ({"exists": True, "written": (15,), "folder_mtime": 15}, 10, "backup"),
+    ({"exists": True, "written": (5, 15), "soft_deleted": (16,)}, 10, "backup"),
+    ({"exists": True, "written": (5,), "soft_deleted": (15,)}, 10, "delete"),
+    ({"exists": True, "written": (5,), "folder_mtime": 15}, 10, "delete"),
+    ({"exists": True, "written": (5,), "folder_mtime": 5}, 10, "other"),   # check --repair
+    ({"exists": True, "written": (25,), "folder_mtime": 25}, 10, "other"),  # a later create
+])
+def test_borg2_what_a_commit_did(listing: dict[str, object], previous: int | None,
+                                 expected: str) -> None:
+    from borgrepo import archives
+
+    assert archives.what(archives.Listing(**listing), previous, 20) == expected  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------------- the parser, fuzzed
 
 def _segment(entries: list[tuple[int, bytes, int]]) -> bytes:
