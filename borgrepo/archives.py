@@ -7,8 +7,9 @@ commit the manifest; `borg compact` removes the `.del` entries and commits nothi
 
 So what a borg 2 commit did is read from the entries alone, never from their content: an
 entry written (mtime) between the previous commit and this one is a backup; otherwise an
-entry soft-deleted (a `.del` renamed into place: its ctime) or removed (the folder's
-mtime) in that span is a delete; otherwise the commit is `other`. Only `archives/` is
+entry soft-deleted (a `.del` renamed into place: its ctime) in that span is a delete; an
+old entry renamed back (`borg undelete`: its ctime, not its mtime) is `other`; an entry
+removed (the folder's mtime) is a delete; anything else is `other`. Only `archives/` is
 listed, with lstat per entry, never through a symlink, and at most ENTRY_LIMIT entries.
 """
 
@@ -35,6 +36,7 @@ class Listing:
     newest_written: int | None = None    # newest entry's mtime, live or deleted
     written: tuple[int, ...] = ()        # every entry's mtime
     soft_deleted: tuple[int, ...] = ()   # every `.del` entry's ctime (when it was renamed)
+    renamed: tuple[int, ...] = ()        # every live entry's ctime (undelete renames back)
     problem: str | None = None
 
 
@@ -54,6 +56,7 @@ def listing(repo: str) -> Listing:
     live = deleted = 0
     written: list[int] = []
     soft: list[int] = []
+    renamed: list[int] = []
     problem = None
     try:
         with os.scandir(folder) as it:
@@ -78,12 +81,14 @@ def listing(repo: str) -> Listing:
                         soft.append(st.st_ctime_ns)
                 else:
                     live += 1
+                    if _sane(st.st_ctime_ns):
+                        renamed.append(st.st_ctime_ns)
     except OSError as exc:
         problem = f"archives/: {exc.strerror}"
     return Listing(exists=True, live=live, deleted=deleted,
                    folder_mtime=top.st_mtime_ns if _sane(top.st_mtime_ns) else None,
                    newest_written=max(written, default=None), written=tuple(written),
-                   soft_deleted=tuple(soft), problem=problem)
+                   soft_deleted=tuple(soft), renamed=tuple(renamed), problem=problem)
 
 
 def what(found: Listing, previous: int | None, transaction: int) -> str:
@@ -102,6 +107,8 @@ def what(found: Listing, previous: int | None, transaction: int) -> str:
 
     if any(within(ns) for ns in found.written):
         return "backup"  # a create, also one that pruned in the same session
-    if any(within(ns) for ns in found.soft_deleted) or within(found.folder_mtime):
+    if any(within(ns) for ns in found.soft_deleted):
         return "delete"
-    return "other"
+    if any(within(ns) for ns in found.renamed):
+        return "other"  # `borg undelete`: an old entry renamed back from `.del`
+    return "delete" if within(found.folder_mtime) else "other"

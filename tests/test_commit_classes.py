@@ -183,17 +183,21 @@ def test_borg2_commits_are_classified_by_archive_entries(tmp_path: Path,
     assert sorted(p.name.endswith(".del") for p in (repo / "archives").iterdir()) == [False]
 
     # While no watcher runs: a create and a prune (two commits, one span for a rescan:
-    # it added an entry, so it is a backup), then a delete of everything (a delete).
+    # it added an entry, so it is a backup); then, watched, a delete, an undelete and a
+    # delete again.
     (src / "more").write_bytes(os.urandom(100_000))
     borg("create", repo, "b1", str(src))
     borg("prune", repo, "--keep-last", "1")
     with watching(config) as watcher:
         barrier(tmp_path, state)
         borg("delete", repo, "-a", "b1")
+        borg("undelete", repo, "-a", "b1")       # renamed back: neither backup nor delete
+        borg("delete", repo, "-a", "b1")
         barrier(tmp_path, state)
         assert watcher.stop() == 0, watcher.text()
     missed = _updates(state)[len(seen):]
-    assert [(d["what"], d["archives"]) for d in missed] == [("backup", 1), ("delete", 0)]
+    assert [(d["what"], d["archives"]) for d in missed] == [
+        ("backup", 1), ("delete", 0), ("other", 1), ("delete", 0)]
 
     # Without any watcher record, status reads the newest archive entry from disk: b1's,
     # though b1 is deleted now (it was a backup), and the last activity is the delete.
@@ -275,6 +279,8 @@ def test_borg2_archives_listing_reads_only_what_borg_writes(tmp_path: Path,
     ({"exists": True, "written": (5,), "soft_deleted": (15,)}, 10, "delete"),
     ({"exists": True, "written": (5,), "folder_mtime": 15}, 10, "delete"),
     ({"exists": True, "written": (5,), "folder_mtime": 5}, 10, "other"),   # check --repair
+    ({"exists": True, "written": (5,), "renamed": (15,), "folder_mtime": 15}, 10,
+     "other"),                                             # undelete
     ({"exists": True, "written": (25,), "folder_mtime": 25}, 10, "other"),  # a later create
 ])
 def test_borg2_what_a_commit_did(listing: dict[str, object], previous: int | None,
