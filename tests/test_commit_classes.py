@@ -143,6 +143,153 @@ def test_borgmatic_run_leaves_last_backup_at_the_create(tmp_path: Path) -> None:
     assert shown["last_activity"] > shown["last_backup"]
 
 
+BORG2 = [b for b in optional_borgs() if b.id == "borg-2"]
+
+
+@pytest.mark.parametrize("binary", BORG2)
+def test_borg2_commits_are_classified_by_archive_entries(tmp_path: Path,
+                                                          binary: str) -> None:
+    """A borg 2 beta (HIVE_TEST_BORG2): create writes `archives/<id>`, delete and prune
+    rename entries to `.del`, compact removes those and commits no manifest."""
+    borg = Borg(tmp_path / "borg-base", binary)
+    assert borg.two, borg.version
+    config = make_config(tmp_path, {"r": "owner: alice"})
+    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "random").write_bytes(os.urandom(1_000_000))
+    with watching(config) as watcher:
+        borg("init", repo)
+        borg("create", repo, "a1", str(src))
+        borg("create", repo, "a2", str(src))           # no new data: still a backup
+        borg("delete", repo, "-a", "a1")
+        borg("create", repo, "a3", str(src))
+        borg("prune", repo, "--keep-last", "1")          # a2 goes
+        barrier(tmp_path, state)
+        before_compact = len(events(state, "r"))
+        borg("compact", repo)
+        borg("check", repo)
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0, watcher.text()
+    seen = _updates(state)
+    assert [d["what"] for d in seen] == ["init", "backup", "backup", "delete", "backup",
+                                         "delete"], seen
+    assert all(d["backup"] == (d["what"] == "backup") for d in seen)
+    assert [(d["archives"], d["archives_deleted"]) for d in seen[1:]] == [
+        (1, 0), (2, 0), (1, 1), (2, 1), (1, 2)]
+    # compact removes the `.del` entries but commits no manifest: sessions only
+    assert [k for k, _, _ in events(state, "r")[before_compact:]] == [
+        "opened", "closed", "opened", "closed"]
+    assert sorted(p.name.endswith(".del") for p in (repo / "archives").iterdir()) == [False]
+
+    # While no watcher runs: a create and a prune (two commits, one span for a rescan:
+    # it added an entry, so it is a backup); then, watched, a delete, an undelete and a
+    # delete again.
+    (src / "more").write_bytes(os.urandom(100_000))
+    borg("create", repo, "b1", str(src))
+    borg("prune", repo, "--keep-last", "1")
+    with watching(config) as watcher:
+        barrier(tmp_path, state)
+        borg("delete", repo, "-a", "b1")
+        borg("undelete", repo, "-a", "b1")       # renamed back: neither backup nor delete
+        borg("delete", repo, "-a", "b1")
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0, watcher.text()
+    missed = _updates(state)[len(seen):]
+    assert [(d["what"], d["archives"]) for d in missed] == [
+        ("backup", 1), ("delete", 0), ("other", 1), ("delete", 0)]
+
+    # Without any watcher record, status reads the newest archive entry from disk: b1's,
+    # though b1 is deleted now (it was a backup), and the last activity is the delete.
+    b1 = max(p.stat().st_mtime for p in (repo / "archives").iterdir())
+    for item in state.iterdir():
+        if item.name.startswith("events"):
+            item.unlink()
+    shown = json.loads(hive_cli("status", "-f", str(config), "-o", "json").stdout)[0]
+    assert datetime.fromisoformat(shown["last_backup"]).timestamp() == pytest.approx(b1)
+    assert shown["last_activity"] > shown["last_backup"]
+
+
+@pytest.mark.parametrize("binary", BORG2)
+def test_borg2_prune_and_compact_leave_last_backup_at_the_create(tmp_path: Path,
+                                                                 binary: str) -> None:
+    borg = Borg(tmp_path / "borg-base", binary)
+    config = make_config(tmp_path, {"r": "owner: alice"})
+    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(100_000))
+    borg("init", repo)
+    borg("create", repo, "a0", str(src))
+    with watching(config) as watcher:
+        borg("create", repo, "a1", str(src))
+        barrier(tmp_path, state)
+        created = json.loads(hive_cli("status", "-f", str(config), "-o", "json").stdout)[0]
+        time.sleep(1.1)
+        borg("prune", repo, "--keep-last", "1")
+        borg("compact", repo)
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0, watcher.text()
+    assert [d["what"] for d in _updates(state)][-2:] == ["backup", "delete"]
+    shown = json.loads(hive_cli("status", "-f", str(config), "-o", "json").stdout)[0]
+    assert created["last_backup"] is not None
+    assert shown["last_backup"] == created["last_backup"], (created, shown)
+    assert shown["last_activity"] > shown["last_backup"]
+    assert shown["state"] == "ok"
+
+
+def test_borg2_archives_listing_reads_only_what_borg_writes(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The repository's user controls archives/: a symlinked folder, FIFOs, symlinks,
+    sub-folders and future dates are not archives, and the listing is bounded."""
+    from borgrepo import archives
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ("a" * 64)).write_bytes(b"")
+    (repo / "archives").symlink_to(outside)
+    assert archives.listing(str(repo)) == archives.Listing()     # never followed
+    (repo / "archives").unlink()
+    (repo / "archives").mkdir()
+    assert archives.what(archives.listing(str(repo)), None, 10) == "other"
+    os.mkfifo(repo / "archives" / "fifo")
+    (repo / "archives" / "link").symlink_to(outside / ("a" * 64))
+    (repo / "archives" / "dir").mkdir()
+    (repo / "archives" / "x.tmp").write_bytes(b"")
+    future = repo / "archives" / "future"
+    future.write_bytes(b"")
+    os.utime(future, (time.time() + 10 * 86_400,) * 2)
+    found = archives.listing(str(repo))
+    assert (found.live, found.deleted, found.written, found.problem) == (1, 0, (), None)
+    (repo / "archives" / "b.del").write_bytes(b"")
+    found = archives.listing(str(repo))
+    assert (found.live, found.deleted, len(found.soft_deleted)) == (1, 1, 1)
+    monkeypatch.setattr(archives, "ENTRY_LIMIT", 3)
+    assert "more than 3 entries" in (archives.listing(str(repo)).problem or "")
+
+
+@pytest.mark.parametrize(("listing", "previous", "expected"), [
+    ({}, None, "init"),                                    # repo-create: no archives/
+    ({"exists": True}, None, "other"),                     # first sight: not guessed
+    ({"exists": True, "written": (15,), "folder_mtime": 15}, 10, "backup"),
+    ({"exists": True, "written": (5, 15), "soft_deleted": (16,)}, 10, "backup"),
+    ({"exists": True, "written": (5,), "soft_deleted": (15,)}, 10, "delete"),
+    ({"exists": True, "written": (5,), "folder_mtime": 15}, 10, "delete"),
+    ({"exists": True, "written": (5,), "folder_mtime": 5}, 10, "other"),   # check --repair
+    ({"exists": True, "written": (5,), "renamed": (15,), "folder_mtime": 15}, 10,
+     "other"),                                             # undelete
+    ({"exists": True, "written": (25,), "folder_mtime": 25}, 10, "other"),  # a later create
+])
+def test_borg2_what_a_commit_did(listing: dict[str, object], previous: int | None,
+                                 expected: str) -> None:
+    from borgrepo import archives
+
+    assert archives.what(archives.Listing(**listing), previous, 20) == expected  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------------- the parser, fuzzed
 
 def _segment(entries: list[tuple[int, bytes, int]]) -> bytes:

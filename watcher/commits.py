@@ -1,6 +1,7 @@
 """What each commit did: `updated` events of borg 1.x repositories get `what` (init,
-backup, delete, compact, other) and the sizes from borgrepo/segments.py, and a backup
-that adds far more than usual gets an `unusual_growth` event.
+backup, delete, compact, other) and the sizes from borgrepo/segments.py, borg 2 ones
+`what` (init, backup, delete, other) from the `archives/` entries (borgrepo/archives.py),
+and a borg 1.x backup that adds far more than usual gets an `unusual_growth` event.
 
 `events.py` stays pure: it says *that* a repository committed (transaction N after M);
 this module reads the segments between M and N and, when the watcher was down and
@@ -16,7 +17,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from borgrepo import segments
+from borgrepo import archives, segments
 from watcher import events as ev
 
 log = logging.getLogger("hive.watch")
@@ -28,7 +29,7 @@ GONE = "its segments are gone (compacted)"
 
 def classify(path: str, layout: str | None, found: list[ev.RepoEvent],
              history: deque[int] | None = None) -> list[ev.RepoEvent]:
-    """`found` with every borg 1.x `updated` event classified (and split per commit)."""
+    """`found` with every `updated` event classified (borg 1.x ones split per commit)."""
     out: list[ev.RepoEvent] = []
     for event in found:
         if event.kind != "updated":
@@ -37,8 +38,7 @@ def classify(path: str, layout: str | None, found: list[ev.RepoEvent],
         details = dict(event.details)
         transaction, previous = details.get("transaction"), details.get("previous")
         if layout == ev.BORG2:
-            details["what"] = "backup" if details.get("backup") else "init"
-            out.append(replace(event, details=details))
+            out.append(replace(event, details=_borg2(path, details)))
             continue
         if layout != ev.BORG1 or not isinstance(transaction, int) or details.get("rollback"):
             details.update(what="other", backup=False)
@@ -69,6 +69,20 @@ def classify(path: str, layout: str | None, found: list[ev.RepoEvent],
             if commit.what == "backup" and history is not None:
                 out.extend(_growth(commit, when, history, event.source))
     return out
+
+
+def _borg2(path: str, details: dict[str, Any]) -> dict[str, Any]:
+    """A borg 2 commit classified by the `archives/` entries written or deleted since the
+    previous one (borgrepo/archives.py); with the counts of archives it leaves."""
+    transaction, previous = details.get("transaction"), details.get("previous")
+    if not isinstance(transaction, int) or details.get("rollback"):
+        return {**details, "what": "other", "backup": False}
+    found = archives.listing(path)
+    if found.problem:
+        log.warning("%s: archives/ read only in part: %s", path, found.problem)
+    what = archives.what(found, previous if isinstance(previous, int) else None, transaction)
+    return {**details, "what": what, "backup": what == "backup", "archives": found.live,
+            "archives_deleted": found.deleted}
 
 
 def _growth(commit: segments.Commit, when: float, history: deque[int],

@@ -11,8 +11,8 @@ borg 1.x (`config` is a file)
 borg 2 betas (borgstore: `config/` is a folder)
     open    a file appears in `locks/` (renamed into place from a `.tmp`)
     commit  `config/manifest` renamed into place; init writes one too, before `archives/`
-            exists, so a commit is a backup once `archives/` is there. The manifest's
-            mtime in nanoseconds stands in for the transaction number.
+            exists. The manifest's mtime in nanoseconds stands in for the transaction
+            number; what the commit did is read from `archives/` (watcher/commits.py).
     close   the last file in `locks/` is removed
 
 Every number read from a repository's files (an index name, a config version, a lock

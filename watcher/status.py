@@ -7,7 +7,8 @@ there, is it locked, its last commit: the same scan the watcher uses) and the da
 cannot read the repositories, it relies on what the watcher recorded.
 
 "Last backup" is the last commit that was a backup (`borg create`, its checkpoints
-included), read from the segments' entry headers (borgrepo/segments.py): a client that
+included), read from the segments' entry headers (borgrepo/segments.py) for borg 1.x and
+from the `archives/` entries (borgrepo/archives.py) for borg 2 betas: a client that
 only prunes and compacts, as borgmatic does on every run, no longer looks backed up.
 `last_activity` is the last commit of any kind. With no watcher, status classifies what
 it finds on disk; commits whose segments a compaction removed are not guessed at.
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from borgrepo import archives as borg_archives
 from borgrepo import layout as borg_layout
 from borgrepo import locks as borg_locks
 from borgrepo import segments
@@ -82,7 +84,7 @@ class Disk:
     state: ev.RepoState | None
     readable: bool = True
     holders_alive: bool | None = None
-    classified: bool = False          # last_backup was read from the segments (borg 1.x)
+    classified: bool = False          # last_backup was read from segments or archives/
     last_backup: float | None = None  # then: the last commit that was a backup
 
 
@@ -102,7 +104,7 @@ def evaluate(config: HiveConfig, repository: str, disk: Disk, recorded: Recorded
     if disk.readable and disk.state is not None:
         if disk.classified:
             on_disk = _ts(disk.last_backup)
-        else:  # borg 2: a commit once archives/ exists
+        else:  # not classified (a repository whose files make no sense)
             on_disk = _ts(disk.state.commit_time) if disk.state.backed_up else None
         if on_disk is not None and (last is None or on_disk > last):
             last = on_disk
@@ -155,6 +157,11 @@ def look(path: str) -> Disk:
         backup = segments.last_backup(path, state.transaction, per_dir)
         return Disk(state, holders_alive=alive, classified=True,
                     last_backup=backup.time if backup is not None else None)
+    if state.layout == ev.BORG2 and state.problem is None:
+        # borg 2: the newest archive entry written (a soft-deleted one too: it was a backup)
+        newest = borg_archives.listing(path).newest_written
+        return Disk(state, holders_alive=alive, classified=True,
+                    last_backup=newest / 1e9 if newest is not None else None)
     return Disk(state, holders_alive=alive)
 
 
