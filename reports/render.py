@@ -176,20 +176,17 @@ def write_folder(report: Report, config: Any, folder: Path) -> str:
         **common, **_list_context(report, report.rows, "", top), title=f"Backups on {host}",
         description=None,
         caption=f"{len(report.rows)} repositories on {host}, worst state first"))
-    for owner, rows in report.owners.items():
-        spec = config.owners.get(owner)
-        (folder / "owners" / f"{owner}.html").write_text(listing.render(
-            **common, **_list_context(report, rows, "../", below),
-            title=f"Backups of {owner}",
-            description=spec.description if spec else None,
-            caption=f"Repositories owned by {owner} on {host}"))
-    for group, rows in report.groups.items():
-        spec = config.groups.get(group)
-        (folder / "groups" / f"{group}.html").write_text(listing.render(
-            **common, **_list_context(report, rows, "../", below),
-            title=f"Backups of group {group}",
-            description=spec.description if spec else None,
-            caption=f"Repositories shared with {group} or owned by its members, on {host}"))
+    # Owner and group pages: the same list, only theirs, one level down.
+    pages = [("owners", name, rows, config.owners.get(name), f"Backups of {name}",
+              f"Repositories owned by {name} on {host}")
+             for name, rows in report.owners.items()]
+    pages += [("groups", name, rows, config.groups.get(name), f"Backups of group {name}",
+               f"Repositories shared with {name} or owned by its members, on {host}")
+              for name, rows in report.groups.items()]
+    for kind, name, rows, spec, title, caption in pages:
+        (folder / kind / f"{name}.html").write_text(listing.render(
+            **common, **_list_context(report, rows, "../", below), title=title,
+            description=spec.description if spec else None, caption=caption))
     _render_pages(report, folder, common, 0, parts)
     for worker in workers:
         worker.join()
