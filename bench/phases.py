@@ -1,6 +1,6 @@
 """Where a `hive plan` spends its time, phase by phase, without a profiler's overhead.
 
-    python bench/phases.py HIVE_YAML [--repeat 3]
+    python bench/phases.py HIVE_YAML [--repeat 3] [--cpu]
 
 Runs the same pipeline as `hive plan` in this process (imports, read, YAML parse, pydantic
 validation, whole-file checks, observing each target, desired state, diff) and prints the
@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 
-def phases(path: Path) -> dict[str, float]:
+def phases(path: Path, clock: Any = time.perf_counter) -> dict[str, float]:
     t: dict[str, float] = {}
 
     def lap(name: str, start: float) -> float:
-        now = time.perf_counter()
+        now = clock()
         t[name] = t.get(name, 0.0) + now - start
         return now
 
-    start = time.perf_counter()
+    start = clock()
     import pydantic  # noqa: F401  (the import cost is a phase of its own)
 
     import schemas  # noqa: F401
@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--cpu", action="store_true",
+                        help="time each phase in this process's CPU seconds (user + system) "
+                             "instead of wall seconds: steadier on a shared machine")
     args = parser.parse_args(argv)
-    runs = [phases(args.config) for _ in range(args.repeat)]
+    clock = time.process_time if args.cpu else time.perf_counter
+    runs = [phases(args.config, clock) for _ in range(args.repeat)]
     best: dict[str, Any] = {}
     for name in runs[0]:
         if name.startswith("import"):

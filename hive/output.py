@@ -49,9 +49,15 @@ def print_plan(plan: Plan, title: str) -> None:
     if plan.changes:
         click.echo(title)
         click.echo()
+        # A few thousand lines per write: one echo per line costs more than the plan.
+        batch: list[str] = []
         for change in plan.changes:
-            for line in change_lines(change):
-                click.echo(line)
+            batch.extend(change_lines(change))
+            if len(batch) >= 4096:
+                click.echo("\n".join(batch))
+                batch.clear()
+        if batch:
+            click.echo("\n".join(batch))
         click.echo()
     for note in plan.notes:
         click.echo(click.style("Note: ", fg="cyan") + note)

@@ -196,8 +196,10 @@ class Wanted:
 
 
 def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, Any] | None,
-                      facts: Facts, now: dt.datetime) -> Wanted:
-    """Account, user folder, repository folder and key file of one repository."""
+                      facts: Facts, now: dt.datetime,
+                      maker: keylines.LineMaker | None = None) -> Wanted:
+    """Account, user folder, repository folder and key file of one repository (`maker`
+    renders the key lines; one for all repositories makes each key's part once)."""
     repo = config.repositories[name]
     user = config.user_name(name)
     path = config.repo_folder(name)
@@ -219,7 +221,8 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
     out.resources.append(Resource("directory", path, _dir(uid, uid, 0o700),
                                   {"role": "repository", "repository": name}))
     try:
-        lines, out.expired = keylines.repository_lines(config, repo, Path(path), now)
+        maker = maker or keylines.LineMaker(config)
+        lines, out.expired = maker.repository_lines(repo, path, now)
     except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
         return Wanted(error=f"repository {name}: {exc}")
     if lines:
@@ -311,11 +314,12 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     # 2. Repositories in the file: account, directories, keys.
     expired: dict[str, dt.datetime] = {}
     seen = facts.directories
+    maker = keylines.LineMaker(config)
     for user, name in users.items():
         if user not in assigned.uids or user in assigned.refused:
             continue
         wanted = wanted_repository(config, name, assigned.uids[user], known.get(user), facts,
-                                   now)
+                                   now, maker)
         if wanted.error:
             out.errors.append(wanted.error)
             continue

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import random
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 # atomic_write's temporary files: `.<name>.<8 characters of tempfile's alphabet>.tmp`.
 # Cleaning matches exactly this, so it can never take a file that is not Hive's own.
 _TEMP_PREFIX, _TEMP_SUFFIX = ".{}.", ".tmp"
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+_TEMP_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def atomic_write(path: Path, content: str, mode: int = 0o644, uid: int = 0,
@@ -36,6 +41,112 @@ def atomic_write(path: Path, content: str, mode: int = 0o644, uid: int = 0,
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def replace_files(directory: Path, contents: Sequence[tuple[str, str | None]],
+                  mode: int = 0o644) -> tuple[int, OSError | None]:
+    """Replace many files of one folder, each atomically, with one sync for them all.
+
+    `contents` lists (file name, new content), or (file name, None) to remove the file; they
+    are done in that order. Every new content goes to a temporary file first (named as
+    atomic_write names them, root-owned, `mode`), then one syncfs(2) puts all of them on
+    disk, then each is renamed over its file (or the file is removed), then one fsync of
+    the folder makes the renames durable. A crash at any point leaves each file with its
+    old content or its new one, never a mix or nothing; once this returns, every done
+    change survives a crash. One sync instead of two fsyncs per file is what makes 50,000
+    key files take seconds rather than minutes.
+
+    Returns how many of `contents` were done (a prefix) and the error that stopped the
+    rest (None when all were done); temporaries of the ones not done are removed.
+    """
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    temporaries: list[str | None] = []
+    error: OSError | None = None
+    done = 0
+    try:
+        for name, content in contents:
+            if content is None:
+                temporaries.append(None)
+                continue
+            try:
+                temporaries.append(_write_temporary(dir_fd, name, content, mode))
+            except OSError as exc:
+                error = exc
+                break
+        ready = len(temporaries)
+        try:
+            if any(t is not None for t in temporaries):
+                syncfs(dir_fd)  # every new content on disk before any rename shows it
+        except OSError as exc:
+            error, ready = exc, 0
+        for (name, _), temporary in zip(contents[:ready], temporaries[:ready], strict=True):
+            try:
+                if temporary is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dir_fd)
+                else:
+                    os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as exc:
+                error = exc
+                break
+            done += 1
+        if done:
+            try:
+                os.fsync(dir_fd)
+            except OSError as exc:  # the renames may not survive a crash: none counts
+                error, done = exc, 0
+    finally:
+        for temporary in temporaries[done:]:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=dir_fd)
+        os.close(dir_fd)
+    return done, error
+
+
+def _write_temporary(dir_fd: int, name: str, content: str, mode: int) -> str:
+    """A new `.<name>.XXXXXXXX.tmp` in the folder holding `content`; its name."""
+    data = content.encode()
+    for _ in range(100):
+        temporary = f".{name}.{''.join(random.choices(_TEMP_LETTERS, k=8))}.tmp"
+        try:
+            fd = os.open(temporary, _CREATE, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(f"no free temporary name for {name}")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temporary, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    return temporary
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out and flush everything dirty on the filesystem holding `fd`
+    (os.sync, every filesystem, where libc has no syncfs)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    function = getattr(_libc, "syncfs", None)
+    if function is None:
+        os.sync()
+        return
+    if function(fd) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def fsync_dir(path: Path) -> None:

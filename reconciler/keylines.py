@@ -19,7 +19,7 @@ from schemas.sshkeys import parse_public_key
 COMMENT_PREFIX = "hive:"
 
 
-def forced_command_words(config: HiveConfig, repo: Repository, path: Path,
+def forced_command_words(config: HiveConfig, repo: Repository, path: Path | str,
                          append_only: bool) -> list[str]:
     """The command sshd runs instead of whatever the client asked for, word by word."""
     server = config.server
@@ -37,7 +37,8 @@ def forced_command_words(config: HiveConfig, repo: Repository, path: Path,
     raise ValueError(f"mode {repo.mode!r} grants no access")
 
 
-def forced_command(config: HiveConfig, repo: Repository, path: Path, append_only: bool) -> str:
+def forced_command(config: HiveConfig, repo: Repository, path: Path | str,
+                   append_only: bool) -> str:
     """The forced command as sshd's command="..." holds it."""
     return " ".join(forced_command_words(config, repo, path, append_only))
 
@@ -50,38 +51,80 @@ def expiry_option(expires_at: dt.datetime) -> str:
 def key_line(config: HiveConfig, repo: Repository, path: Path, key_name: str, key: Key,
              append_only: bool) -> str:
     """One line, or UnsafeKeyLine if any part of it is outside sshd's strict grammar."""
-    try:
-        options = ["restrict"]
-        if key.from_:
-            options.append(from_option(list(key.from_)))
-        expires_at = key.expires_at()
-        if expires_at is not None:
-            options.append(f'expiry-time="{expiry_option(expires_at)}"')
-        options.append(command_option(forced_command_words(config, repo, path, append_only)))
-        public = parse_public_key(key.public_key)
-        line = f"{','.join(options)} {public.type} {public.blob} {COMMENT_PREFIX}{key_name}"
-        return check_key_line(line)
-    except UnsafeKeyLine as exc:
-        raise UnsafeKeyLine(f"key {key_name}: refusing to write its authorized_keys line: "
-                            f"{exc}") from None
+    return LineMaker(config).line(repo, path, key_name, key, append_only)
+
+
+class LineMaker:
+    """Renders the lines of one run. What depends on the key alone (from=, expiry-time=,
+    its type and data) is made once per key, the forced command once per repository and
+    mode, so 100,000 keys cost 100,000 parses, not one per line; every whole line is
+    still checked against the grammar before it is returned."""
+
+    def __init__(self, config: HiveConfig) -> None:
+        self.config = config
+        # key name -> (the options between restrict and command=, "type data hive:name")
+        self._keys: dict[str, tuple[str, str]] = {}
+
+    def _key_parts(self, key_name: str, key: Key) -> tuple[str, str]:
+        parts = self._keys.get(key_name)
+        if parts is None:
+            options = ""
+            if key.from_:
+                options += "," + from_option(list(key.from_))
+            expires_at = key.expires_at()
+            if expires_at is not None:
+                options += f',expiry-time="{expiry_option(expires_at)}"'
+            public = parse_public_key(key.public_key)
+            parts = (options, f"{public.type} {public.blob} {COMMENT_PREFIX}{key_name}")
+            self._keys[key_name] = parts
+        return parts
+
+    def line(self, repo: Repository, path: Path | str, key_name: str, key: Key,
+             append_only: bool, command: str | None = None) -> str:
+        """One line (`command` is the forced command's option when the caller has it)."""
+        try:
+            options, body = self._key_parts(key_name, key)
+            if command is None:
+                command = command_option(forced_command_words(self.config, repo, path,
+                                                              append_only))
+            return check_key_line(f"restrict{options},{command} {body}")
+        except UnsafeKeyLine as exc:
+            raise UnsafeKeyLine(f"key {key_name}: refusing to write its authorized_keys "
+                                f"line: {exc}") from None
+
+    def repository_lines(self, repo: Repository, path: Path | str, now: dt.datetime
+                         ) -> tuple[dict[str, str], dict[str, dt.datetime]]:
+        """Key name -> line for one repository, and the keys left out because they
+        expired."""
+        lines: dict[str, str] = {}
+        expired: dict[str, dt.datetime] = {}
+        if repo.mode == "disabled":
+            return lines, expired
+        keys = self.config.keys
+        for append_only, names in ((False, repo.keys), (True, repo.append_only_keys)):
+            command = None
+            for name in names:
+                key = keys[name]
+                if key.expires is not None:
+                    expires_at = key.expires_at()
+                    if expires_at is not None and expires_at <= now:
+                        expired[name] = expires_at
+                        continue
+                if command is None:
+                    try:
+                        command = command_option(forced_command_words(
+                            self.config, repo, path, append_only))
+                    except UnsafeKeyLine as exc:
+                        raise UnsafeKeyLine(f"key {name}: refusing to write its "
+                                            f"authorized_keys line: {exc}") from None
+                lines[name] = self.line(repo, path, name, key, append_only, command)
+        return lines, expired
 
 
 def repository_lines(config: HiveConfig, repo: Repository, path: Path,
                      now: dt.datetime) -> tuple[dict[str, str], dict[str, dt.datetime]]:
     """Key name -> line for one repository, and the keys left out because they expired."""
-    lines: dict[str, str] = {}
-    expired: dict[str, dt.datetime] = {}
-    if repo.mode == "disabled":
-        return lines, expired
-    for append_only, names in ((False, repo.keys), (True, repo.append_only_keys)):
-        for name in names:
-            key = config.keys[name]
-            expires_at = key.expires_at()
-            if expires_at is not None and expires_at <= now:
-                expired[name] = expires_at
-                continue
-            lines[name] = key_line(config, repo, path, name, key, append_only)
-    return lines, expired
+    return LineMaker(config).repository_lines(repo, path, now)
 
 
 def render_file(lines: dict[str, str]) -> str:

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 from reconciler import keylines
-from reconciler.fsutil import atomic_write, remove_stale_temporaries
+from reconciler.fsutil import remove_stale_temporaries, replace_files
 from reconciler.inventory import Inventory
 from reconciler.resources import Change, Facts
-from reconciler.targets import Kind, Result, Style, apply_each
+from reconciler.targets import Kind, Result, Style
 from schemas.models import HiveConfig
 
 CACHE_DIR = "authorized_keys"
@@ -43,19 +43,20 @@ class AuthorizedKeys:
             facts.authorized_keys[entry.name] = {"keys": keylines.parse_file(text)}
 
     def apply(self, changes: list[Change]) -> list[Result]:
+        """All the changes with one sync (fsutil.replace_files), in the order given."""
         try:
             self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             remove_stale_temporaries(self.dir)
         except OSError as exc:
             return [(changes[0], f"preparing {self.dir}: {exc}")]
-        return apply_each(changes, self._apply_one, OSError)
-
-    def _apply_one(self, change: Change) -> None:
-        path = self.dir / change.name
-        if change.action == "delete":
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write(path, keylines.render_file((change.after or {})["keys"]), mode=0o644)
+        contents = [(change.name, None if change.action == "delete"
+                     else keylines.render_file((change.after or {})["keys"]))
+                    for change in changes]
+        done, error = replace_files(self.dir, contents, mode=0o644)
+        results: list[Result] = [(change, None) for change in changes[:done]]
+        if error is not None and done < len(changes):
+            results.append((changes[done], str(error)))
+        return results
 
 
 def _key_summary(line: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import stat
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 from reconciler import treewalk
@@ -83,8 +82,11 @@ class Directories:
             return
         after = change.after or {}
         if change.action == "create":
-            Path(path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            os.mkdir(path, 0o700)  # closed until it has its owner
+            try:
+                os.mkdir(path, 0o700)  # closed until it has its owner
+            except FileNotFoundError:  # parents come first in a plan; this is for the rest
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                os.mkdir(path, 0o700)
             _set_owner_mode(path, after["uid"], after["gid"], int(after["mode"], 8))
             return
         st = os.lstat(path)
