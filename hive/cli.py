@@ -7,6 +7,7 @@ errors included), 2 changes pending or made, and only with --detailed-exitcode, 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -158,6 +159,9 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
     if fmt == "json":
         output.emit_version()
     config, path = _load(config_file, fmt)
+    # The loaded file (millions of objects at 50,000 repositories) lives until exit: keep
+    # the cyclic collector from walking it again each time the plan allocates.
+    gc.freeze()
     if server_from:
         import schemas
 

@@ -131,7 +131,8 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
                 plan.changes, key=lambda c: (c.action == "delete", c.kind)):
             batch = list(batch_iter)
             results = targets[kind].apply(batch)
-            journal.write(*(journal.record("change", **change.data, error=error)
+            now = journal.now()  # one time for the batch: its records are written together
+            journal.write(*(journal.record("change", **change.data, error=error, time=now)
                             for change, error in results))
             for change, error in results:
                 outcome.results.append((change, error))
@@ -139,11 +140,14 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
                     progress(len(outcome.results), total, change, error)
             if any(error for _, error in results) or len(results) < len(batch):
                 break
+        forgotten = False
         for change, error in outcome.results:  # forget what is really gone
             forget = registry.kind(change.kind).forget
             if change.action == "delete" and error is None and forget:
                 forget(claimed, change.name)
-        inventory_mod.save(state_dir, claimed)
+                forgotten = True
+        if forgotten:  # else the claim saved above is already the inventory
+            inventory_mod.save(state_dir, claimed)
         journal.write(journal.record("finish", error=outcome.error,
                                      done=len(outcome.results), total=total))
         return outcome

@@ -56,9 +56,14 @@ class Journal:
         self.host = host
         self.run = uuid.uuid4().hex[:12]
 
-    def record(self, record_type: str, **fields: Any) -> dict[str, Any]:
-        return {"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "host": self.host, "run": self.run, "type": record_type, **fields}
+    @staticmethod
+    def now() -> str:
+        return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+    def record(self, record_type: str, time: str | None = None,
+               **fields: Any) -> dict[str, Any]:
+        return {"time": time or self.now(), "host": self.host, "run": self.run,
+                "type": record_type, **fields}
 
     def write(self, *records: dict[str, Any]) -> None:
         """Append records with one write and one fsync (a batch of changes costs one)."""

@@ -93,7 +93,8 @@ class Facts:
 
     @property
     def directories(self) -> dict[str, Any]:
-        """path -> {"type", "uid", "gid", "mode", "children"} or UNKNOWN."""
+        """path -> {"type", "uid", "gid", "mode"[, "children"]} or UNKNOWN ("children" only
+        for the folders whose content the plan reads)."""
         return self.of("directory")
 
     @property

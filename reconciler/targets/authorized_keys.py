@@ -33,14 +33,22 @@ class AuthorizedKeys:
 
     def observe(self, facts: Facts, inventory: Inventory) -> None:
         try:
-            entries = list(os.scandir(self.dir))
+            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                continue
-            text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
-            facts.authorized_keys[entry.name] = {"keys": keylines.parse_file(text)}
+        name = ""
+        try:
+            with os.scandir(dir_fd) as entries:
+                names = [e.name for e in entries
+                         if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+            found = facts.authorized_keys
+            for name in names:
+                text = _read(dir_fd, name).decode("utf-8", errors="replace")
+                found[name] = {"keys": keylines.parse_file(text)}
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.dir / name)) from None
+        finally:
+            os.close(dir_fd)
 
     def apply(self, changes: list[Change]) -> list[Result]:
         """All the changes with one sync (fsutil.replace_files), in the order given."""
@@ -57,6 +65,23 @@ class AuthorizedKeys:
         if error is not None and done < len(changes):
             results.append((changes[done], str(error)))
         return results
+
+
+def _read(dir_fd: int, name: str) -> bytes:
+    """A whole file of the cache, in blocks small enough to cost no large allocation (a
+    read into a megabyte buffer costs more than opening the file)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        data = os.read(fd, 16384)
+        if len(data) < 16384:
+            return data
+        blocks = [data]
+        while data:
+            data = os.read(fd, 65536)
+            blocks.append(data)
+        return b"".join(blocks)
+    finally:
+        os.close(fd)
 
 
 def _key_summary(line: str) -> str:
