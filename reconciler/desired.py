@@ -105,8 +105,19 @@ def _account(uid: int, gecos: str, home: str | Path, shell: str, locked: bool) -
             "shell": shell, "locked": locked}
 
 
+_MODE_TEXT = {0o700: "0700", 0o750: "0750", 0o755: "0755"}
+
+
 def _dir(uid: int, gid: int, mode: int) -> dict[str, Any]:
-    return {"type": "directory", "uid": uid, "gid": gid, "mode": f"{mode:04o}"}
+    return {"type": "directory", "uid": uid, "gid": gid,
+            "mode": _MODE_TEXT.get(mode) or f"{mode:04o}"}
+
+
+def _as_seen(seen: Any, wanted: dict[str, Any]) -> dict[str, Any]:
+    """`wanted`, or the equal attrs observed (the same values): a converged plan then holds
+    one copy of 50,000 repositories' attributes and key lines, not two, and the diff
+    compares each to itself."""
+    return seen if type(seen) is dict and seen == wanted else wanted
 
 
 # -- 0. Which accounts are Hive's ------------------------------------------------------
@@ -240,12 +251,18 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
     out = Wanted(claim={"repository": name, "uid": uid, "protected": repo.protected,
                         "path": path},
                  paths=[str(server.repos_root), home, path])
-    out.resources.append(Resource("account", user, _account(
-        uid, f"Hive repository {name} ({repo.owner})", home, server.users.shell, False),
-        {"repository": name, **_dn(config, user)}))
-    out.resources.append(Resource("directory", home, _dir(0, uid, 0o750),
+    seen = facts.directories
+    meta = {"repository": name}  # shared: nothing changes a resource's meta
+    account = _account(uid, f"Hive repository {name} ({repo.owner})", home,
+                       server.users.shell, False)
+    out.resources.append(Resource("account", user, _as_seen(facts.accounts.get(user), account),
+                                  {**meta, **_dn(config, user)} if config.server.identity
+                                  .backend == "ldap" else meta))
+    out.resources.append(Resource("directory", home, _as_seen(seen.get(home),
+                                                              _dir(0, uid, 0o750)),
                                   {"role": "user_dir", "repository": name}))
-    out.resources.append(Resource("directory", path, _dir(uid, uid, 0o700),
+    out.resources.append(Resource("directory", path, _as_seen(seen.get(path),
+                                                              _dir(uid, uid, 0o700)),
                                   {"role": "repository", "repository": name}))
     try:
         maker = maker or keylines.LineMaker(config)
@@ -253,8 +270,8 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
     except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
         return Wanted(error=f"repository {name}: {exc}")
     if lines:
-        out.resources.append(Resource("authorized_keys", user, {"keys": lines},
-                                      {"repository": name}))
+        out.resources.append(Resource("authorized_keys", user, _as_seen(
+            facts.authorized_keys.get(user), {"keys": lines}), meta))
     return out
 
 

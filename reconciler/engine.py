@@ -132,8 +132,8 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
             batch = list(batch_iter)
             results = targets[kind].apply(batch)
             now = journal.now()  # one time for the batch: its records are written together
-            journal.write(*(journal.record("change", **change.data, error=error, time=now)
-                            for change, error in results))
+            journal.write_all(journal.record("change", **change.data, error=error, time=now)
+                              for change, error in results)
             for change, error in results:
                 outcome.results.append((change, error))
                 if progress:

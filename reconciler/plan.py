@@ -84,7 +84,7 @@ def diff(desired: Desired, facts: Facts) -> Plan:
             continue
         if seen is None:
             plan.changes.append(Change("create", resource.kind, resource.name, None,
-                                       dict(resource.attrs), dict(resource.meta)))
+                                       resource.attrs, resource.meta))
             continue
         refuse = registry.kind(resource.kind).refuse
         refusal = refuse(resource.name, seen) if refuse else None
@@ -96,7 +96,7 @@ def diff(desired: Desired, facts: Facts) -> Plan:
         if before:
             after = {k: resource.attrs[k] for k in before}
             plan.changes.append(Change("update", resource.kind, resource.name, before, after,
-                                       dict(resource.meta)))
+                                       resource.meta))
     for kind, name in desired.remove:
         seen = observed_of(facts, kind, name)
         if seen is not None and seen is not UNKNOWN:

@@ -16,9 +16,10 @@ Action = Literal["create", "update", "delete"]
 Key = tuple[str, str]  # (kind, name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resource:
-    """One thing Hive wants to exist. `meta` is context (role, repository), not compared."""
+    """One thing Hive wants to exist. `meta` is context (role, repository), not compared.
+    A plan holds four per repository: slots keep 50,000 repositories' worth small."""
 
     kind: str
     name: str
@@ -30,9 +31,10 @@ class Resource:
         return (self.kind, self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
-    """One step of a plan: create, update (only the attributes that differ) or delete."""
+    """One step of a plan: create, update (only the attributes that differ) or delete.
+    Its dicts may be shared with the Resource it came from: neither is ever modified."""
 
     action: Action
     kind: str
