@@ -241,38 +241,35 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
     repo = config.repositories[name]
     user = config.user_name(name)
     path = config.repo_folder(name)
-    home = os.path.dirname(path)
-    before = (known or {}).get("path")
-    if before and before != path and _holds_data(facts.directories.get(before)):
+    home = path.rpartition("/")[0]  # os.path.dirname, for a path repo_folder made
+    seen = facts.directories
+    before = known.get("path") if known else None
+    if before and before != path and _holds_data(seen.get(before)):
         return Wanted(error=f"repository {name} was at {before} and would now be at {path} "
                             "(server.repos_root changed?). Hive never moves backups: move "
                             f"the folder yourself (mv {before} {path}) or set repos_root back")
     server = config.server
-    out = Wanted(claim={"repository": name, "uid": uid, "protected": repo.protected,
-                        "path": path},
-                 paths=[str(server.repos_root), home, path])
-    seen = facts.directories
-    meta = {"repository": name}  # shared: nothing changes a resource's meta
-    account = _account(uid, f"Hive repository {name} ({repo.owner})", home,
-                       server.users.shell, False)
-    out.resources.append(Resource("account", user, _as_seen(facts.accounts.get(user), account),
-                                  {**meta, **_dn(config, user)} if config.server.identity
-                                  .backend == "ldap" else meta))
-    out.resources.append(Resource("directory", home, _as_seen(seen.get(home),
-                                                              _dir(0, uid, 0o750)),
-                                  {"role": "user_dir", "repository": name}))
-    out.resources.append(Resource("directory", path, _as_seen(seen.get(path),
-                                                              _dir(uid, uid, 0o700)),
-                                  {"role": "repository", "repository": name}))
     try:
         maker = maker or keylines.LineMaker(config)
-        lines, out.expired = maker.repository_lines(repo, path, now)
+        lines, expired = maker.repository_lines(repo, path, now)
     except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
         return Wanted(error=f"repository {name}: {exc}")
+    meta = {"repository": name}  # shared: nothing changes a resource's meta
+    account = {"uid": uid, "gid": uid, "group": uid,
+               "gecos": f"Hive repository {name} ({repo.owner})", "home": home,
+               "shell": server.users.shell, "locked": False}  # _account, inline: 50,000 calls
+    resources = [
+        Resource("account", user, _as_seen(facts.accounts.get(user), account),
+                 {**meta, **_dn(config, user)} if server.identity.backend == "ldap" else meta),
+        Resource("directory", home, _as_seen(seen.get(home), _dir(0, uid, 0o750)),
+                 {"role": "user_dir", "repository": name}),
+        Resource("directory", path, _as_seen(seen.get(path), _dir(uid, uid, 0o700)),
+                 {"role": "repository", "repository": name})]
     if lines:
-        out.resources.append(Resource("authorized_keys", user, _as_seen(
+        resources.append(Resource("authorized_keys", user, _as_seen(
             facts.authorized_keys.get(user), {"keys": lines}), meta))
-    return out
+    return Wanted(resources, {"repository": name, "uid": uid, "protected": repo.protected,
+                              "path": path}, [maker.repos_root, home, path], expired)
 
 
 def expired_note(expired: dict[str, dt.datetime]) -> str | None:
@@ -359,21 +356,25 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     expired: dict[str, dt.datetime] = {}
     seen = facts.directories
     maker = keylines.LineMaker(config)
+    resources, claims, made = out.resources, out.inventory.accounts, inventory.directories
+    claimed_paths = out.inventory.directories
+    uids, refused = assigned.uids, assigned.refused
     for user, name in users.items():
-        if user not in assigned.uids or user in assigned.refused:
+        if user not in uids or user in refused:
             continue
-        wanted = wanted_repository(config, name, assigned.uids[user], known.get(user), facts,
-                                   now, maker)
+        wanted = wanted_repository(config, name, uids[user], known.get(user), facts, now,
+                                   maker)
         if wanted.error:
             out.errors.append(wanted.error)
             continue
         for resource in wanted.resources:
-            out.add(resource)
-        expired.update(wanted.expired)
-        out.inventory.accounts[user] = wanted.claim
+            resources[(resource.kind, resource.name)] = resource
+        if wanted.expired:
+            expired.update(wanted.expired)
+        claims[user] = wanted.claim
         for p in wanted.paths:
-            if p not in seen or p in inventory.directories:
-                out.inventory.directories.add(p)
+            if p not in seen or p in made:
+                claimed_paths.add(p)
     note = expired_note(expired)
     if note:
         out.notes.append(note)

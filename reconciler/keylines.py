@@ -62,6 +62,7 @@ class LineMaker:
 
     def __init__(self, config: HiveConfig) -> None:
         self.config = config
+        self.repos_root = str(config.server.repos_root)
         # key name -> (the options between restrict and command=, "type data hive:name")
         self._keys: dict[str, tuple[str, str]] = {}
 
