@@ -68,12 +68,21 @@ def _order(change: Change) -> tuple[int, int, int, str]:
     reverse order, deepest folders first."""
     spec = registry.kind(change.kind)
     rank = registry.ORDER[change.kind]
-    depth = len(PurePosixPath(change.name).parts) if spec.nested else 0
+    depth = _depth(change.name) if spec.nested else 0
     if spec.revokes and change.action != "create":
         return (0, 0, 0, change.name)
     if change.action == "delete":
         return (2, -rank, -depth, change.name)
     return (1, rank, depth, change.name)
+
+
+def _depth(name: str) -> int:
+    """len(PurePosixPath(name).parts), without building a path for each of 100,000
+    folders when the name is already in normal form."""
+    if "//" in name or "/." in name or name.endswith("/") or name.startswith(".") \
+            or name == "" or name == "/":
+        return len(PurePosixPath(name).parts)
+    return name.count("/") + 1
 
 
 def diff(desired: Desired, facts: Facts) -> Plan:

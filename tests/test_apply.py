@@ -226,7 +226,9 @@ def test_journal_and_history_name_host_user_and_git_commit(
 
 def test_apply_killed_at_any_point_converges(tmp_path: Path, pubkeys: dict[str, str]) -> None:
     """kill -9 an apply of 300 repositories at many moments; after each, every cache file
-    sshd could read is whole, and the next apply converges to a plan with no changes."""
+    sshd could read is whole, and the next apply converges to a plan with no changes.
+    Some moments are fixed (while loading and planning), the others counted from the
+    journal's start record, so they fall while changes are made however fast that is."""
     repos = "\n".join(f"  r{i}: {{owner: alice, keys: [ka]}}" for i in range(300))
     text = f"""\
         owners: {{alice: {{}}}}
@@ -237,9 +239,17 @@ def test_apply_killed_at_any_point_converges(tmp_path: Path, pubkeys: dict[str, 
     cfg = write_config(tmp_path, text, uid_range="[20000, 29999]")
     cfg.write_text(cfg.read_text() + repos + "\n")
     cache = tmp_path / "state" / "authorized_keys"
-    for delay in (0.3, 0.45, 0.6, 0.8, 1.0, 1.3):
+    journal = tmp_path / "state" / "journal.jsonl"
+    for after_start, delay in ((False, 0.3), (False, 0.6), (True, 0.0), (True, 0.02),
+                               (True, 0.05), (True, 0.1), (True, 0.2)):
+        starts = journal.read_text().count('"type": "start"') if journal.exists() else 0
         proc = subprocess.Popen([sys.executable, "-m", "hive", "apply", "-f", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while after_start and proc.poll() is None and time.monotonic() < deadline and (
+                not journal.exists()
+                or journal.read_text().count('"type": "start"') == starts):
+            time.sleep(0.002)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
