@@ -101,7 +101,7 @@ class LineMaker:
         expired: dict[str, dt.datetime] = {}
         if repo.mode == "disabled":
             return lines, expired
-        keys = self.config.keys
+        keys, made = self.config.keys, self._keys
         for append_only, names in ((False, repo.keys), (True, repo.append_only_keys)):
             command = None
             for name in names:
@@ -111,14 +111,15 @@ class LineMaker:
                     if expires_at is not None and expires_at <= now:
                         expired[name] = expires_at
                         continue
-                if command is None:
-                    try:
+                try:  # self.line, inline: it runs once per line
+                    if command is None:
                         command = command_option(forced_command_words(
                             self.config, repo, path, append_only))
-                    except UnsafeKeyLine as exc:
-                        raise UnsafeKeyLine(f"key {name}: refusing to write its "
-                                            f"authorized_keys line: {exc}") from None
-                lines[name] = self.line(repo, path, name, key, append_only, command)
+                    options, body = made.get(name) or self._key_parts(name, key)
+                    lines[name] = check_key_line(f"restrict{options},{command} {body}")
+                except UnsafeKeyLine as exc:
+                    raise UnsafeKeyLine(f"key {name}: refusing to write its authorized_keys "
+                                        f"line: {exc}") from None
         return lines, expired
 
 

@@ -224,6 +224,34 @@ def test_journal_and_history_name_host_user_and_git_commit(
     assert "+ account bh-laptop" in history.stdout
 
 
+def test_a_group_left_without_its_user_by_a_killed_apply_is_completed(
+        tmp_path: Path, pubkeys: dict[str, str]) -> None:
+    """group is written before passwd: an apply killed between the two leaves Hive's
+    group without its user. The next plan creates the user; it does not refuse the name
+    as someone else's."""
+    cfg = write_config(tmp_path, f"""\
+        owners: {{alice: {{}}}}
+        keys:
+          ka: {{owner: alice, public_key: {pubkeys['a']}}}
+        repositories:
+          r1: {{owner: alice, keys: [ka]}}
+          r2: {{owner: alice, keys: [ka]}}
+        """)
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    users = tmp_path / "extrausers"
+    for name in ("passwd", "shadow"):  # as if killed before these were written
+        kept = [line for line in lines(users / name) if not line.startswith("bh-r2:")]
+        (users / name).write_text("".join(f"{line}\n" for line in kept))
+    assert any(line.startswith("bh-r2:") for line in lines(users / "group"))
+
+    plan = hive("plan", "-f", str(cfg))
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "+ account bh-r2" in plan.stdout and "Error" not in plan.stdout + plan.stderr
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    assert hive("plan", "-f", str(cfg), "--detailed-exitcode").returncode == 0
+    assert sum(line.startswith("bh-r2:") for line in lines(users / "group")) == 1
+
+
 def test_apply_killed_at_any_point_converges(tmp_path: Path, pubkeys: dict[str, str]) -> None:
     """kill -9 an apply of 300 repositories at many moments; after each, every cache file
     sshd could read is whole, and the next apply converges to a plan with no changes.
@@ -240,8 +268,8 @@ def test_apply_killed_at_any_point_converges(tmp_path: Path, pubkeys: dict[str, 
     cfg.write_text(cfg.read_text() + repos + "\n")
     cache = tmp_path / "state" / "authorized_keys"
     journal = tmp_path / "state" / "journal.jsonl"
-    for after_start, delay in ((False, 0.3), (False, 0.6), (True, 0.0), (True, 0.02),
-                               (True, 0.05), (True, 0.1), (True, 0.2)):
+    for after_start, delay in ((True, 0.0), (True, 0.02), (True, 0.05), (True, 0.1),
+                               (True, 0.2), (False, 0.3), (False, 0.6)):
         starts = journal.read_text().count('"type": "start"') if journal.exists() else 0
         proc = subprocess.Popen([sys.executable, "-m", "hive", "apply", "-f", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

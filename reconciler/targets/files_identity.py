@@ -119,6 +119,12 @@ class FilesIdentity:
             fields = line.split(":")
             if len(fields) >= 3 and fields[2].isdigit():
                 facts.ids_in_use.setdefault(int(fields[2]), fields[0])
+        # A group in this file for a user the inventory claims, without its passwd line, is
+        # what an apply killed between writing group and passwd leaves: Hive's own, which
+        # the next apply completes, not a foreign group blocking the name.
+        group_names = {line.split(":", 1)[0] for line in group}
+        half_made = {name for name in group_names & inventory.accounts.keys()
+                     if name not in facts.accounts}
         # The rest of the system (/etc/passwd, LDAP, ...) holds uids and names too.
         for entry in pwd.getpwall():
             facts.ids_in_use.setdefault(entry.pw_uid, entry.pw_name)
@@ -126,11 +132,11 @@ class FilesIdentity:
                 facts.system_names.add(entry.pw_name)
         for group_entry in grp.getgrall():
             facts.ids_in_use.setdefault(group_entry.gr_gid, group_entry.gr_name)
-            if group_entry.gr_name not in facts.accounts:
+            if group_entry.gr_name not in facts.accounts \
+                    and group_entry.gr_name not in half_made:
                 facts.system_names.add(group_entry.gr_name)  # a foreign group blocks this name
-        for line in group:
-            name = line.split(":", 1)[0]
-            if name not in facts.accounts:
+        for name in group_names:
+            if name not in facts.accounts and name not in half_made:
                 facts.system_names.add(name)
 
     def apply(self, changes: list[Change]) -> list[Result]:
