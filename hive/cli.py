@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from hive import __version__, output
-from hive.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, fail
+from hive.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Seconds, fail
 from hive.common import OUTPUT as _OUTPUT
 from hive.common import file_option as _file_option
 from hive.common import load as _load
@@ -125,7 +125,7 @@ def plan(config_file: str | None, fmt: str, prune: bool, force: bool,
 @cli.command()
 @_plan_options
 @click.option("--dry-run", is_flag=True, help="Only show the plan (same as 'hive plan').")
-@click.option("--lock-timeout", type=float, default=10.0, show_default=True,
+@click.option("--lock-timeout", type=Seconds(0, 3600), default=10.0, show_default=True,
               help="Seconds to wait for another running apply to finish.")
 @click.option("--checksum", metavar="SUM", default=None, callback=_checksum_option,
               help="Apply only if the plan is exactly the one 'hive plan' showed with this "
