@@ -9,6 +9,7 @@ where PyYAML would silently keep the last one.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -59,7 +60,7 @@ class Document:
         the last step points at the key itself rather than its value (for bad names).
         """
         if self.root is None and self.text is not None:
-            self.root = parse(self.text).root
+            self.root = parse_nodes(self.text).root
         node = self.root
         if node is None:
             return Mark(1, 1)
@@ -210,7 +211,33 @@ class YamlSyntaxError(Exception):
 
 
 def parse(text: str) -> Document:
-    """Parse YAML text; duplicate keys are reported in the Document, not raised."""
+    """Parse YAML text; duplicate keys are reported in the Document, not raised.
+
+    The data comes from schemas/fastyaml.py when it is sure to build exactly what PyYAML
+    would (the node tree, for positions, is then built only if a problem needs one);
+    anything it is not sure of -- and every error -- takes the full path below.
+    """
+    from schemas import fastyaml  # (it imports this module's bounds)
+
+    collecting = gc.isenabled()
+    gc.disable()   # a million new dicts, lists and strings and not one cycle among them
+    try:
+        try:
+            return Document(fastyaml.scan(text), None, [], text)
+        except fastyaml.Unsure:
+            pass
+        try:
+            return Document(fastyaml.from_events(text), None, [], text)
+        except fastyaml.Unsure:
+            pass
+    finally:
+        if collecting:
+            gc.enable()
+    return parse_nodes(text)
+
+
+def parse_nodes(text: str) -> Document:
+    """parse() through libyaml's node tree, which keeps every node's position."""
     loader = _BaseLoader(text)
     try:
         _check_depth(text)
