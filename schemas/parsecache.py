@@ -76,22 +76,41 @@ class _Unsupported(Exception):
     pass
 
 
+_LEAVES = (str, int, float, bool, type(None))
+
+
 def _dates(data: Any, path: list[Any], found: list[list[Any]]) -> None:
-    """Record where dates are (JSON has none); refuse what JSON cannot hold exactly."""
+    """Record where dates are (JSON has none); refuse what JSON cannot hold exactly.
+    Strings (nearly every value) are passed over without a call: this walks 700,000 values
+    of a 50,000-repository file."""
     kind = type(data)
     if kind is dict:
-        for key, value in data.items():
+        for key in data:
             if type(key) is not str:
                 raise _Unsupported
-            _dates(value, [*path, key], found)
+        items: Any = data.items()
     elif kind is list:
-        for i, value in enumerate(data):
-            _dates(value, [*path, i], found)
-    elif kind is dt.datetime:
-        found.append([path, "datetime", data.isoformat()])
+        items = enumerate(data)
+    else:
+        _leaf(data, path, found)
+        return
+    for key, value in items:
+        kind = type(value)
+        if kind is str:
+            continue
+        if kind is dict or kind is list:
+            _dates(value, [*path, key], found)
+        else:
+            _leaf(value, [*path, key], found)
+
+
+def _leaf(value: Any, path: list[Any], found: list[list[Any]]) -> None:
+    kind = type(value)
+    if kind is dt.datetime:
+        found.append([path, "datetime", value.isoformat()])
     elif kind is dt.date:
-        found.append([path, "date", data.isoformat()])
-    elif kind not in (str, int, float, bool, type(None)):
+        found.append([path, "date", value.isoformat()])
+    elif kind not in _LEAVES:
         raise _Unsupported
 
 
