@@ -51,7 +51,14 @@ _CONSTRUCTOR = SafeConstructor()
 # First characters for which the resolver has a rule; a plain scalar starting with any
 # other character is text (unless a wildcard rule exists: then every scalar is asked).
 _RULES = Resolver.yaml_implicit_resolvers
-_MAYBE_TYPED = None if None in _RULES else frozenset(k for k in _RULES if k)
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_MAYBE_TYPED: Any = _Everything() if None in _RULES else frozenset(k for k in _RULES if k)
 
 
 
@@ -61,7 +68,7 @@ class Unsure(Exception):
 
 def typed(value: str, memo: dict[str, Any]) -> Any:
     """A plain scalar as PyYAML makes it: its implicit tag, then SafeConstructor."""
-    if _MAYBE_TYPED is not None and value and value[0] not in _MAYBE_TYPED:
+    if value and value[0] not in _MAYBE_TYPED:
         return value
     try:
         return memo[value]
@@ -127,7 +134,9 @@ def _flow(inner: str, mapping: bool, memo: dict[str, Any]) -> Any:
         words = inner.split(",")
         if len(words) == 1 and not words[0].strip():
             return []
-        return [typed(w.strip(" "), memo) for w in words]   # _LINE allowed only spaces
+        maybe = _MAYBE_TYPED
+        return [w if w[0] not in maybe else typed(w, memo)
+                for w in map(str.strip, words)]   # _LINE let only spaces around them
     items: list[Any] = []
     for i, m in enumerate(_TOKEN.finditer(inner)):
         key, dq, sq, plain = m.groups()
@@ -157,11 +166,15 @@ def scan(text: str) -> dict[Any, Any]:
     root: dict[Any, Any] = {}
     levels = [0]                 # indentation of each open mapping
     maps = [root]
+    level, here = 0, root        # the innermost open mapping
     pending: tuple[dict[Any, Any], Any, int] | None = None   # a `key:` awaiting children
-    values = 0
     match = _LINE.fullmatch
-    maybe_typed = _MAYBE_TYPED
-    for line in text.split("\n"):
+    maybe = _MAYBE_TYPED
+    lines = text.split("\n")
+    values = 2 * len(lines)      # a key and a value per line, and what flows hold
+    if values > MAX_VALUES:
+        raise Unsure
+    for line in lines:
         m = match(line)
         if m is None:
             if _COMMENT.fullmatch(line):
@@ -174,35 +187,33 @@ def scan(text: str) -> dict[Any, Any]:
             if indent > above:
                 if len(maps) >= MAX_DEPTH:
                     raise Unsure
-                child: dict[Any, Any] = {}
-                parent[name] = child
+                here = parent[name] = {}
+                level = indent
                 levels.append(indent)
-                maps.append(child)
-        while levels[-1] > indent:
-            levels.pop()
-            maps.pop()
-        if levels[-1] != indent:
-            raise Unsure   # between two levels, or deeper after a scalar (a continuation)
-        here = maps[-1]
+                maps.append(here)
+        if indent != level:
+            while levels[-1] > indent:
+                levels.pop()
+                maps.pop()
+            if levels[-1] != indent:
+                raise Unsure   # between two levels, or deeper after a scalar (continued)
+            level, here = indent, maps[-1]
         key = m.group(2)
-        if maybe_typed is None or key[0] in maybe_typed:
-            key = typed(key, memo)
+        if key[0] in maybe:
+            known = memo.get(key)
+            key = known if known is not None else typed(key, memo)
         if key in here:
             raise Unsure
-        values += 2
         kind = m.lastindex
         if kind == _PLAIN:
             value = m.group(_PLAIN)
-            here[key] = value if maybe_typed is not None and value[0] not in maybe_typed \
-                else typed(value, memo)
+            here[key] = value if value[0] not in maybe else typed(value, memo)
         elif kind == _SEQ:
-            items = _flow(m.group(_SEQ)[1:-1], False, memo)
+            items = here[key] = _flow(m.group(_SEQ)[1:-1], False, memo)
             values += len(items)
-            here[key] = items
         elif kind == _MAP:
-            pairs = _flow(m.group(_MAP)[1:-1], True, memo)
+            pairs = here[key] = _flow(m.group(_MAP)[1:-1], True, memo)
             values += 2 * len(pairs)
-            here[key] = pairs
         elif kind in (_DQUOTED, _SQUOTED):
             here[key] = m.group(kind)[1:-1]
         else:

@@ -66,6 +66,36 @@ def compare(text: str) -> set[str]:
     return sure
 
 
+def paths(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into `data`, and from each a few that leave it or confuse types."""
+    found = [path, (*path, "nope"), (*path, 99), (*path, 0)]
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found.extend(paths(value, (*path, key)))
+            if isinstance(key, bool | int) or key in ("1", "yes"):
+                found.extend([(*path, str(key)), (*path, True), (*path, 1)])
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            found.extend(paths(value, (*path, i)))
+    return found
+
+
+def compare_positions(text: str) -> bool:
+    """locate() from libyaml's events gives the node tree's mark for every path; False
+    when the text has nothing to compare (not YAML, or events left to the node tree)."""
+    try:
+        full = yamlsource.parse_nodes(text)
+    except yamlsource.YamlSyntaxError:
+        return False
+    if yamlsource._positions(text) is None:
+        return False
+    lazy = yamlsource.Document(full.data, None, [], text)
+    for path in paths(full.data):
+        for key in (False, True):
+            assert lazy.locate(path, key=key) == full.locate(path, key=key), (path, text)
+    return True
+
+
 CORNERS = [
     # YAML 1.1 implicit types: bools, ints (octal, hex, binary, sexagesimal), floats, nulls
     *(f"a: {v}\n" for v in [
@@ -112,6 +142,14 @@ CORNERS = [
 @pytest.mark.parametrize("text", CORNERS, ids=range(len(CORNERS)))
 def test_corner_cases_are_read_as_pyyaml_reads_them_or_left_alone(text: str) -> None:
     compare(text)
+    compare_positions(text)
+
+
+def test_positions_from_events_are_the_node_trees() -> None:
+    example = (ROOT / "hive.yaml.example").read_text(encoding="utf-8")
+    assert compare_positions(example)
+    assert compare_positions(generate(40, 60, seed=7))
+    assert sum(compare_positions(text) for text in CORNERS) > 60
 
 
 def test_the_fast_tiers_read_every_generated_fleet_and_the_example() -> None:
@@ -133,14 +171,17 @@ def test_the_corner_cases_reach_both_outcomes() -> None:
 def test_fuzzed_files_are_read_as_pyyaml_reads_them_or_left_alone(source: str) -> None:
     base = (ROOT / "hive.yaml.example").read_text(encoding="utf-8") if source == "example" \
         else generate(repos=40, keys=60, seed=7)
-    counts = dict.fromkeys(TIERS, 0)
+    counts = dict.fromkeys([*TIERS, "positions"], 0)
     rounds = 0
     for rounds, text in mutants(base, seed=11):
         for tier in compare(text):
             counts[tier] += 1
+        if rounds % 4 == 0:
+            counts["positions"] += compare_positions(text)
         if rounds >= 700:
             break
     assert rounds >= 700
     assert counts["events"] > 200, counts   # the comparison must not be vacuous
+    assert counts["positions"] > 50, counts
     if source == "bench-fleet":
         assert counts["scan"] > 100, counts
