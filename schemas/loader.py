@@ -372,8 +372,11 @@ def _load_text(text: str, file: str, base_dir: Path | None, path: Path | None, *
     sources = [main]
     origins: dict[tuple[Any, ...], _Source] = {}
 
+    def origin(problem: checks.Problem) -> _Source:
+        return origins.get(problem.path[:2], main) if len(problem.path) >= 2 else main
+
     def located(problem: checks.Problem) -> LocatedProblem:
-        source = origins.get(problem.path[:2], main) if len(problem.path) >= 2 else main
+        source = origin(problem)
         mark = source.document.locate(problem.path, key=problem.key)
         return LocatedProblem(source.file, mark.line, mark.column,
                               _dotted(problem.path, problem.key),
@@ -389,14 +392,24 @@ def _load_text(text: str, file: str, base_dir: Path | None, path: Path | None, *
         data = _include(data, main, path or base / Path(file).name, sources, origins,
                         result)
     config = None
+    found: list[checks.Problem] = []
     try:
         config = HiveConfig.model_validate(data, context={"base_dir": base})
     except pydantic.ValidationError as exc:
-        result.extend(located(p) for p in _pydantic_problems(exc))
+        found.extend(_pydantic_problems(exc))
     if config is not None:
-        result.extend(located(p) for p in checks.check(config))
+        found.extend(checks.check(config))
         if extra_checks is not None:
-            result.extend(located(p) for p in extra_checks(config))
+            found.extend(extra_checks(config))
+    if found:
+        # Ask each file for all its positions at once: one pass over its text finds them.
+        wanted: dict[int, tuple[_Source, list[tuple[Any, ...]]]] = {}
+        for problem in found:
+            source = origin(problem)
+            wanted.setdefault(id(source), (source, []))[1].append(problem.path)
+        for source, paths in wanted.values():
+            source.document.prefetch(paths)
+        result.extend(located(p) for p in found)
     if result:
         order = {source.file: i for i, source in enumerate(sources)}
         result.sort(key=lambda p: (order.get(p.file, 0), p.line, p.column))
