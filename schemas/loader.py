@@ -459,10 +459,19 @@ def _read(path: Path, label: str) -> str:
 def load(path: Path | str, *,
          extra_checks: Callable[[HiveConfig], list[checks.Problem]] | None = None,
          ) -> HiveConfig:
-    """Read and validate hive.yaml (and the files it includes) from disk."""
+    """Read and validate hive.yaml (and the files it includes) from disk.
+
+    The loaded state lives as long as the command, and at 50,000 repositories it is 1.5
+    million objects without a reference cycle: they are moved out of the cyclic
+    collector's sight (gc.freeze), which otherwise walks all of them again each time the
+    plan that follows allocates enough (that halved the time of a plan-sized allocation
+    after loading). Reference counting still frees them.
+    """
     path = Path(path)
-    return load_text(_read(path, str(path)), str(path), path.resolve().parent, path,
-                     extra_checks=extra_checks)
+    config = load_text(_read(path, str(path)), str(path), path.resolve().parent, path,
+                       extra_checks=extra_checks)
+    gc.freeze()
+    return config
 
 
 def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:
