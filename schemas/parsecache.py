@@ -1,19 +1,21 @@
 """Parsed YAML kept by the hash of its bytes, so an unchanged file is not parsed again.
 
-PyYAML builds a Python object for every node: ~12 s for an 18 MB hive.yaml (50,000
-repositories), and its node tree is most of the peak memory. What the parser makes of a
-file depends only on the file's bytes and on the parser's own code, so the result is
+Even the fast builder (schemas/fastyaml.py) needs ~1.3 s for a 23 MB hive.yaml (50,000
+repositories, 100,000 keys) and PyYAML's own path 12 s; reading the entry back takes a
+third of a second. What the parser makes of a file depends only on the file's bytes and
+on the parser's own code, so the result is
 stored under sha256(parser code + bytes): a changed file, a changed parser or another
 PyYAML has another key, and a stale result cannot be served. Only the parse is cached;
 validation (pydantic, whole-file checks) runs every time, so no rule can be skipped, and
-when a problem needs a position the node tree is built from the same text again.
+when a problem needs a position it is found in the same text again.
 
 Stored as JSON (nothing in the cache can run code), written atomically, in a folder only
 this user can write (`HIVE_CACHE_DIR`, else `$XDG_CACHE_HOME/hive` or `~/.cache/hive`;
 `HIVE_CACHE_DIR=` turns it off). Anything odd -- a folder others may write, a file that
 does not decode, data JSON cannot hold exactly (int or bool keys, binary) -- means no
 cache, never a wrong one. With several included files each file has its own entry, so
-editing one team's file parses only that file.
+editing one team's file parses only that file. A large entry is written by a forked child
+(BACKGROUND_BYTES) while the command goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
 import stat
 import tempfile
 from pathlib import Path
@@ -133,16 +136,77 @@ def get(text: str) -> Any:
     return data
 
 
+# A text this large is written by a forked child while this process goes on validating:
+# at 50,000 repositories finding the dates and writing 23 MB of JSON takes half a second,
+# which the other core can spend. Smaller files (and every test but one) write in line.
+BACKGROUND_BYTES = 4 * 2**20
+_writer: int | None = None   # the last child writing an entry, reaped by the next put
+
+
 def put(text: str, data: Any) -> None:
     """Store the parse of `text` when JSON can hold it exactly; never fails the caller."""
     where = folder()
     if where is None:
         return
+    if len(text) >= BACKGROUND_BYTES:
+        child = _fork()
+        if child is True:
+            try:
+                _write(where, text, data)
+            finally:
+                os._exit(0)   # no atexit handlers, no flushing of the parent's buffers
+        if child is False:
+            return
+    _write(where, text, data)
+
+
+def _fork() -> bool | None:
+    """Fork a child to write the entry: True in the child, False in the parent; None when
+    there is no child (the fork failed, or another thread -- DuckDB's, say -- could hold
+    a lock the child would need) and the caller writes it itself."""
+    global _writer
+    settle(wait=False)
+    try:
+        alone = len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        alone = False
+    if not alone:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        _writer = pid
+        return False
+    _writer = None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the command, not for this
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):   # nobody reading the command's output waits for this child
+        os.dup2(null, fd)
+    return True
+
+
+def settle(wait: bool = True) -> None:
+    """Reap the child writing an entry (waiting for it to finish with `wait`)."""
+    global _writer
+    if _writer is None:
+        return
+    try:
+        pid, _ = os.waitpid(_writer, 0 if wait else os.WNOHANG)
+    except ChildProcessError:
+        pid = _writer
+    if pid:
+        _writer = None
+
+
+def _write(where: Path, text: str, data: Any) -> None:
     found: list[list[Any]] = []
     try:
         _dates(data, [], found)
         payload = json.dumps({"data": data, "dates": found}, ensure_ascii=False,
-                             separators=(",", ":"), allow_nan=False, default=_refuse)
+                             check_circular=False, separators=(",", ":"),
+                             allow_nan=False, default=_refuse)
     except (_Unsupported, ValueError, RecursionError, TypeError):
         return
     try:
