@@ -184,7 +184,17 @@ def _fork() -> bool | None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):   # nobody reading the command's output waits for this child
         os.dup2(null, fd)
+    # nor for any other file the command holds: a lock (flock) lasts while a copy of its
+    # descriptor is open, and this child must not keep one a moment longer
+    os.closerange(3, _open_max())
     return True
+
+
+def _open_max() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (OSError, ValueError):
+        return 1 << 20
 
 
 def settle(wait: bool = True) -> None:
