@@ -20,6 +20,7 @@ editing one team's file parses only that file. A large entry is written by a for
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import hashlib
 import json
@@ -138,9 +139,10 @@ def get(text: str) -> Any:
 
 # A text this large is written by a forked child while this process goes on validating:
 # at 50,000 repositories finding the dates and writing 23 MB of JSON takes half a second,
-# which the other core can spend. Smaller files (and every test but one) write in line.
+# which the other core can spend; the command waits for it before it exits. Smaller
+# files (and every test but two) write in line.
 BACKGROUND_BYTES = 4 * 2**20
-_writer: int | None = None   # the last child writing an entry, reaped by the next put
+_writers: list[int] = []   # children writing entries, reaped by the next put or at exit
 
 
 def put(text: str, data: Any) -> None:
@@ -164,7 +166,6 @@ def _fork() -> bool | None:
     """Fork a child to write the entry: True in the child, False in the parent; None when
     there is no child (the fork failed, or another thread -- DuckDB's, say -- could hold
     a lock the child would need) and the caller writes it itself."""
-    global _writer
     settle(wait=False)
     try:
         alone = len(os.listdir("/proc/self/task")) == 1
@@ -177,9 +178,14 @@ def _fork() -> bool | None:
     except OSError:
         return None
     if pid:
-        _writer = pid
+        if not _writers:
+            # The command ends when its writers have: no process outlives `hive` (a CI
+            # job, a test's folder or a timer's cgroup would otherwise meet a half-written
+            # entry). They run beside validation on the other core: the wait is rarely felt.
+            atexit.register(settle)
+        _writers.append(pid)
         return False
-    _writer = None
+    _writers.clear()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the command, not for this
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):   # nobody reading the command's output waits for this child
@@ -198,16 +204,14 @@ def _open_max() -> int:
 
 
 def settle(wait: bool = True) -> None:
-    """Reap the child writing an entry (waiting for it to finish with `wait`)."""
-    global _writer
-    if _writer is None:
-        return
-    try:
-        pid, _ = os.waitpid(_writer, 0 if wait else os.WNOHANG)
-    except ChildProcessError:
-        pid = _writer
-    if pid:
-        _writer = None
+    """Reap the children writing entries (waiting for them to finish with `wait`)."""
+    for pid in list(_writers):
+        try:
+            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _writers.remove(pid)
 
 
 def _write(where: Path, text: str, data: Any) -> None:

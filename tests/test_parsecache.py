@@ -113,9 +113,9 @@ def test_a_large_entry_is_written_by_a_child_while_loading_goes_on(
         from schemas import parsecache
         parsecache.BACKGROUND_BYTES = 0   # every file is "large"
         first = schemas.load({str(path)!r})
-        assert parsecache._writer is not None, "no child was forked to write the entry"
+        assert parsecache._writers, "no child was forked to write the entry"
         parsecache.settle()
-        assert parsecache._writer is None
+        assert not parsecache._writers
         assert parsecache.get(open({str(path)!r}).read()) is not parsecache.MISS
         assert schemas.load({str(path)!r}) == first
         parsecache.settle()
@@ -125,3 +125,24 @@ def test_a_large_entry_is_written_by_a_child_while_loading_goes_on(
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert done.stdout == "ok\n", done.stderr
     assert len(entries(cache)) == 1
+
+
+def test_the_command_waits_for_its_cache_writer(tmp_path: Path, cache: Path) -> None:
+    """No process outlives the command: when `hive` returns, its cache entry is whole
+    (a slow writer stands in for a 23 MB entry on a busy disk)."""
+    path = write_config(tmp_path, BODY)
+    script = textwrap.dedent(f"""\
+        import time
+        import schemas
+        from schemas import parsecache
+        parsecache.BACKGROUND_BYTES = 0
+        slow = parsecache._write
+        parsecache._write = lambda *a: (time.sleep(1.5), slow(*a))
+        schemas.load({str(path)!r})
+        assert parsecache._writers
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(entries(cache)) == 1
+    assert parsecache.get(path.read_text()) is not parsecache.MISS
