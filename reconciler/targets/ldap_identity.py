@@ -20,6 +20,7 @@ from reconciler.inventory import Inventory
 from reconciler.resources import Change, Facts
 from reconciler.targets import Result, TargetError, apply_each
 from reconciler.targets.files_identity import observe_local_files
+from reconciler.targets.ldapwire import WireError, message_id, search_entry
 from schemas.models import HiveConfig, LdapSettings
 
 MARKER = "hive-managed"
@@ -28,8 +29,10 @@ GROUP_CLASSES = ["posixGroup"]
 LOCKED_EXPIRE = 1  # shadowExpire in days since 1970: expired long ago
 PAGE_SIZE = 1000
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+SEARCH_FILTER = "(|(objectClass=posixAccount)(objectClass=posixGroup))"
 SEARCH_ATTRIBUTES = ["objectClass", "uid", "cn", "uidNumber", "gidNumber", "gecos",
                      "homeDirectory", "loginShell", "shadowExpire", "description"]
+ATTRIBUTE_NAMES = {name.lower(): name for name in SEARCH_ATTRIBUTES}
 
 
 def bind_password(settings: LdapSettings) -> str:
@@ -235,36 +238,80 @@ class LdapIdentity:
         A truncated answer would make existing users look absent (and their uids free), so
         anything but a complete result is an error, with the server's limit named.
         """
-        import ldap3
-        from ldap3.core.exceptions import LDAPException
-
         found: list[dict[str, Any]] = []
         cookie = None
         while True:
-            try:
-                conn.search(
-                    base, "(|(objectClass=posixAccount)(objectClass=posixGroup))",
-                    ldap3.SUBTREE, attributes=SEARCH_ATTRIBUTES, paged_size=PAGE_SIZE,
-                    paged_cookie=cookie)
-                result, response = conn.result or {}, conn.response or []
-            except LDAPException as exc:
-                raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
+            entries, result = self._search_page(conn, base, cookie)
             self.requests += 1
             code = result.get("description")
             if code == "sizeLimitExceeded":
                 raise TargetError(
                     f"LDAP: {self.settings.url} stopped the search of {base} at its size "
-                    f"limit after {len(found) + len(response)} entries; allow "
+                    f"limit after {len(found) + len(entries)} entries; allow "
                     f"{self.settings.bind_dn} unlimited results (olcLimits, see "
                     "deploy/ldap/acl.ldif)")
             if code != "success":
                 raise TargetError(f"LDAP: searching {base} failed: {code} "
                                   f"{result.get('message') or ''}".rstrip())
-            found.extend(e for e in response if e.get("type") == "searchResEntry")
+            found.extend(entries)
             control = (result.get("controls") or {}).get(PAGED_RESULTS_OID, {})
             cookie = control.get("value", {}).get("cookie")
             if not cookie:
                 return found
+
+    def _search_page(self, conn: Any, base: str,
+                     cookie: bytes | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One page: (its entries, ldap3's dict of the SearchResultDone).
+
+        What `conn.search` does, except that entries are decoded by ldapwire (see there
+        why): ldap3 encodes and sends the request and splits what arrives into messages;
+        anything that is not an entry of this search is decoded by ldap3 as before.
+        """
+        import ldap3
+        from ldap3.core.exceptions import LDAPException
+        from ldap3.operation.search import search_operation
+        from ldap3.protocol.rfc2696 import paged_search_control
+        from ldap3.utils.asn1 import decode_message_fast
+
+        strategy = conn.strategy
+        entries: list[dict[str, Any]] = []
+        try:
+            request = search_operation(base, SEARCH_FILTER, ldap3.SUBTREE, ldap3.DEREF_ALWAYS,
+                                       SEARCH_ATTRIBUTES, 0, 0, False, conn.auto_escape,
+                                       conn.auto_encode, None, validator=None,
+                                       check_names=False)
+            sent = conn.send("searchRequest", request,
+                             [paged_search_control(False, PAGE_SIZE, cookie)])
+            try:
+                while True:
+                    messages = strategy.receiving()
+                    if not messages:
+                        raise TargetError(f"LDAP: {self.settings.url} closed the connection "
+                                          f"during the search of {base}")
+                    for raw in messages:
+                        number, op = message_id(raw)
+                        entry = search_entry(raw, op, ATTRIBUTE_NAMES) if number == sent else None
+                        if entry is not None:
+                            entries.append({"dn": entry[0], "attributes": entry[1]})
+                            continue
+                        answer = strategy.decode_response_fast(decode_message_fast(raw))
+                        kind = answer.get("type")
+                        if number != sent:
+                            raise TargetError(
+                                f"LDAP: {self.settings.url} sent an unexpected {kind} "
+                                f"({answer.get('description') or answer.get('responseName')}) "
+                                f"during the search of {base}")
+                        if kind == "searchResDone":
+                            return entries, answer
+                        if kind != "searchResRef":  # a reference is outside; ignored as before
+                            raise TargetError(f"LDAP: unexpected {kind} in the search of {base}")
+            finally:
+                strategy._outstanding.pop(sent, None)
+        except WireError as exc:
+            raise TargetError(f"LDAP: malformed answer from {self.settings.url} to the "
+                              f"search of {base}: {exc}") from None
+        except LDAPException as exc:
+            raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
 
     def apply(self, changes: list[Change]) -> list[Result]:
         return apply_each(changes, self._apply_one, TargetError)

@@ -1,0 +1,100 @@
+"""Reading LDAP search result entries straight from their BER bytes.
+
+Observing the directory reads every posixAccount and posixGroup in it: at 5,000
+repositories 10,000 entries, at 50,000 a hundred thousand. ldap3 (the library Hive talks
+LDAP with) turns each received message into a generic decoded tree and then into its
+formatted response dict -- a case-insensitive dict per entry, every value run through its
+encoding guesser -- and that pure-Python work was nearly all of an LDAP plan's extra cost.
+
+So for the one search that reads the whole directory, ldap3 still builds and sends the
+request (filter encoding, paging control), owns the socket, TLS and timeouts, and splits
+the byte stream into messages; this module only decodes a SearchResultEntry (RFC 4511
+4.5.2), the single message shape that comes back by the thousand, into `(dn, {attribute:
+[values]})`. Every other message (the final SearchResultDone with its paging cookie and
+result code, references, notices of disconnection) still goes through ldap3's decoder.
+
+Decoding fails closed: a length that runs past its container or an unexpected tag raises
+WireError instead of yielding a partial entry, since a missing attribute could make a used
+uid look free. Values are read as ldap3 reads them: UTF-8 (what RFC 4517 directory strings
+are), and a value that is not falls back to latin-1, so a foreign entry with an old gecos
+does not stop a plan and the text shown is the one ldap3 showed.
+"""
+
+from __future__ import annotations
+
+SEQUENCE, SET, OCTET_STRING, INTEGER = 0x30, 0x31, 0x04, 0x02
+SEARCH_RESULT_ENTRY = 0x64  # [APPLICATION 4], constructed
+
+
+class WireError(ValueError):
+    """A message that is not well-formed BER for what it claims to be."""
+
+
+def _header(data: bytes, pos: int, tag: int, limit: int) -> tuple[int, int]:
+    """Check the tag at pos, read its definite length; return (content start, end)."""
+    if pos + 2 > limit or data[pos] != tag:
+        raise WireError(f"expected tag 0x{tag:02x} at byte {pos}")
+    first = data[pos + 1]
+    if first < 0x80:
+        start = pos + 2
+        end = start + first
+    else:
+        size = first & 0x7F
+        if not 1 <= size <= 4:  # 0 is the indefinite form, which LDAP forbids (RFC 4511 5.1)
+            raise WireError(f"unsupported length form at byte {pos + 1}")
+        start = pos + 2 + size
+        end = start + int.from_bytes(data[pos + 2:start], "big")
+    if end > limit:
+        raise WireError(f"a length at byte {pos + 1} runs past its container")
+    return start, end
+
+
+def message_id(data: bytes) -> tuple[int, int]:
+    """(messageID, where protocolOp starts) of one complete LDAPMessage."""
+    start, end = _header(data, 0, SEQUENCE, len(data))
+    if end != len(data):
+        raise WireError("trailing bytes after the message")
+    id_start, id_end = _header(data, start, INTEGER, end)
+    if not 1 <= id_end - id_start <= 4:
+        raise WireError("bad messageID")
+    return int.from_bytes(data[id_start:id_end], "big"), id_end
+
+
+def search_entry(data: bytes, op: int,
+                 names: dict[str, str]) -> tuple[str, dict[str, list[str]]] | None:
+    """The (dn, attributes) of the SearchResultEntry at `op`, or None for another message.
+
+    `names` maps lower-cased attribute types to how the caller spells them: servers may
+    answer in any case (LDAP attribute types are case-insensitive), the caller looks up
+    one spelling. Types not in `names` keep the server's spelling.
+    """
+    if data[op] != SEARCH_RESULT_ENTRY:
+        return None
+    limit = len(data)
+    start, entry_end = _header(data, op, SEARCH_RESULT_ENTRY, limit)
+    dn_start, dn_end = _header(data, start, OCTET_STRING, entry_end)
+    pos, list_end = _header(data, dn_end, SEQUENCE, entry_end)
+    if list_end != entry_end:
+        raise WireError("bytes after the attribute list of an entry")
+    attributes: dict[str, list[str]] = {}
+    dn = _text(data[dn_start:dn_end])
+    while pos < list_end:
+        pos, attr_end = _header(data, pos, SEQUENCE, list_end)
+        type_start, type_end = _header(data, pos, OCTET_STRING, attr_end)
+        name = _text(data[type_start:type_end])
+        pos, set_end = _header(data, type_end, SET, attr_end)
+        if set_end != attr_end:
+            raise WireError("bytes after the values of an attribute")
+        values = []
+        while pos < set_end:
+            value_start, pos = _header(data, pos, OCTET_STRING, set_end)
+            values.append(_text(data[value_start:pos]))
+        attributes[names.get(name.lower(), name)] = values
+    return dn, attributes
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # ldap3's first fallback encoding, which never fails
