@@ -20,7 +20,7 @@ from reconciler.inventory import Inventory
 from reconciler.resources import Change, Facts
 from reconciler.targets import Result, TargetError, apply_each
 from reconciler.targets.files_identity import observe_local_files
-from reconciler.targets.ldapwire import WireError, message_id, search_entry
+from reconciler.targets.ldapwire import WireError, message_id, search_entry, spellings
 from schemas.models import HiveConfig, LdapSettings
 
 MARKER = "hive-managed"
@@ -32,7 +32,7 @@ PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 SEARCH_FILTER = "(|(objectClass=posixAccount)(objectClass=posixGroup))"
 SEARCH_ATTRIBUTES = ["objectClass", "uid", "cn", "uidNumber", "gidNumber", "gecos",
                      "homeDirectory", "loginShell", "shadowExpire", "description"]
-ATTRIBUTE_NAMES = {name.lower(): name for name in SEARCH_ATTRIBUTES}
+ATTRIBUTE_NAMES = spellings(SEARCH_ATTRIBUTES)
 
 
 def bind_password(settings: LdapSettings) -> str:
@@ -91,7 +91,11 @@ def _marked(attrs: dict[str, Any], server: str) -> str | None:
     values = attrs.get("description") or []
     for value in values if isinstance(values, list) else [values]:
         if isinstance(value, str) and value.startswith(MARKER + " "):
-            fields = dict(part.split("=", 1) for part in value.split()[1:] if "=" in part)
+            parts = value.split()
+            if (len(parts) == 3 and parts[1] == "server=" + server
+                    and parts[2].startswith("repository=") and len(parts[2]) > 11):
+                return parts[2][11:]  # what marker() writes; the loop below reads any order
+            fields = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
             if fields.get("server") == server and fields.get("repository"):
                 return fields["repository"]
     return None

@@ -64,33 +64,67 @@ def search_entry(data: bytes, op: int,
                  names: dict[str, str]) -> tuple[str, dict[str, list[str]]] | None:
     """The (dn, attributes) of the SearchResultEntry at `op`, or None for another message.
 
-    `names` maps lower-cased attribute types to how the caller spells them: servers may
-    answer in any case (LDAP attribute types are case-insensitive), the caller looks up
-    one spelling. Types not in `names` keep the server's spelling.
+    `names` maps attribute types to how the caller spells them: servers may answer in any
+    case (LDAP attribute types are case-insensitive), the caller looks up one spelling;
+    it holds both the lower-cased and the caller's spelling, so the usual answer needs no
+    lower(). Types not in `names` keep the server's spelling.
+
+    The inner loops read short-form lengths inline (every value of a posix entry is
+    shorter than 128 bytes) and leave every other form to _header: this function runs
+    for every entry of the directory.
     """
-    if data[op] != SEARCH_RESULT_ENTRY:
-        return None
-    limit = len(data)
-    start, entry_end = _header(data, op, SEARCH_RESULT_ENTRY, limit)
-    dn_start, dn_end = _header(data, start, OCTET_STRING, entry_end)
-    pos, list_end = _header(data, dn_end, SEQUENCE, entry_end)
-    if list_end != entry_end:
-        raise WireError("bytes after the attribute list of an entry")
-    attributes: dict[str, list[str]] = {}
-    dn = _text(data[dn_start:dn_end])
-    while pos < list_end:
-        pos, attr_end = _header(data, pos, SEQUENCE, list_end)
-        type_start, type_end = _header(data, pos, OCTET_STRING, attr_end)
-        name = _text(data[type_start:type_end])
-        pos, set_end = _header(data, type_end, SET, attr_end)
-        if set_end != attr_end:
-            raise WireError("bytes after the values of an attribute")
-        values = []
-        while pos < set_end:
-            value_start, pos = _header(data, pos, OCTET_STRING, set_end)
-            values.append(_text(data[value_start:pos]))
-        attributes[names.get(name.lower(), name)] = values
-    return dn, attributes
+    try:
+        if data[op] != SEARCH_RESULT_ENTRY:
+            return None
+        start, entry_end = _header(data, op, SEARCH_RESULT_ENTRY, len(data))
+        dn_start, dn_end = _header(data, start, OCTET_STRING, entry_end)
+        pos, list_end = _header(data, dn_end, SEQUENCE, entry_end)
+        if list_end != entry_end:
+            raise WireError("bytes after the attribute list of an entry")
+        attributes: dict[str, list[str]] = {}
+        dn = _text(data[dn_start:dn_end])
+        while pos < list_end:
+            if (data[pos] == SEQUENCE and data[pos + 1] < 0x80
+                    and data[pos + 2] == OCTET_STRING and data[pos + 3] < 0x80):
+                # the usual short attribute, read inline
+                attr_end = pos + 2 + data[pos + 1]
+                type_start = pos + 4
+                type_end = type_start + data[pos + 3]
+                if attr_end > list_end or type_end > attr_end:
+                    raise WireError(f"a length at byte {pos + 1} runs past its container")
+            else:
+                pos, attr_end = _header(data, pos, SEQUENCE, list_end)
+                type_start, type_end = _header(data, pos, OCTET_STRING, attr_end)
+            name = _text(data[type_start:type_end])
+            pos, set_end = _header(data, type_end, SET, attr_end)
+            if set_end != attr_end:
+                raise WireError("bytes after the values of an attribute")
+            values = []
+            while pos < set_end:
+                length = data[pos + 1]
+                if data[pos] == OCTET_STRING and length < 0x80:
+                    value_start = pos + 2
+                    pos = value_start + length
+                    if pos > set_end:
+                        raise WireError(f"a length at byte {value_start - 1} runs past its "
+                                        "container")
+                else:
+                    value_start, pos = _header(data, pos, OCTET_STRING, set_end)
+                raw = data[value_start:pos]
+                try:
+                    values.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    values.append(raw.decode("latin-1"))  # as _text
+            canonical = names.get(name)
+            attributes[canonical or names.get(name.lower(), name)] = values
+        return dn, attributes
+    except IndexError:  # a length that points past the message (the checks make it rare)
+        raise WireError("a length runs past the end of the message") from None
+
+
+def spellings(attributes: list[str]) -> dict[str, str]:
+    """The `names` argument of search_entry for these attribute types."""
+    return {**{a.lower(): a for a in attributes}, **{a: a for a in attributes}}
 
 
 def _text(raw: bytes) -> str:
