@@ -111,6 +111,30 @@ def test_observe_reads_what_ldap3_reads(tmp_path: Path, directory: Slapd,
     assert facts.accounts == facts_ours.accounts and facts.marked == facts_ours.marked
 
 
+def test_a_capped_page_size_falls_back_to_small_pages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenLDAP refuses a page larger than size.pr (adminLimitExceeded): the search
+    starts over with the small pages, and reads everything."""
+    root = tmp_path / "slapd"
+    root.mkdir()
+    server = Slapd(root, hive_size="unlimited size.pr=3").start()
+    try:
+        for i in range(7):
+            server.add(f"cn=g{i},{GROUPS}", objectClass=["posixGroup"], cn=f"g{i}",
+                       gidNumber=30000 + i)
+        monkeypatch.setattr(ldap_identity, "PAGE_SIZE", 5)
+        monkeypatch.setattr(ldap_identity, "SMALL_PAGE_SIZE", 2)
+        target = identity(tmp_path, server, monkeypatch)
+        found = target._paged_search(target.connect(), SUFFIX)
+        assert sorted(e["dn"] for e in found) == [f"cn=g{i},{GROUPS}" for i in range(7)]
+        assert target.requests == 1 + 4  # the refused page, then four pages of two
+        monkeypatch.setattr(ldap_identity, "SMALL_PAGE_SIZE", 4)  # refused too: an error
+        with pytest.raises(TargetError, match="adminLimitExceeded"):
+            target._paged_search(target.connect(), SUFFIX)
+    finally:
+        server.stop()
+
+
 def test_a_server_that_drops_the_connection_is_one_clear_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "slapd"
