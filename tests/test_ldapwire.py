@@ -10,7 +10,9 @@ from typing import Any
 import ldap3
 import pytest
 from conftest import write_config
+from ldap3.operation.add import add_operation
 from ldap3.operation.search import search_result_entry_response_to_dict_fast
+from ldap3.protocol.rfc4511 import LDAPMessage, MessageID, ProtocolOp
 from ldap3.utils.asn1 import decode_message_fast
 from slapd import ADMIN_DN, ADMIN_PW, GROUPS, HIVE_DN, HIVE_PW, PEOPLE, SUFFIX, Slapd
 
@@ -25,7 +27,13 @@ from reconciler.targets.ldap_identity import (
     marker,
     parse_entries,
 )
-from reconciler.targets.ldapwire import WireError, _text, message_id, search_entry
+from reconciler.targets.ldapwire import (
+    WireError,
+    _text,
+    add_request,
+    message_id,
+    search_entry,
+)
 from schemas.loader import load
 
 
@@ -212,3 +220,39 @@ def test_truncated_and_indefinite_lengths_are_errors() -> None:
         search_entry(indefinite, message_id(indefinite)[1], ATTRIBUTE_NAMES)
     done = b"\x30\x0c\x02\x01\x02\x65\x07\x0a\x01\x00\x04\x00\x04\x00"
     assert search_entry(done, message_id(done)[1], ATTRIBUTE_NAMES) is None
+
+
+def ldap3_add(number: int, dn: str, attributes: dict[str, Any]) -> bytes:
+    """The bytes ldap3's Connection.add sends (check_names=False, as Hive connects)."""
+    from pyasn1.codec.ber import encoder
+
+    message = LDAPMessage()
+    message["messageID"] = MessageID(number)
+    message["protocolOp"] = ProtocolOp().setComponentByName(
+        "addRequest", add_operation(dn, attributes, True, None, validator=None,
+                                    check_names=False))
+    return bytes(encoder.encode(message))
+
+
+@pytest.mark.parametrize("attributes", [
+    {"objectClass": ["account", "posixAccount", "shadowAccount"], "uid": "bh-r1",
+     "cn": "bh-r1", "uidNumber": 20000, "gidNumber": 20000, "homeDirectory": "/srv/bh-r1",
+     "loginShell": "/bin/sh", "gecos": "Hive repository r1 (alice)",
+     "description": marker("s1", "r1"), "shadowExpire": 1},
+    {"objectClass": ["posixGroup"], "cn": "bh-r1", "gidNumber": 4294967295,
+     "description": marker("s1", "caf\u00e9-\u2603" * 30)},  # long and non-ASCII
+    {"objectClass": "posixGroup", "cn": ["a", "b" * 200], "memberUid": [],
+     "gidNumber": 0, "x": b"\x00\xff", "y": "x" * 70000},  # 3-byte lengths
+])
+@pytest.mark.parametrize("number", [1, 127, 128, 255, 256, 65536, 2**31 - 1])
+def test_add_requests_are_the_bytes_ldap3_sends(attributes: dict[str, Any],
+                                                 number: int) -> None:
+    dn = "uid=bh-r1,ou=people,dc=example,dc=org"
+    assert add_request(number, dn, attributes) == ldap3_add(number, dn, attributes)
+
+
+def test_add_values_of_another_type_are_refused() -> None:
+    with pytest.raises(TypeError):
+        add_request(1, "cn=x", {"flag": True})
+    with pytest.raises(ValueError):
+        add_request(2**31, "cn=x", {"cn": "x"})

@@ -20,7 +20,13 @@ from reconciler.inventory import Inventory
 from reconciler.resources import Change, Facts
 from reconciler.targets import Result, TargetError, apply_each
 from reconciler.targets.files_identity import observe_local_files
-from reconciler.targets.ldapwire import WireError, message_id, search_entry, spellings
+from reconciler.targets.ldapwire import (
+    WireError,
+    add_request,
+    message_id,
+    search_entry,
+    spellings,
+)
 from schemas.models import HiveConfig, LdapSettings
 
 MARKER = "hive-managed"
@@ -216,8 +222,12 @@ class LdapIdentity:
 
         conn = self.connect()
         try:
-            ok = getattr(conn, method)(*args, **kwargs)
-            result = conn.result or {}
+            if method == "add":  # the bulk of a first apply: encoded by ldapwire
+                result = self._add(conn, *args, **kwargs)
+                ok = result.get("description") == "success"
+            else:
+                ok = getattr(conn, method)(*args, **kwargs)
+                result = conn.result or {}
         except LDAPException as exc:
             raise TargetError(f"LDAP {method} {what}: {_cause(exc)}") from None
         finally:
@@ -336,6 +346,39 @@ class LdapIdentity:
                               f"search of {base}: {exc}") from None
         except LDAPException as exc:
             raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
+
+    def _add(self, conn: Any, dn: str, attributes: dict[str, Any]) -> dict[str, Any]:
+        """What conn.add(dn, attributes=attributes) sends and returns (its result dict),
+        with the request encoded by ldapwire.add_request and the answer decoded by ldap3.
+        """
+        from ldap3.core.exceptions import LDAPSocketSendError
+        from ldap3.utils.asn1 import decode_message_fast
+
+        if conn.closed or conn.socket is None:
+            raise TargetError(f"LDAP add {dn}: the connection to {self.settings.url} is "
+                              "closed")
+        number = conn.server.next_message_id()
+        try:
+            conn.socket.sendall(add_request(number, dn, attributes))
+        except OSError as exc:
+            raise LDAPSocketSendError(f"socket sending error {exc}") from None
+        messages = conn.strategy.receiving()  # waits for whole messages; [] when closed
+        if not messages:
+            raise TargetError(f"LDAP add {dn}: {self.settings.url} closed the connection")
+        try:
+            answers = [(message_id(raw)[0],
+                        conn.strategy.decode_response_fast(decode_message_fast(raw)))
+                       for raw in messages]
+        except WireError as exc:
+            raise TargetError(f"LDAP add {dn}: malformed answer from {self.settings.url}: "
+                              f"{exc}") from None
+        got, answer = answers[0]
+        if got != number or answer.get("type") != "addResponse" or len(answers) > 1:
+            raise TargetError(f"LDAP add {dn}: {self.settings.url} sent an unexpected "
+                              f"{answer.get('type')} "
+                              f"({answer.get('description') or answer.get('responseName')})")
+        conn.result = answer
+        return answer
 
     def apply(self, changes: list[Change]) -> list[Result]:
         return apply_each(changes, self._apply_one, TargetError)
