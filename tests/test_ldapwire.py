@@ -43,30 +43,32 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     root = tmp_path_factory.mktemp("wire") / "slapd"
     root.mkdir()
     server = Slapd(root).start()
-    add = server.add
-    add(f"ou=other,{SUFFIX}", objectClass=["organizationalUnit"], ou="other")
-    for i in range(7):  # Hive's own: user + private group
-        name = f"bh-r{i}"
-        add(f"uid={name},{PEOPLE}", objectClass=["account", "posixAccount", "shadowAccount"],
-            uid=name, cn=name, uidNumber=20000 + i, gidNumber=20000 + i,
-            homeDirectory=f"/srv/{name}", loginShell="/bin/sh", gecos=f"Hive repository r{i}",
-            description=marker("test1", f"r{i}"), **({"shadowExpire": 1} if i == 3 else {}))
-        add(f"cn={name},{GROUPS}", objectClass=["posixGroup"], cn=name,
-            gidNumber=20000 + i, description=marker("test1", f"r{i}"))
-    # long values: lengths in the long form (one and two length bytes)
-    add(f"uid=long,ou=other,{SUFFIX}", objectClass=["account", "posixAccount"], uid="long",
-        cn=["long", "x" * 200], uidNumber=31000, gidNumber=31000,
-        homeDirectory="/" + "h" * 300, gecos="g" * 130,
-        description=["caf\u00e9 \u00fc\u00df \u2603 " * 40, "second value"])
-    add(f"uid=bh-other,{PEOPLE}", objectClass=["account", "posixAccount"], uid="bh-other",
-        cn="bh-other", uidNumber=31001, gidNumber=31001, homeDirectory="/h",
-        description=marker("test2", "other"))
-    add(f"cn=both,ou=other,{SUFFIX}", objectClass=["posixGroup", "posixAccount"],
-        uid="both-u", cn="both", uidNumber=31002, gidNumber=31003, homeDirectory="/h")
-    add(f"cn=nogid,ou=other,{SUFFIX}", objectClass=["posixGroup"], cn="nogid", gidNumber=31004,
-        memberUid=["a", "b"])
-    yield server
-    server.stop()
+    try:  # a failed setup must not leave slapd running
+        add = server.add
+        add(f"ou=other,{SUFFIX}", objectClass=["organizationalUnit"], ou="other")
+        for i in range(7):  # Hive's own: user + private group
+            name = f"bh-r{i}"
+            add(f"uid={name},{PEOPLE}", objectClass=["account", "posixAccount", "shadowAccount"],
+                uid=name, cn=name, uidNumber=20000 + i, gidNumber=20000 + i,
+                homeDirectory=f"/srv/{name}", loginShell="/bin/sh", gecos=f"Hive repository r{i}",
+                description=marker("test1", f"r{i}"), **({"shadowExpire": 1} if i == 3 else {}))
+            add(f"cn={name},{GROUPS}", objectClass=["posixGroup"], cn=name,
+                gidNumber=20000 + i, description=marker("test1", f"r{i}"))
+        # long values: lengths in the long form (one and two length bytes)
+        add(f"uid=long,ou=other,{SUFFIX}", objectClass=["account", "posixAccount"], uid="long",
+            cn=["long", "x" * 200], uidNumber=31000, gidNumber=31000,
+            homeDirectory="/" + "h" * 300, gecos="g" * 130,
+            description=["caf\u00e9 \u00fc\u00df \u2603 " * 40, "second value"])
+        add(f"uid=bh-other,{PEOPLE}", objectClass=["account", "posixAccount"], uid="bh-other",
+            cn="bh-other", uidNumber=31001, gidNumber=31001, homeDirectory="/h",
+            description=marker("test2", "other"))
+        add(f"cn=both,ou=other,{SUFFIX}", objectClass=["posixGroup", "posixAccount"],
+            uid="both-u", cn="both", uidNumber=31002, gidNumber=31003, homeDirectory="/h")
+        add(f"cn=nogid,ou=other,{SUFFIX}", objectClass=["posixGroup"], cn="nogid", gidNumber=31004,
+            memberUid=["a", "b"])
+        yield server
+    finally:
+        server.stop()
 
 
 def ldap3_entries(server: Slapd) -> list[dict[str, Any]]:
