@@ -7,7 +7,6 @@ errors included), 2 changes pending or made, and only with --detailed-exitcode, 
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import click
 
 from hive import __version__, output
-from hive.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, fail
+from hive.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Seconds, fail
 from hive.common import OUTPUT as _OUTPUT
 from hive.common import file_option as _file_option
 from hive.common import load as _load
@@ -126,7 +125,7 @@ def plan(config_file: str | None, fmt: str, prune: bool, force: bool,
 @cli.command()
 @_plan_options
 @click.option("--dry-run", is_flag=True, help="Only show the plan (same as 'hive plan').")
-@click.option("--lock-timeout", type=float, default=10.0, show_default=True,
+@click.option("--lock-timeout", type=Seconds(0, 3600), default=10.0, show_default=True,
               help="Seconds to wait for another running apply to finish.")
 @click.option("--checksum", metavar="SUM", default=None, callback=_checksum_option,
               help="Apply only if the plan is exactly the one 'hive plan' showed with this "
@@ -159,9 +158,6 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
     if fmt == "json":
         output.emit_version()
     config, path = _load(config_file, fmt)
-    # The loaded file (millions of objects at 50,000 repositories) lives until exit: keep
-    # the cyclic collector from walking it again each time the plan allocates.
-    gc.freeze()
     if server_from:
         import schemas
 

@@ -33,6 +33,28 @@ OUTPUT = click.option("--output", "-o", "fmt", type=click.Choice(["text", "json"
                            "'summary' record last.")
 
 
+class Seconds(click.ParamType):
+    """A number of seconds between `low` and `high`. click's FloatRange lets `nan`
+    through (every comparison with it is false) and a float option takes `inf`; a wait of
+    either never ends or never starts, so both are usage errors here."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not self.low <= number <= self.high:   # False for nan
+            self.fail(f"{value} is not a number of seconds from {self.low:g} to "
+                      f"{self.high:g}", param, ctx)
+        return number
+
+
 def default_config() -> str:
     if os.environ.get("HIVE_CONFIG"):
         return os.environ["HIVE_CONFIG"]

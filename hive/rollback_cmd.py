@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hive import output
-from hive.common import EXIT_OK, fail
+from hive.common import EXIT_OK, Seconds, fail
 from hive.common import OUTPUT as _OUTPUT
 from hive.common import file_option as _file_option
 from hive.common import load as _load
@@ -52,7 +52,7 @@ def client_hint(repo_id: str | None) -> str:
                    "commit is not in the log (a full-access client wrote after it).")
 @click.option("--confirm", metavar="NAME",
               help="Confirm without a prompt by repeating the repository's name (scripts).")
-@click.option("--lock-wait", type=float, default=5.0, show_default=True,
+@click.option("--lock-wait", type=Seconds(0, 3600), default=5.0, show_default=True,
               help="Seconds to wait for a borg client to release the repository's lock.")
 @_OUTPUT
 def rollback(repository: str, config_file: str | None, list_only: bool, target: int | None,

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from hive.common import Seconds
+
 EXIT_OK, EXIT_ERROR = 0, 1
 
 
@@ -27,7 +29,7 @@ def _duration(ctx: Any, param: Any, value: str) -> float:
               help="Send one test message through this channel (and nothing else).")
 @click.option("--lock-stale-after", default="24h", show_default=True, callback=_duration,
               help="As for 'hive status': when a lock left behind counts as 'locked'.")
-@click.option("--wait", "lock_timeout", type=click.FloatRange(0, 3600), default=120.0,
+@click.option("--wait", "lock_timeout", type=Seconds(0, 3600), default=120.0,
               show_default=True,
               help="Seconds to wait for another running 'hive notify' to finish.")
 @click.option("--output", "-o", "fmt", type=click.Choice(["text", "json"]), default="text",

@@ -47,22 +47,24 @@ def _owners_and_groups(config: HiveConfig) -> Iterator[Problem]:
 
 
 def _keys(config: HiveConfig) -> Iterator[Problem]:
+    owners = config.owners
     by_blob: dict[str, str] = {}
     for key_name, key in config.keys.items():
-        if key.owner not in config.owners:
+        if key.owner not in owners:
             yield Problem(("keys", key_name, "owner"),
                           f"unknown owner {key.owner!r}; add it under 'owners:'")
+        # validation parsed every key just now: this is a lookup in parse_public_key's cache
         blob = parse_public_key(key.public_key).blob
-        if blob in by_blob:
+        first = by_blob.setdefault(blob, key_name)
+        if first != key_name:
             yield Problem(("keys", key_name, "public_key"),
-                          f"the same public key is already defined as {by_blob[blob]!r}; "
+                          f"the same public key is already defined as {first!r}; "
                           "one key, one name (sshd would only ever use the first line)")
-        else:
-            by_blob[blob] = key_name
 
 
 def _repositories(config: HiveConfig) -> Iterator[Problem]:
     pins: dict[int, str] = {}  # pins may lie outside uid_range: users imported with their uid
+    owners, groups, keys = config.owners, config.groups, config.keys
     for repo_name, repo in config.repositories.items():
         where = ("repositories", repo_name)
         user = config.user_name(repo_name)
@@ -73,36 +75,38 @@ def _repositories(config: HiveConfig) -> Iterator[Problem]:
         if user[0] not in USER_NAME_START:
             yield Problem(where, f"unix user {user!r} would start with a digit; set a "
                                  "server.users.prefix such as 'bh-'", key=True)
-        if repo.owner not in config.owners:
+        owner = repo.owner
+        if owner not in owners:
             yield Problem((*where, "owner"),
-                          f"unknown owner {repo.owner!r}; add it under 'owners:'")
+                          f"unknown owner {owner!r}; add it under 'owners:'")
+        allowed = {owner}
         for i, group in enumerate(repo.groups):
-            if group not in config.groups:
+            if group in groups:
+                allowed.update(groups[group].members)
+            else:
                 yield Problem((*where, "groups", i),
                               f"unknown group {group!r}; add it under 'groups:'")
-        allowed = {repo.owner}
-        for group in repo.groups:
-            if group in config.groups:
-                allowed.update(config.groups[group].members)
-        full = set(repo.keys)
-        for field in ("keys", "append_only_keys"):
+        append_only = repo.append_only_keys
+        full = set(repo.keys) if append_only else set()
+        for field, names in (("keys", repo.keys), ("append_only_keys", append_only)):
             seen: set[str] = set()
-            for i, key_name in enumerate(getattr(repo, field)):
-                path = (*where, field, i)
+            for i, key_name in enumerate(names):
                 if key_name in seen:
-                    yield Problem(path, f"key {key_name!r} is listed twice")
+                    yield Problem((*where, field, i), f"key {key_name!r} is listed twice")
                 seen.add(key_name)
-                if key_name not in config.keys:
-                    yield Problem(path, f"unknown key {key_name!r}; add it under 'keys:'")
+                key = keys.get(key_name)
+                if key is None:
+                    yield Problem((*where, field, i),
+                                  f"unknown key {key_name!r}; add it under 'keys:'")
                     continue
                 if field == "append_only_keys" and key_name in full:
-                    yield Problem(path, f"key {key_name!r} is in both 'keys' and "
-                                        "'append_only_keys'; choose one")
-                key_owner = config.keys[key_name].owner
-                if key_owner not in allowed:
-                    yield Problem(path, f"key {key_name!r} belongs to {key_owner!r}, who is "
-                                        f"neither the owner ({repo.owner!r}) nor in one of "
-                                        "this repository's groups")
+                    yield Problem((*where, field, i), f"key {key_name!r} is in both 'keys' "
+                                                      "and 'append_only_keys'; choose one")
+                if key.owner not in allowed:
+                    yield Problem((*where, field, i),
+                                  f"key {key_name!r} belongs to {key.owner!r}, who is "
+                                  f"neither the owner ({owner!r}) nor in one of this "
+                                  "repository's groups")
         if repo.uid is not None:  # its bounds are the model's (schemas/models.py MIN_UID)
             if repo.uid in pins:
                 yield Problem((*where, "uid"), f"uid {repo.uid} is already pinned by "

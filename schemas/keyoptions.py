@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 from schemas.sshkeys import ACCEPTED_TYPES
 
@@ -30,6 +31,7 @@ _PREFIX_LENGTH = re.compile(r"0|[1-9][0-9]{0,2}")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 
 
+@lru_cache(maxsize=4096)   # a fleet repeats a few networks on thousands of keys
 def from_entry_problem(value: str) -> str | None:
     """Why `value` may not be one entry of from="...", or None when sshd reads it as the
     address, network or host pattern it looks like."""

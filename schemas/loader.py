@@ -7,6 +7,7 @@ Nothing reaches the system unless the whole file is right, so this collects ever
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import math
 import typing
@@ -350,14 +351,32 @@ def load_text(text: str, file: str, base_dir: Path | None = None,
     """Validate hive.yaml text; raise ConfigError listing every problem. `path` (the file
     on disk) is where `include:` patterns are resolved from; without it, from `base_dir`.
     `extra_checks` are costly checks only some commands run (apprise URL parsing)."""
+    # Loading makes a million dicts, lists, strings and models and not one reference cycle;
+    # the cyclic collector would walk all of them again and again as they pile up (a third
+    # of a 50,000-repository load). Reference counting frees everything as before.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_text(text, file, base_dir, path, extra_checks=extra_checks)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load_text(text: str, file: str, base_dir: Path | None, path: Path | None, *,
+               extra_checks: Callable[[HiveConfig], list[checks.Problem]] | None,
+               ) -> HiveConfig:
     base = base_dir if base_dir is not None else Path(file).resolve().parent
     main = _Source(file, _parse(text, file))
     data = main.document.data
     sources = [main]
     origins: dict[tuple[Any, ...], _Source] = {}
 
+    def origin(problem: checks.Problem) -> _Source:
+        return origins.get(problem.path[:2], main) if len(problem.path) >= 2 else main
+
     def located(problem: checks.Problem) -> LocatedProblem:
-        source = origins.get(problem.path[:2], main) if len(problem.path) >= 2 else main
+        source = origin(problem)
         mark = source.document.locate(problem.path, key=problem.key)
         return LocatedProblem(source.file, mark.line, mark.column,
                               _dotted(problem.path, problem.key),
@@ -373,14 +392,24 @@ def load_text(text: str, file: str, base_dir: Path | None = None,
         data = _include(data, main, path or base / Path(file).name, sources, origins,
                         result)
     config = None
+    found: list[checks.Problem] = []
     try:
         config = HiveConfig.model_validate(data, context={"base_dir": base})
     except pydantic.ValidationError as exc:
-        result.extend(located(p) for p in _pydantic_problems(exc))
+        found.extend(_pydantic_problems(exc))
     if config is not None:
-        result.extend(located(p) for p in checks.check(config))
+        found.extend(checks.check(config))
         if extra_checks is not None:
-            result.extend(located(p) for p in extra_checks(config))
+            found.extend(extra_checks(config))
+    if found:
+        # Ask each file for all its positions at once: one pass over its text finds them.
+        wanted: dict[int, tuple[_Source, list[tuple[Any, ...]]]] = {}
+        for problem in found:
+            source = origin(problem)
+            wanted.setdefault(id(source), (source, []))[1].append(problem.path)
+        for source, paths in wanted.values():
+            source.document.prefetch(paths)
+        result.extend(located(p) for p in found)
     if result:
         order = {source.file: i for i, source in enumerate(sources)}
         result.sort(key=lambda p: (order.get(p.file, 0), p.line, p.column))
@@ -430,10 +459,19 @@ def _read(path: Path, label: str) -> str:
 def load(path: Path | str, *,
          extra_checks: Callable[[HiveConfig], list[checks.Problem]] | None = None,
          ) -> HiveConfig:
-    """Read and validate hive.yaml (and the files it includes) from disk."""
+    """Read and validate hive.yaml (and the files it includes) from disk.
+
+    The loaded state lives as long as the command, and at 50,000 repositories it is 1.5
+    million objects without a reference cycle: they are moved out of the cyclic
+    collector's sight (gc.freeze), which otherwise walks all of them again each time the
+    plan that follows allocates enough (that halved the time of a plan-sized allocation
+    after loading). Reference counting still frees them.
+    """
     path = Path(path)
-    return load_text(_read(path, str(path)), str(path), path.resolve().parent, path,
-                     extra_checks=extra_checks)
+    config = load_text(_read(path, str(path)), str(path), path.resolve().parent, path,
+                       extra_checks=extra_checks)
+    gc.freeze()
+    return config
 
 
 def with_trusted_server(config: HiveConfig, trusted: HiveConfig, file: str) -> HiveConfig:

@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 import re
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -448,22 +449,28 @@ class Repository(Strict):
     @field_validator("quota")
     @classmethod
     def _quota(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if len(value) > MAX_QUOTA_TEXT:
-            raise ValueError(f"{value[:MAX_QUOTA_TEXT]}... is {len(value):,} characters long; "
-                             "write it with a unit, e.g. 500G or 1.5T (at most 999P)")
-        size = quota_size(value)
-        if size > MAX_QUOTA:
-            raise ValueError(f"{value} is above the largest quota Hive takes, 999P; leave it "
-                             "out for no quota")
-        if size < MIN_QUOTA:
-            # borg serve refuses to start with a smaller quota: every login would fail.
-            raise ValueError(f"{value} is below borg's minimum storage quota of 10M; leave "
-                             "it out for no quota")
+        problem = None if value is None else _quota_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
+@lru_cache(maxsize=1024)   # a fleet repeats a few quotas on thousands of repositories
+def _quota_problem(value: str) -> str | None:
+    """Why a quota (that passed QUOTA_PATTERN) is refused, or None."""
+    if len(value) > MAX_QUOTA_TEXT:
+        return (f"{value[:MAX_QUOTA_TEXT]}... is {len(value):,} characters long; "
+                "write it with a unit, e.g. 500G or 1.5T (at most 999P)")
+    size = quota_size(value)
+    if size > MAX_QUOTA:
+        return f"{value} is above the largest quota Hive takes, 999P; leave it out for no quota"
+    if size < MIN_QUOTA:
+        # borg serve refuses to start with a smaller quota: every login would fail.
+        return f"{value} is below borg's minimum storage quota of 10M; leave it out for no quota"
+    return None
+
+
+@lru_cache(maxsize=1024)
 def quota_size(text: str) -> Decimal:
     """'1.5T' -> 1500000000000, exactly (only for text that passed QUOTA_PATTERN)."""
     suffix = text[-1] if text[-1] in _QUOTA_FACTORS else ""

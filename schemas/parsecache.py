@@ -1,27 +1,31 @@
 """Parsed YAML kept by the hash of its bytes, so an unchanged file is not parsed again.
 
-PyYAML builds a Python object for every node: ~12 s for an 18 MB hive.yaml (50,000
-repositories), and its node tree is most of the peak memory. What the parser makes of a
-file depends only on the file's bytes and on the parser's own code, so the result is
+Even the fast builder (schemas/fastyaml.py) needs ~1.3 s for a 23 MB hive.yaml (50,000
+repositories, 100,000 keys) and PyYAML's own path 12 s; reading the entry back takes a
+third of a second. What the parser makes of a file depends only on the file's bytes and
+on the parser's own code, so the result is
 stored under sha256(parser code + bytes): a changed file, a changed parser or another
 PyYAML has another key, and a stale result cannot be served. Only the parse is cached;
 validation (pydantic, whole-file checks) runs every time, so no rule can be skipped, and
-when a problem needs a position the node tree is built from the same text again.
+when a problem needs a position it is found in the same text again.
 
 Stored as JSON (nothing in the cache can run code), written atomically, in a folder only
 this user can write (`HIVE_CACHE_DIR`, else `$XDG_CACHE_HOME/hive` or `~/.cache/hive`;
 `HIVE_CACHE_DIR=` turns it off). Anything odd -- a folder others may write, a file that
 does not decode, data JSON cannot hold exactly (int or bool keys, binary) -- means no
 cache, never a wrong one. With several included files each file has its own entry, so
-editing one team's file parses only that file.
+editing one team's file parses only that file. A large entry is written by a forked child
+(BACKGROUND_BYTES) while the command goes on.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import hashlib
 import json
 import os
+import signal
 import stat
 import tempfile
 from pathlib import Path
@@ -36,7 +40,7 @@ KEEP = 400   # entries kept; the oldest beyond that are removed when one is writ
 def _code_key() -> bytes:
     digest = hashlib.sha256(f"yaml {yaml.__version__} {yaml.__with_libyaml__}".encode())
     here = Path(__file__).resolve().parent
-    for name in ("yamlsource.py", "parsecache.py"):
+    for name in ("yamlsource.py", "fastyaml.py", "parsecache.py"):
         digest.update((here / name).read_bytes())
     return digest.digest()
 
@@ -76,22 +80,41 @@ class _Unsupported(Exception):
     pass
 
 
+_LEAVES = (str, int, float, bool, type(None))
+
+
 def _dates(data: Any, path: list[Any], found: list[list[Any]]) -> None:
-    """Record where dates are (JSON has none); refuse what JSON cannot hold exactly."""
+    """Record where dates are (JSON has none); refuse what JSON cannot hold exactly.
+    Strings (nearly every value) are passed over without a call: this walks 700,000 values
+    of a 50,000-repository file."""
     kind = type(data)
     if kind is dict:
-        for key, value in data.items():
+        for key in data:
             if type(key) is not str:
                 raise _Unsupported
-            _dates(value, [*path, key], found)
+        items: Any = data.items()
     elif kind is list:
-        for i, value in enumerate(data):
-            _dates(value, [*path, i], found)
-    elif kind is dt.datetime:
-        found.append([path, "datetime", data.isoformat()])
+        items = enumerate(data)
+    else:
+        _leaf(data, path, found)
+        return
+    for key, value in items:
+        kind = type(value)
+        if kind is str:
+            continue
+        if kind is dict or kind is list:
+            _dates(value, [*path, key], found)
+        else:
+            _leaf(value, [*path, key], found)
+
+
+def _leaf(value: Any, path: list[Any], found: list[list[Any]]) -> None:
+    kind = type(value)
+    if kind is dt.datetime:
+        found.append([path, "datetime", value.isoformat()])
     elif kind is dt.date:
-        found.append([path, "date", data.isoformat()])
-    elif kind not in (str, int, float, bool, type(None)):
+        found.append([path, "date", value.isoformat()])
+    elif kind not in _LEAVES:
         raise _Unsupported
 
 
@@ -114,16 +137,90 @@ def get(text: str) -> Any:
     return data
 
 
+# A text this large is written by a forked child while this process goes on validating:
+# at 50,000 repositories finding the dates and writing 23 MB of JSON takes half a second,
+# which the other core can spend; the command waits for it before it exits. Smaller
+# files (and every test but two) write in line.
+BACKGROUND_BYTES = 4 * 2**20
+_writers: list[int] = []   # children writing entries, reaped by the next put or at exit
+
+
 def put(text: str, data: Any) -> None:
     """Store the parse of `text` when JSON can hold it exactly; never fails the caller."""
     where = folder()
     if where is None:
         return
+    if len(text) >= BACKGROUND_BYTES:
+        child = _fork()
+        if child is True:
+            try:
+                _write(where, text, data)
+            finally:
+                os._exit(0)   # no atexit handlers, no flushing of the parent's buffers
+        if child is False:
+            return
+    _write(where, text, data)
+
+
+def _fork() -> bool | None:
+    """Fork a child to write the entry: True in the child, False in the parent; None when
+    there is no child (the fork failed, or another thread -- DuckDB's, say -- could hold
+    a lock the child would need) and the caller writes it itself."""
+    settle(wait=False)
+    try:
+        alone = len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        alone = False
+    if not alone:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        if not _writers:
+            # The command ends when its writers have: no process outlives `hive` (a CI
+            # job, a test's folder or a timer's cgroup would otherwise meet a half-written
+            # entry). They run beside validation on the other core: the wait is rarely felt.
+            atexit.register(settle)
+        _writers.append(pid)
+        return False
+    _writers.clear()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the command, not for this
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):   # nobody reading the command's output waits for this child
+        os.dup2(null, fd)
+    # nor for any other file the command holds: a lock (flock) lasts while a copy of its
+    # descriptor is open, and this child must not keep one a moment longer
+    os.closerange(3, _open_max())
+    return True
+
+
+def _open_max() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def settle(wait: bool = True) -> None:
+    """Reap the children writing entries (waiting for them to finish with `wait`)."""
+    for pid in list(_writers):
+        try:
+            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _writers.remove(pid)
+
+
+def _write(where: Path, text: str, data: Any) -> None:
     found: list[list[Any]] = []
     try:
         _dates(data, [], found)
         payload = json.dumps({"data": data, "dates": found}, ensure_ascii=False,
-                             separators=(",", ":"), allow_nan=False, default=_refuse)
+                             check_circular=False, separators=(",", ":"),
+                             allow_nan=False, default=_refuse)
     except (_Unsupported, ValueError, RecursionError, TypeError):
         return
     try:

@@ -9,6 +9,7 @@ where PyYAML would silently keep the last one.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -48,8 +49,20 @@ class Document:
     data: Any
     root: yaml.Node | None
     duplicates: list[tuple[Mark, str]]
-    #: The source, when `data` came from a cache: the node tree is built on first locate().
+    #: The source, when `data` came from a cache or the fast builder: positions are found
+    #: on first locate().
     text: str | None = None
+    #: Node positions from libyaml's events (see _positions); False: not made yet.
+    positions: Any = False
+    #: The paths `positions` was made for; None: every path.
+    prefetched: set[tuple[Any, ...]] | None = None
+
+    def prefetch(self, paths: list[tuple[Any, ...]]) -> None:
+        """Find the positions of these paths in one pass, so that locating the problems of
+        a 50,000-repository file builds neither the node tree nor every node's position."""
+        if self.root is None and self.text is not None and self.positions is False:
+            self.positions = _positions(self.text, paths)
+            self.prefetched = set(paths)
 
     def locate(self, path: tuple[Any, ...], *, key: bool = False) -> Mark:
         """The best position for a path of keys/indexes into the data.
@@ -59,7 +72,14 @@ class Document:
         the last step points at the key itself rather than its value (for bad names).
         """
         if self.root is None and self.text is not None:
-            self.root = parse(self.text).root
+            if self.positions is False or (self.prefetched is not None
+                                           and self.positions is not None
+                                           and path not in self.prefetched):
+                self.positions = _positions(self.text)
+                self.prefetched = None
+            if self.positions is not None:
+                return _walk(self.positions, path, key)
+            self.root = parse_nodes(self.text).root
         node = self.root
         if node is None:
             return Mark(1, 1)
@@ -81,6 +101,131 @@ class Document:
             else:
                 break
         return mark
+
+
+def _walk(node: Any, path: tuple[Any, ...], key: bool) -> Mark:
+    """Document.locate over _positions' tree: the same walk, the same marks."""
+    mark = Mark(node[0], node[1])
+    for i, step in enumerate(path):
+        children = node[2]
+        if type(children) is dict:
+            try:
+                pair = children.get((type(step), step))
+            except TypeError:   # unhashable: no key of the file can equal it
+                pair = None
+            if pair is None:
+                break
+            node = pair[0] if (key and i == len(path) - 1) else pair[1]
+            mark = Mark(node[0], node[1])
+            node = pair[1]
+        elif type(children) is list and type(step) is int and 0 <= step < len(children):
+            node = children[step]
+            mark = Mark(node[0], node[1])
+        else:
+            break
+    return mark
+
+
+_NO_KEY = object()
+
+
+def _positions(text: str, paths: list[tuple[Any, ...]] | None = None) -> Any:
+    """The position of every node (or, given `paths`, of the nodes along them), as (line,
+    column, children) with children a dict {(type, key): (key node, value node)} for a
+    mapping, a list for a sequence and None for a scalar; None when the file has anything
+    on the way this cannot mirror exactly (anchors, aliases, tags, merge keys, complex
+    keys, a second document, an error): then locate() builds the node tree.
+
+    The node tree of a 50,000-repository file takes 12 s to build (PyYAML's resolver runs
+    in Python per node); this takes the time of libyaml's events. Keys are typed as
+    PyYAML types them (fastyaml.typed), so `yes:` is found as True and `1:` as 1, the
+    first of duplicate keys wins, and each mark is the start of the same event the
+    composer would have made the node from.
+    """
+    from schemas import fastyaml
+
+    wanted: set[tuple[Any, ...]] | None = None
+    if paths is not None:
+        wanted = set()
+        for path in paths:
+            steps = tuple((type(step), step) for step in path)
+            wanted.update(steps[:n] for n in range(len(steps) + 1))
+    parser = _BaseLoader(text)
+    get = parser.get_event
+    memo: dict[str, Any] = {}
+    scalar, starts = yaml.ScalarEvent, (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    # per open container: [children, pending key, key node, its path]
+    stack: list[list[Any]] = []
+    root = None
+    try:
+        while (event := get()) is not None:
+            kind = type(event)
+            if kind is scalar or kind in starts:
+                if stack and type(stack[-1][0]) is dict and stack[-1][1] is _NO_KEY:
+                    top = stack[-1]
+                    if kind is not scalar or event.anchor is not None \
+                            or event.tag is not None:
+                        return None
+                    top[1] = fastyaml.typed(event.value, memo) if event.implicit[0] \
+                        else event.value
+                    start = event.start_mark
+                    top[2] = (start.line + 1, start.column + 1, None)
+                    continue
+                if stack:
+                    top = stack[-1]
+                    if type(top[0]) is dict:
+                        step: tuple[Any, Any] = (type(top[1]), top[1])
+                    else:
+                        step = (int, len(top[0]))
+                    where = (*top[3], step) if wanted is not None else ()
+                    if (wanted is not None and where not in wanted) or \
+                            (type(top[0]) is dict and step in top[0]):
+                        top[1] = _NO_KEY   # not on the way to a problem, or a duplicate
+                        if type(top[0]) is list:
+                            top[0].append(None)
+                        if kind is not scalar:
+                            _skip(get, starts, ends)
+                        continue
+                elif root is not None:
+                    return None
+                if event.anchor is not None or event.tag is not None:
+                    return None
+                start = event.start_mark
+                children: Any = None if kind is scalar else \
+                    {} if kind is yaml.MappingStartEvent else []
+                node = (start.line + 1, start.column + 1, children)
+                if not stack:
+                    root = node
+                    where = ()
+                elif type(stack[-1][0]) is dict:
+                    top = stack[-1]
+                    top[0][step] = (top[2], node)
+                    top[1] = _NO_KEY
+                else:
+                    stack[-1][0].append(node)
+                if kind is not scalar:
+                    stack.append([children, _NO_KEY, None, where])
+            elif kind in ends:
+                stack.pop()
+            elif kind is yaml.AliasEvent:
+                return None
+    except (yaml.YAMLError, fastyaml.Unsure):
+        return None
+    finally:
+        parser.dispose()
+    return root
+
+
+def _skip(get: Any, starts: tuple[type, ...], ends: tuple[type, ...]) -> None:
+    """Read past the rest of a mapping or sequence whose start was just read."""
+    depth = 1
+    while depth:
+        kind = type(get())
+        if kind in starts:
+            depth += 1
+        elif kind in ends:
+            depth -= 1
 
 
 def _same_key(node: yaml.ScalarNode, step: Any) -> bool:
@@ -210,7 +355,33 @@ class YamlSyntaxError(Exception):
 
 
 def parse(text: str) -> Document:
-    """Parse YAML text; duplicate keys are reported in the Document, not raised."""
+    """Parse YAML text; duplicate keys are reported in the Document, not raised.
+
+    The data comes from schemas/fastyaml.py when it is sure to build exactly what PyYAML
+    would (the node tree, for positions, is then built only if a problem needs one);
+    anything it is not sure of -- and every error -- takes the full path below.
+    """
+    from schemas import fastyaml  # (it imports this module's bounds)
+
+    collecting = gc.isenabled()
+    gc.disable()   # a million new dicts, lists and strings and not one cycle among them
+    try:
+        try:
+            return Document(fastyaml.scan(text), None, [], text)
+        except fastyaml.Unsure:
+            pass
+        try:
+            return Document(fastyaml.from_events(text), None, [], text)
+        except fastyaml.Unsure:
+            pass
+    finally:
+        if collecting:
+            gc.enable()
+    return parse_nodes(text)
+
+
+def parse_nodes(text: str) -> Document:
+    """parse() through libyaml's node tree, which keeps every node's position."""
     loader = _BaseLoader(text)
     try:
         _check_depth(text)

@@ -67,7 +67,7 @@ def test_ci_examples_have_the_three_steps() -> None:
     for path in (DEPLOY / "ci" / "github-actions.yml", DEPLOY / "ci" / "gitlab-ci.yml"):
         text = " ".join(path.read_text().replace("\\\n", " ").split())
         assert "hive validate -f hive.yaml" in text
-        assert ' plan < hive.yaml' in text
+        assert "git archive --format=tar HEAD | ssh " in text and " plan > plan.txt" in text
         assert ' apply "$' in text
 
 
@@ -264,6 +264,109 @@ def test_hive_ci_plan_ignores_the_proposals_server_section(tmp_path: Path) -> No
     assert planned.returncode == 2, planned.stdout + planned.stderr
     assert "LDAP" not in planned.stdout + planned.stderr
     assert "/root/" not in planned.stdout and f"{tmp_path}/repos" in planned.stdout
+
+
+def _hive_ci_bytes(command: str, stdin: bytes, env: dict[str, str]
+                  ) -> subprocess.CompletedProcess[bytes]:
+    hive = shutil.which("hive")
+    assert hive, "the hive console script is not on PATH (pip install -e .)"
+    full = {**os.environ, "SSH_ORIGINAL_COMMAND": command, "HIVE_BIN": hive, **env}
+    return subprocess.run([str(HIVE_CI)], input=stdin, capture_output=True, env=full,
+                          timeout=120)
+
+
+def _proposal_repository(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A trusted server checkout, and a proposal: a git repository whose hive.yaml
+    includes a team file (as a configuration repository split per team is)."""
+    trusted = write_config(tmp_path, "owners: {alice: {}}\nrepositories:\n"
+                                     "  r0: {owner: alice}\n")
+    proposal = tmp_path / "proposal"
+    (proposal / "teams").mkdir(parents=True)
+    _git(proposal, "init", "-q", "-b", "main")
+    write_config(proposal, "owners: {alice: {}}\ninclude: [teams/*.yaml]\n")
+    (proposal / "teams" / "web.yaml").write_text(
+        "repositories:\n  r0: {owner: alice}\n  web1: {owner: alice}\n")
+    _git(proposal, "add", ".")
+    _git(proposal, "commit", "-q", "-m", "split per team")
+    return proposal, {"HIVE_CHECKOUT": str(trusted.parent)}
+
+
+def _archive(folder: Path) -> bytes:
+    return subprocess.run(["git", "-C", str(folder), "archive", "--format=tar", "HEAD"],
+                          capture_output=True, check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_hive_ci_plans_a_tar_of_a_hive_yaml_with_includes(tmp_path: Path) -> None:
+    """`git archive HEAD | ssh ... plan`: a proposal split into included team files is
+    validated and planned whole, and problems name the files as the repository does."""
+    proposal, env = _proposal_repository(tmp_path)
+    tar = _archive(proposal)
+    assert tar[257:262] == b"ustar"
+    valid = _hive_ci_bytes("validate", tar, env)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert b"2 repositories" in valid.stdout
+    planned = _hive_ci_bytes("plan", tar, env)
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert b"bh-web1" in planned.stdout and b"- " not in planned.stdout.split(b"Plan:")[0]
+    (proposal / "teams" / "web.yaml").write_text(
+        "repositories:\n  r0: {owner: alice}\n  web1: {owner: bob}\n")
+    _git(proposal, "commit", "-q", "-am", "unknown owner")
+    bad = _hive_ci_bytes("validate", _archive(proposal), env)
+    assert bad.returncode == 1
+    assert re.search(rb"^teams/web\.yaml:3:\d+: repositories\.web1\.owner: unknown owner",
+                     bad.stdout + bad.stderr, re.M), bad.stdout + bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+@pytest.mark.parametrize("member", ["link", "dotdot", "hardlink", "no-hive-yaml"])
+def test_hive_ci_refuses_an_archive_that_reaches_outside(tmp_path: Path, member: str
+                                                         ) -> None:
+    """A symlink or hard link could make an include read the server's own files, and
+    `../x` could write beside the temporary folder: the whole archive is refused."""
+    import io
+    import tarfile
+
+    proposal, env = _proposal_repository(tmp_path)
+    with tarfile.open(fileobj=io.BytesIO(_archive(proposal))) as original:
+        members = [(m, original.extractfile(m)) for m in original.getmembers()]
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for info, data in members:
+                if member == "no-hive-yaml" and info.name == "hive.yaml":
+                    continue
+                tar.addfile(info, data)
+            if member in ("link", "hardlink"):
+                evil = tarfile.TarInfo("teams/evil.yaml")
+                evil.type = tarfile.SYMTYPE if member == "link" else tarfile.LNKTYPE
+                evil.linkname = "/etc/shadow" if member == "link" else "../../etc/shadow"
+                tar.addfile(evil)
+            if member == "dotdot":
+                data = b"repositories: {}\n"
+                info = tarfile.TarInfo("teams/../../escaped.yaml")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    for action in ("validate", "plan"):
+        result = _hive_ci_bytes(action, out.getvalue(), env)
+        assert result.returncode == 1, result.stdout + result.stderr
+        why = {"link": b"only files and folders", "hardlink": b"only files and folders",
+               "dotdot": b"a name that leaves its folder",
+               "no-hive-yaml": b"no hive.yaml at its top"}[member]
+        assert result.stderr.startswith(b"hive-ci: ") and why in result.stderr, result.stderr
+        assert b"shadow" not in result.stdout
+    assert not (tmp_path / "escaped.yaml").exists()
+
+
+def test_hive_ci_refuses_a_hive_yaml_larger_than_it_reads(tmp_path: Path) -> None:
+    """Cut at the limit, a hive.yaml can still be valid YAML with thousands of
+    repositories missing (a plan to remove them all): too large is refused instead."""
+    text = write_config(tmp_path, "owners: {alice: {}}\n").read_text()
+    big = text.encode() + b"# " + b"x" * (64 * 2**20) + b"\n"
+    result = _hive_ci_bytes("validate", big, {"HIVE_CHECKOUT": str(tmp_path)})
+    assert result.returncode == 1
+    assert b"larger than 67108864 bytes" in result.stderr
+    fits = _hive_ci_bytes("validate", text.encode(), {"HIVE_CHECKOUT": str(tmp_path)})
+    assert fits.returncode == 0, fits.stdout + fits.stderr
 
 
 @pytest.mark.parametrize("command", ["", "sh", "plan extra", "apply 1234 alice",
@@ -479,7 +582,7 @@ def test_ci_examples_pass_the_reviewed_plans_checksum(tmp_path: Path) -> None:
         found = subprocess.run(["sh", "-c", f'{line}; printf %s "$sum"'], cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout
         assert found == json_sum
-        assert "<!-- hive-plan blob=" in text
+        assert "<!-- hive-plan tree=" in text and "HEAD^{tree}" in text
         joined = " ".join(text.replace("\\\n", " ").split())
         assert 'apply "$' in joined and joined.count(apply_tail) >= 1
         assert re.search(r'apply "\$\w+" "\$\w+" ' + re.escape(apply_tail), joined), path

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import nobody_hive_argv, requires_root
 from test_watcher_support import (
     ROOT,
     barrier,
@@ -156,6 +157,29 @@ def test_the_watcher_survives_and_keeps_watching_the_others(tmp_path: Path) -> N
     assert any(k == "corrupt" and BIG in d["problem"] for k, d, _ in events(state_dir, "bad"))
     assert query(state_dir, "SELECT max(transaction) FROM repository_state")[0][0] <= 6
     assert len(found) >= 3
+
+
+@requires_root
+def test_a_user_who_cannot_open_a_corrupt_repository_sees_what_the_watcher_saw(
+        sysroot: Path) -> None:
+    """`hive status` as a user who may not read the repositories (a report or monitoring
+    account) gets `corrupt` and its problem from the database, as root gets it from disk."""
+    argv = nobody_hive_argv(sysroot)
+    if argv is None:
+        pytest.skip("cannot run this interpreter as nobody")
+    config, good, bad = two_repos(sysroot)
+    config.chmod(0o644)
+    (bad / f"index.{BIG}").write_bytes(b"x")
+    with watching(config) as watcher:
+        assert watcher.stop() == 0, watcher.text()
+    for repo in (good, bad):
+        repo.chmod(0o700)
+    result = subprocess.run([*argv, "status", "-f", str(config), "-o", "json"],
+                            capture_output=True, text=True, cwd=sysroot, timeout=60)
+    assert result.returncode == 2, result.stderr   # 2: a repository in trouble
+    states = {r["repository"]: r for r in json.loads(result.stdout)}
+    assert states["bad"]["state"] == "corrupt" and BIG in states["bad"]["problem"]
+    assert states["good"]["state"] == "ok" and states["good"]["problem"] is None
 
 
 def test_rollback_list_refuses_a_nonsense_log_clearly(tmp_path: Path) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from conftest import ROOT, write_config
 
 import schemas
 from schemas import parsecache
@@ -97,3 +101,48 @@ def test_duplicates_and_non_text_keys_are_never_cached(tmp_path: Path, cache: Pa
     path = write_config(tmp_path, BODY + "x-anchors: {1: one}\n")
     assert problems(path) == []
     assert entries(cache) == []
+
+
+def test_a_large_entry_is_written_by_a_child_while_loading_goes_on(
+        tmp_path: Path, cache: Path) -> None:
+    path = write_config(tmp_path, BODY)
+    # A process of its own: a fork is refused while other threads run (a test before this
+    # one may have left DuckDB's).
+    script = textwrap.dedent(f"""\
+        import schemas
+        from schemas import parsecache
+        parsecache.BACKGROUND_BYTES = 0   # every file is "large"
+        first = schemas.load({str(path)!r})
+        assert parsecache._writers, "no child was forked to write the entry"
+        parsecache.settle()
+        assert not parsecache._writers
+        assert parsecache.get(open({str(path)!r}).read()) is not parsecache.MISS
+        assert schemas.load({str(path)!r}) == first
+        parsecache.settle()
+        print("ok")
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.stdout == "ok\n", done.stderr
+    assert len(entries(cache)) == 1
+
+
+def test_the_command_waits_for_its_cache_writer(tmp_path: Path, cache: Path) -> None:
+    """No process outlives the command: when `hive` returns, its cache entry is whole
+    (a slow writer stands in for a 23 MB entry on a busy disk)."""
+    path = write_config(tmp_path, BODY)
+    script = textwrap.dedent(f"""\
+        import time
+        import schemas
+        from schemas import parsecache
+        parsecache.BACKGROUND_BYTES = 0
+        slow = parsecache._write
+        parsecache._write = lambda *a: (time.sleep(1.5), slow(*a))
+        schemas.load({str(path)!r})
+        assert parsecache._writers
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(entries(cache)) == 1
+    assert parsecache.get(path.read_text()) is not parsecache.MISS

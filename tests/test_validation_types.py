@@ -274,6 +274,22 @@ def test_a_huge_duration_on_the_command_line_is_a_usage_error(tmp_path: Path) ->
     assert "--lock-stale-after" in result.stderr and "longer than ten years" in result.stderr
 
 
+@pytest.mark.parametrize(("command", "option"), [
+    (["apply"], "--lock-timeout"), (["rollback", "r1"], "--lock-wait"),
+    (["notify"], "--wait"), (["watch"], "--flush-interval"),
+    (["watch"], "--lock-check-interval")])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999", "-1", "ten"])
+def test_seconds_options_refuse_nan_infinity_and_out_of_range(
+        tmp_path: Path, command: list[str], option: str, value: str) -> None:
+    """A wait of nan or inf never ends (or never starts); click's FloatRange lets nan
+    through, so each such option is a usage error naming itself, before any work."""
+    path = write_config(tmp_path, OWNERS)
+    result = hive(*command, "-f", str(path), option, value)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr, result.stderr
+    assert not (tmp_path / "state").exists()   # nothing ran
+
+
 # --- the file itself -------------------------------------------------------------------------
 
 def test_a_directory_as_file_is_a_located_error_with_a_hint(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hive.common import EXIT_ERROR, EXIT_OK, EXIT_TROUBLE, fail, load
+from hive.common import EXIT_ERROR, EXIT_OK, EXIT_TROUBLE, Seconds, fail, load
 from hive.common import file_option as _file_option
 from watcher.states import STATES as _STATES
 
@@ -85,12 +85,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
 
 @click.command()
 @_file_option
-@click.option("--flush-interval", type=click.FloatRange(0.05, 3600), default=0.5,
+@click.option("--flush-interval", type=Seconds(0.05, 3600), default=0.5,
               show_default=True, help="Seconds between writes of buffered events.")
 @click.option("--rescan-interval", default="5m", show_default=True, callback=_duration,
               help="How often every repository is compared with the disk, as a safety net.")
 @_LOCK_STALE
-@click.option("--lock-check-interval", type=click.FloatRange(0.05, 3600), default=10.0,
+@click.option("--lock-check-interval", type=Seconds(0.05, 3600), default=10.0,
               show_default=True, help="Seconds between looks at held locks (for lock_stale).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every repository event.")
 def watch(config_file: str | None, flush_interval: float, rescan_interval: float,

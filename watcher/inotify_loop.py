@@ -49,7 +49,7 @@ EVENT_COLUMNS = ("time", "host", "repository", "unix_user", "path", "kind", "sou
 MAX_BUFFER = 200_000  # events held while the database cannot be written (~100 MB)
 STATE_COLUMNS = ("host", "path", "repository", "unix_user", "layout", "layout_version",
                  "transaction", "commit_time", "archives", "locks", "lock_since",
-                 "stale_reported", "updated_at")
+                 "stale_reported", "updated_at", "problem")
 
 
 class WatchError(Exception):
@@ -419,7 +419,8 @@ class Watcher:
             user, _, repo = key.partition("/")
             rows.append((self.host, os.path.join(self.root, key), repo, user, s.layout,
                          s.layout_version, s.transaction, _ts(s.commit_time), s.archives,
-                         sorted(s.locks), _ts(s.lock_since), s.stale_reported, now))
+                         sorted(s.locks), _ts(s.lock_since), s.stale_reported, now,
+                         s.problem))
         return rows
 
     def _journal_changed(self) -> bool:
@@ -481,7 +482,8 @@ class Watcher:
         with store.write(self.state_dir, timeout=30.0) as con:
             rows = con.execute(
                 "SELECT path, layout, layout_version, transaction, commit_time, archives, "
-                "locks, lock_since, stale_reported FROM repository_state WHERE host = $1",
+                "locks, lock_since, stale_reported, problem FROM repository_state "
+                "WHERE host = $1",
                 [self.host]).fetchall()
             added = con.execute(
                 "SELECT path, list(bytes ORDER BY time) FROM (SELECT path, time, "
@@ -494,14 +496,14 @@ class Watcher:
             if path.startswith(prefix):
                 self.growth[path[len(prefix):]] = commits.new_history(values or [])
         for (path, layout, version, transaction, commit_time, archives, locks, lock_since,
-             stale) in rows:
+             stale, problem) in rows:
             if not path.startswith(prefix):
                 continue  # repos_root changed: those are not ours to compare
             self.states[path[len(prefix):]] = ev.RepoState(
                 layout=layout, layout_version=version, transaction=transaction,
                 commit_time=_from_ts(commit_time), archives=bool(archives),
                 locks=frozenset(locks or ()), lock_since=_from_ts(lock_since),
-                stale_reported=bool(stale))
+                stale_reported=bool(stale), problem=problem)
 
     # ----------------------------------------------------------------- main loop
 

@@ -118,7 +118,8 @@ def evaluate(config: HiveConfig, repository: str, disk: Disk, recorded: Recorded
         verdict = "disabled"
     elif disk.readable and disk.state is None:
         verdict = "missing on disk"
-    elif disk.readable and disk.state is not None and disk.state.problem is not None:
+    elif state is not None and state.problem is not None:
+        # read from disk, or (for a user who may not open the folder) what the watcher saw
         verdict = "corrupt"
     elif state is not None and ev.is_stale_lock(state, now.timestamp(), lock_stale_after,
                                                 disk.holders_alive if disk.readable else None):
@@ -138,7 +139,7 @@ def evaluate(config: HiveConfig, repository: str, disk: Disk, recorded: Recorded
         path=path, unix_user=user, groups=list(repo.groups),
         stale_after_seconds=stale_after, size_measured=recorded.size_time,
         lock_since=_ts(state.lock_since) if state is not None else None,
-        problem=disk.state.problem if disk.readable and disk.state is not None else None,
+        problem=state.problem if state is not None else None,
         last_activity=activity,
         url=config.client_url(repository))
 
@@ -181,14 +182,15 @@ def recorded_by_path(con: Any, host: str) -> dict[str, Recorded]:
             "WHERE host = $1 AND present GROUP BY path", [host]).fetchall():
         entry = found.setdefault(path, Recorded())
         entry.size_bytes, entry.size_time = size, when
-    for path, layout, transaction, commit_time, archives, locks, lock_since in con.execute(
-            "SELECT path, layout, transaction, commit_time, archives, locks, lock_since "
-            "FROM repository_state WHERE host = $1", [host]).fetchall():
+    for (path, layout, transaction, commit_time, archives, locks, lock_since,
+         problem) in con.execute(
+            "SELECT path, layout, transaction, commit_time, archives, locks, lock_since, "
+            "problem FROM repository_state WHERE host = $1", [host]).fetchall():
         found.setdefault(path, Recorded()).state = ev.RepoState(
             layout=layout, transaction=transaction,
             commit_time=commit_time.timestamp() if commit_time else None,
             archives=bool(archives), locks=frozenset(locks or ()),
-            lock_since=lock_since.timestamp() if lock_since else None)
+            lock_since=lock_since.timestamp() if lock_since else None, problem=problem)
     return found
 
 

@@ -74,6 +74,9 @@ MIGRATIONS: list[list[str]] = [
             first_sent TIMESTAMPTZ NOT NULL, last_sent TIMESTAMPTZ NOT NULL,
             sends INTEGER NOT NULL)""",
     ],
+    [  # 3: why a repository is `corrupt`, so that readers who may not open it see it too.
+        "ALTER TABLE repository_state ADD COLUMN problem VARCHAR",
+    ],
 ]
 
 

@@ -20,16 +20,31 @@ from reconciler.inventory import Inventory
 from reconciler.resources import Change, Facts
 from reconciler.targets import Result, TargetError, apply_each
 from reconciler.targets.files_identity import observe_local_files
+from reconciler.targets.ldapwire import (
+    WireError,
+    add_request,
+    message_id,
+    search_entry,
+    spellings,
+)
 from schemas.models import HiveConfig, LdapSettings
 
 MARKER = "hive-managed"
 USER_CLASSES = ["account", "posixAccount", "shadowAccount"]
 GROUP_CLASSES = ["posixGroup"]
 LOCKED_EXPIRE = 1  # shadowExpire in days since 1970: expired long ago
-PAGE_SIZE = 1000
+# Entries per page of the observe search. slapd works out the whole candidate list again
+# for every page, so at 100,000 entries pages of 1,000 cost it 5.5 s of CPU and pages of
+# 10,000 about 1 s. A server may cap the page size (OpenLDAP's size.pr answers a larger
+# request with adminLimitExceeded): then the search starts over with SMALL_PAGE_SIZE,
+# what Hive always asked for before.
+PAGE_SIZE = 10000
+SMALL_PAGE_SIZE = 1000
 PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+SEARCH_FILTER = "(|(objectClass=posixAccount)(objectClass=posixGroup))"
 SEARCH_ATTRIBUTES = ["objectClass", "uid", "cn", "uidNumber", "gidNumber", "gecos",
                      "homeDirectory", "loginShell", "shadowExpire", "description"]
+ATTRIBUTE_NAMES = spellings(SEARCH_ATTRIBUTES)
 
 
 def bind_password(settings: LdapSettings) -> str:
@@ -88,7 +103,11 @@ def _marked(attrs: dict[str, Any], server: str) -> str | None:
     values = attrs.get("description") or []
     for value in values if isinstance(values, list) else [values]:
         if isinstance(value, str) and value.startswith(MARKER + " "):
-            fields = dict(part.split("=", 1) for part in value.split()[1:] if "=" in part)
+            parts = value.split()
+            if (len(parts) == 3 and parts[1] == "server=" + server
+                    and parts[2].startswith("repository=") and len(parts[2]) > 11):
+                return parts[2][11:]  # what marker() writes; the loop below reads any order
+            fields = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
             if fields.get("server") == server and fields.get("repository"):
                 return fields["repository"]
     return None
@@ -173,10 +192,13 @@ class LdapIdentity:
         # result below is read right after its own request, before the next one.
         # check_names=False: values come back as the server's text, not run through
         # ldap3's formatters (without a schema, get_info=NONE, they only guess types, and
-        # cost a third of a search); parse_entries converts what it reads itself.
+        # cost a third of a search); parse_entries converts what it reads itself. (The
+        # observe search does not go through them at all: see _search_page.)
+        # collect_usage=False: nothing reads ldap3's traffic statistics, and keeping them
+        # cost 0.1 ms of CPU per write -- 10 s of a first apply of 50,000 repositories.
         conn = ldap3.Connection(server, user=s.bind_dn, password=password,
                                 client_strategy=ldap3.SYNC, receive_timeout=s.timeout,
-                                raise_exceptions=False, collect_usage=True,
+                                raise_exceptions=False, collect_usage=False,
                                 check_names=False)
         try:
             conn.open()
@@ -200,8 +222,12 @@ class LdapIdentity:
 
         conn = self.connect()
         try:
-            ok = getattr(conn, method)(*args, **kwargs)
-            result = conn.result or {}
+            if method == "add":  # the bulk of a first apply: encoded by ldapwire
+                result = self._add(conn, *args, **kwargs)
+                ok = result.get("description") == "success"
+            else:
+                ok = getattr(conn, method)(*args, **kwargs)
+                result = conn.result or {}
         except LDAPException as exc:
             raise TargetError(f"LDAP {method} {what}: {_cause(exc)}") from None
         finally:
@@ -235,36 +261,124 @@ class LdapIdentity:
         A truncated answer would make existing users look absent (and their uids free), so
         anything but a complete result is an error, with the server's limit named.
         """
-        import ldap3
-        from ldap3.core.exceptions import LDAPException
+        try:
+            return self._pages(conn, base, PAGE_SIZE, PAGE_SIZE > SMALL_PAGE_SIZE)
+        except _PageSizeRefused:
+            return self._pages(conn, base, SMALL_PAGE_SIZE, False)
 
+    def _pages(self, conn: Any, base: str, size: int,
+               may_refuse: bool) -> list[dict[str, Any]]:
+        """The paged search at this page size. may_refuse: a refusal of the first page
+        (no entries read yet) raises _PageSizeRefused, to try again with smaller pages."""
         found: list[dict[str, Any]] = []
         cookie = None
         while True:
-            try:
-                conn.search(
-                    base, "(|(objectClass=posixAccount)(objectClass=posixGroup))",
-                    ldap3.SUBTREE, attributes=SEARCH_ATTRIBUTES, paged_size=PAGE_SIZE,
-                    paged_cookie=cookie)
-                result, response = conn.result or {}, conn.response or []
-            except LDAPException as exc:
-                raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
+            entries, result = self._search_page(conn, base, cookie, size)
             self.requests += 1
             code = result.get("description")
             if code == "sizeLimitExceeded":
                 raise TargetError(
                     f"LDAP: {self.settings.url} stopped the search of {base} at its size "
-                    f"limit after {len(found) + len(response)} entries; allow "
+                    f"limit after {len(found) + len(entries)} entries; allow "
                     f"{self.settings.bind_dn} unlimited results (olcLimits, see "
                     "deploy/ldap/acl.ldif)")
+            if code != "success" and may_refuse and cookie is None and not entries:
+                raise _PageSizeRefused
             if code != "success":
                 raise TargetError(f"LDAP: searching {base} failed: {code} "
                                   f"{result.get('message') or ''}".rstrip())
-            found.extend(e for e in response if e.get("type") == "searchResEntry")
+            found.extend(entries)
             control = (result.get("controls") or {}).get(PAGED_RESULTS_OID, {})
             cookie = control.get("value", {}).get("cookie")
             if not cookie:
                 return found
+
+    def _search_page(self, conn: Any, base: str, cookie: bytes | None,
+                     size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One page: (its entries, ldap3's dict of the SearchResultDone).
+
+        What `conn.search` does, except that entries are decoded by ldapwire (see there
+        why): ldap3 encodes and sends the request and splits what arrives into messages;
+        anything that is not an entry of this search is decoded by ldap3 as before.
+        """
+        import ldap3
+        from ldap3.core.exceptions import LDAPException
+        from ldap3.operation.search import search_operation
+        from ldap3.protocol.rfc2696 import paged_search_control
+        from ldap3.utils.asn1 import decode_message_fast
+
+        strategy = conn.strategy
+        entries: list[dict[str, Any]] = []
+        try:
+            request = search_operation(base, SEARCH_FILTER, ldap3.SUBTREE, ldap3.DEREF_ALWAYS,
+                                       SEARCH_ATTRIBUTES, 0, 0, False, conn.auto_escape,
+                                       conn.auto_encode, None, validator=None,
+                                       check_names=False)
+            sent = conn.send("searchRequest", request,
+                             [paged_search_control(False, size, cookie)])
+            try:
+                while True:
+                    messages = strategy.receiving()
+                    if not messages:
+                        raise TargetError(f"LDAP: {self.settings.url} closed the connection "
+                                          f"during the search of {base}")
+                    for raw in messages:
+                        number, op = message_id(raw)
+                        entry = search_entry(raw, op, ATTRIBUTE_NAMES) if number == sent else None
+                        if entry is not None:
+                            entries.append({"dn": entry[0], "attributes": entry[1]})
+                            continue
+                        answer = strategy.decode_response_fast(decode_message_fast(raw))
+                        kind = answer.get("type")
+                        if number != sent:
+                            raise TargetError(
+                                f"LDAP: {self.settings.url} sent an unexpected {kind} "
+                                f"({answer.get('description') or answer.get('responseName')}) "
+                                f"during the search of {base}")
+                        if kind == "searchResDone":
+                            return entries, answer
+                        if kind != "searchResRef":  # a reference is outside; ignored as before
+                            raise TargetError(f"LDAP: unexpected {kind} in the search of {base}")
+            finally:
+                strategy._outstanding.pop(sent, None)
+        except WireError as exc:
+            raise TargetError(f"LDAP: malformed answer from {self.settings.url} to the "
+                              f"search of {base}: {exc}") from None
+        except LDAPException as exc:
+            raise TargetError(f"LDAP: searching {base} failed: {_cause(exc)}") from None
+
+    def _add(self, conn: Any, dn: str, attributes: dict[str, Any]) -> dict[str, Any]:
+        """What conn.add(dn, attributes=attributes) sends and returns (its result dict),
+        with the request encoded by ldapwire.add_request and the answer decoded by ldap3.
+        """
+        from ldap3.core.exceptions import LDAPSocketSendError
+        from ldap3.utils.asn1 import decode_message_fast
+
+        if conn.closed or conn.socket is None:
+            raise TargetError(f"LDAP add {dn}: the connection to {self.settings.url} is "
+                              "closed")
+        number = conn.server.next_message_id()
+        try:
+            conn.socket.sendall(add_request(number, dn, attributes))
+        except OSError as exc:
+            raise LDAPSocketSendError(f"socket sending error {exc}") from None
+        messages = conn.strategy.receiving()  # waits for whole messages; [] when closed
+        if not messages:
+            raise TargetError(f"LDAP add {dn}: {self.settings.url} closed the connection")
+        try:
+            answers = [(message_id(raw)[0],
+                        conn.strategy.decode_response_fast(decode_message_fast(raw)))
+                       for raw in messages]
+        except WireError as exc:
+            raise TargetError(f"LDAP add {dn}: malformed answer from {self.settings.url}: "
+                              f"{exc}") from None
+        got, answer = answers[0]
+        if got != number or answer.get("type") != "addResponse" or len(answers) > 1:
+            raise TargetError(f"LDAP add {dn}: {self.settings.url} sent an unexpected "
+                              f"{answer.get('type')} "
+                              f"({answer.get('description') or answer.get('responseName')})")
+        conn.result = answer
+        return answer
 
     def apply(self, changes: list[Change]) -> list[Result]:
         return apply_each(changes, self._apply_one, TargetError)
@@ -323,6 +437,10 @@ class LdapIdentity:
             # Our own group outlived its user (a foreign one would have stopped the plan).
             self._call(self.group_dn(name), "modify", self.group_dn(name),
                        {"gidNumber": [(ldap3.MODIFY_REPLACE, [gid])]})
+
+
+class _PageSizeRefused(Exception):
+    """The server refused the first page of a search at the larger page size."""
 
 
 def _cause(exc: Exception) -> str:
