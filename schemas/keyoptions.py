@@ -31,7 +31,7 @@ _PREFIX_LENGTH = re.compile(r"0|[1-9][0-9]{0,2}")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 
 
-@lru_cache(maxsize=4096)   # a fleet repeats a few networks on thousands of keys
+@lru_cache(maxsize=1 << 16)   # every key line checks its entries again (check_key_line)
 def from_entry_problem(value: str) -> str | None:
     """Why `value` may not be one entry of from="...", or None when sshd reads it as the
     address, network or host pattern it looks like."""
@@ -91,6 +91,10 @@ KEY_LINE = re.compile(
     rf" (?P<type>{_TYPES}) [A-Za-z0-9+/]+={{0,2}} hive:[a-z0-9][a-z0-9_.-]{{0,31}}")
 
 
+_PROGRAM = re.compile(COMMAND_PROGRAM)
+_WORD = re.compile(COMMAND_WORD)
+
+
 class UnsafeKeyLine(ValueError):
     """A rendered authorized_keys line that sshd might read differently from Hive."""
 
@@ -110,10 +114,10 @@ def from_option(entries: list[str]) -> str:
 def command_option(words: list[str]) -> str:
     """`command="w1 w2 ..."`, checking each word on its own (a space inside a path would
     otherwise make two harmless-looking words)."""
-    if not words or not re.fullmatch(COMMAND_PROGRAM, words[0]):
+    if not words or not _PROGRAM.fullmatch(words[0]):
         raise UnsafeKeyLine(f"command=: {words[:1]!r} is not a program name or path")
     for word in words[1:]:
-        if not re.fullmatch(COMMAND_WORD, word):
+        if not _WORD.fullmatch(word):
             raise UnsafeKeyLine(f"command=: {word!r} holds characters sh or sshd would read")
     return 'command="{}"'.format(" ".join(words))
 
