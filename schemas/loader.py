@@ -208,6 +208,10 @@ def _message(error: Any, path: tuple[Any, ...]) -> str:
                 "2027-06-30 or 2027-06-30T12:00:00Z")
     if kind in _EXPECTED and _wrong_type(kind, error.get("input")):
         return str(_wrong_type(kind, error.get("input")))
+    if kind == "too_long" and isinstance(error.get("input"), list):
+        most = error.get("ctx", {}).get("max_length", "?")
+        return (f"has {len(error['input']):,} entries; at most {most} are allowed here "
+                "(for from:, a network such as 192.168.1.0/24 covers many addresses)")
     bounds = {"greater_than_equal": "at least", "less_than_equal": "at most",
               "greater_than": "above", "less_than": "below"}
     if kind in bounds:

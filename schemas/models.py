@@ -146,6 +146,32 @@ def _safe_command(value: str) -> str:
 SafeCommand = Annotated[str, AfterValidator(_safe_command)]
 
 
+MAX_DESCRIPTION = 1000
+_CONTROL_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: Entries of one key's from: list. sshd reads a key line of at most 8 KiB (longer ones
+#: are skipped with only a log line: the key would silently stop working); 64 entries of
+#: the longest network text keep a line far below that.
+MAX_FROM_ENTRIES = 64
+
+
+def _description(value: str) -> str:
+    """Free text for people: reports and alerts show it, so bounded, and without the
+    control characters that could rewrite a terminal or a log (newlines and tabs are
+    fine)."""
+    if len(value) > MAX_DESCRIPTION:
+        raise ValueError(f"is {len(value):,} characters long; a description has at most "
+                         f"{MAX_DESCRIPTION:,}")
+    if _CONTROL_TEXT.search(value):
+        raise ValueError("holds a control character (an escape sequence, say); write "
+                         "plain text")
+    return value
+
+
+Description = Annotated[str, AfterValidator(_description),
+                        Field(description=f"Free text, at most {MAX_DESCRIPTION} "
+                                          "characters, no control characters.")]
+
+
 class UserSettings(Strict):
     """How repository users are named and numbered."""
 
@@ -297,7 +323,7 @@ class Owner(Strict):
         default_factory=list,
         description="Channels (under notifications.channels) that carry alerts about this "
                     "owner's repositories, for rules with notify_owner: true.")
-    description: str | None = None
+    description: Description | None = None
 
     @field_validator("email")
     @classmethod
@@ -314,7 +340,7 @@ class Group(Strict):
     """Owners who share access to repositories that name this group."""
 
     members: list[Name] = Field(default_factory=list)
-    description: str | None = None
+    description: Description | None = None
 
 
 def _from_pattern(value: str) -> str:
@@ -376,13 +402,13 @@ class Key(Strict):
     public_key: str = Field(description="One OpenSSH public key line: 'type base64 comment', "
                                         "no options.")
     from_: list[FromPattern] = Field(
-        default_factory=list, alias="from",
+        default_factory=list, alias="from", max_length=MAX_FROM_ENTRIES,
         description="Only accept the key from these addresses, networks or host patterns "
                     "(sshd from=\"...\").")
     expires: Expiry = Field(
         None, description="The key stops working at this date (00:00 UTC) or time "
                           "(sshd expiry-time=\"...\"); an expired key is left out.")
-    description: str | None = None
+    description: Description | None = None
 
     @field_validator("public_key")
     @classmethod
@@ -428,7 +454,7 @@ class Repository(Strict):
     quota_warn: float | None = Field(None, gt=0, le=100,
                                      description="Quota alert at this percentage of the "
                                                  "quota; default server.quota_warn.")
-    description: str | None = None
+    description: Description | None = None
 
     @property
     def quota_bytes(self) -> int | None:
@@ -498,7 +524,7 @@ class Channel(Strict):
                                description="This channel may only carry alerts about "
                                            "repositories of these groups (shared with the "
                                            "group or owned by a member).")
-    description: str | None = None
+    description: Description | None = None
 
     @field_validator("url")
     @classmethod

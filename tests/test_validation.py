@@ -278,3 +278,33 @@ def test_alias_bomb_is_refused_not_expanded(tmp_path: Path) -> None:
     found = problems(tmp_path, BASE_OWNERS + "\n".join(lines) + "\n")
     assert len(found) == 1 and "aliases (*name) expanding each other" in found[0], found
 
+
+
+def test_descriptions_and_from_lists_are_bounded(tmp_path: Path) -> None:
+    """A description reaches reports, alerts and terminals: bounded, and no escape
+    sequences (newlines are fine); a from: list long enough to push the key line past
+    what sshd reads would silently disable the key."""
+    froms = ", ".join(f"10.0.{i}.1" for i in range(65))
+    path = write_config(tmp_path, f"""\
+        owners:
+          alice: {{description: "a\\u001b[2Jb"}}
+          bob: {{description: "line one\\nline two"}}
+        keys:
+          k: {{owner: alice, public_key: {ED}, from: [{froms}]}}
+        repositories:
+          r: {{owner: alice, description: {"x" * 1001}}}
+        """)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    found = [str(p).removeprefix(f"{path}:") for p in info.value.problems]
+    assert found == [
+        "10:24: owners.alice.description: holds a control character (an escape sequence, "
+        "say); write plain text",
+        "13:123: keys.k.from: has 65 entries; at most 64 are allowed here (for from:, a "
+        "network such as 192.168.1.0/24 covers many addresses)",
+        "15:34: repositories.r.description: is 1,001 characters long; a description has "
+        "at most 1,000"], found
+    fixed = path.read_text().replace("\\u001b", "").replace("x" * 1001, "x" * 1000)
+    path.write_text(fixed.replace(froms, froms.rsplit(", ", 1)[0]))
+    config = schemas.load(path)
+    assert config.owners["bob"].description == "line one\nline two"
