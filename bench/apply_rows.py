@@ -24,8 +24,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from generate import generate  # noqa: E402
-from scale import TARGET_RSS_MB, TARGETS, empty, hive  # noqa: E402
+from scale import TARGETS, best, empty, hive, one_file, verdict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,19 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="hive-apply-rows-", dir="/var/tmp"))
     rows: dict[str, dict[str, Any]] = {}
     try:
-        cfg = work / "hive.yaml"
-        cfg.write_text(generate(args.repos, args.keys))
-        cache = work / "cache"
+        cfg, cache, _ = one_file(work, args.repos, args.keys)
         empty(cache)
         hive(["validate"], cfg, cache, ok=(0,))  # fills the parse cache, as a CI run would
-        load = min((hive(["validate"], cfg, cache, ok=(0,)) for _ in range(args.repeat)),
-                   key=lambda r: r["cpu_s"])
+        load = best([hive(["validate"], cfg, cache, ok=(0,)) for _ in range(args.repeat)])
         rows["validate, warm cache (the load)"] = load
         rows["first apply"] = hive(["apply"], cfg, cache)
         for name, command in (("converged plan", ["plan", "--detailed-exitcode"]),
                               ("converged apply", ["apply", "--detailed-exitcode"])):
-            rows[name] = min((hive(command, cfg, cache, ok=(0,))
-                              for _ in range(args.repeat)), key=lambda r: r["cpu_s"])
+            rows[name] = best([hive(command, cfg, cache, ok=(0,))
+                               for _ in range(args.repeat)])
     finally:
         if args.keep:
             print(f"kept {work}")
@@ -64,13 +60,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'target':>8}")
     for name, row in rows.items():
         target = TARGETS.get(name)
-        verdict = "" if target is None else ("ok" if row["seconds"] <= target else "MISSED")
-        if row["max_rss_mb"] > TARGET_RSS_MB:
-            verdict += " RSS over"
         rest = "" if name.startswith("validate") else (
             f"{row['seconds'] - load['seconds']:.2f}, {row['cpu_s'] - load['cpu_s']:.2f}")
         print(f"{name:<34}{row['seconds']:>9.2f}{row['cpu_s']:>8.2f}{row['max_rss_mb']:>9.0f}"
-              f"{rest:>24}{f'{target:g} s' if target else '':>8}  {verdict}")
+              f"{rest:>24}{f'{target:g} s' if target else '':>8}  {verdict(name, row)}")
     return 0
 
 

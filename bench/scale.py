@@ -69,6 +69,31 @@ def hive(args: list[str], cfg: Path, cache: Path, ok: tuple[int, ...] = (0, 2),
             "max_rss_mb": round(usage.ru_maxrss / 1024, 1), "rc": rc}
 
 
+def one_file(work: Path, repos: int, keys: int) -> tuple[Path, Path, str]:
+    """The generated hive.yaml as `work`/one/hive.yaml, the run's parse cache folder (not
+    made yet), and the text."""
+    text = generate(repos, keys)
+    (work / "one").mkdir()
+    cfg = work / "one" / "hive.yaml"
+    cfg.write_text(text)
+    return cfg, work / "cache", text
+
+
+def verdict(name: str, row: dict[str, Any]) -> str:
+    """'ok' or 'MISSED' against the row's target (none: ''), and whether RSS is over."""
+    target = TARGETS.get(name)
+    said = "" if target is None else ("ok" if row["seconds"] <= target else "MISSED")
+    return said + (" RSS over" if row.get("max_rss_mb", 0) > TARGET_RSS_MB else "")
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the least CPU time, and the highest peak RSS of all of them."""
+    chosen = dict(min(runs, key=lambda r: r["cpu_s"]))
+    chosen["max_rss_mb"] = max(r["max_rss_mb"] for r in runs)
+    chosen["runs"] = len(runs)
+    return chosen
+
+
 def empty(cache: Path) -> None:
     shutil.rmtree(cache, ignore_errors=True)
 
@@ -133,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="hive-scale-", dir="/var/tmp"))
     rows: dict[str, dict[str, Any]] = {}
     try:
-        text = generate(args.repos, args.keys)
-        one = work / "one"
-        one.mkdir()
-        cfg = one / "hive.yaml"
-        cfg.write_text(text)
-        cache = work / "cache"
+        cfg, cache, text = one_file(work, args.repos, args.keys)
         print(f"{args.repos} repositories, {args.keys} keys: {len(text) / 1e6:.1f} MB")
         empty(cache)
         rows["validate, cold cache"] = hive(["validate"], cfg, cache, ok=(0,))
@@ -173,13 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'row':<36}{'seconds':>9}{'CPU s':>8}{'peak MB':>9}{'target':>9}")
     for name, row in rows.items():
         target = TARGETS.get(name)
-        verdict = "" if target is None else ("ok" if row["seconds"] <= target else "MISSED")
-        if row.get("max_rss_mb", 0) > TARGET_RSS_MB:
-            verdict += " RSS over"
         shown = f"{target:g} s" if target else (row.get("target", "") or "")
         print(f"{name:<36}{row['seconds']:>9.2f}{row['cpu_s']:>8.2f}"
               f"{row.get('max_rss_mb', 0):>9.0f}"
-              f"{shown:>9}  {verdict}")
+              f"{shown:>9}  {verdict(name, row)}")
     out = BENCH / "out"
     out.mkdir(exist_ok=True)
     (out / f"scale-{args.repos}.json").write_text(json.dumps(
