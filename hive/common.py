@@ -55,6 +55,17 @@ class Seconds(click.ParamType):
         return number
 
 
+def duration(_ctx: Any, param: Any, value: str) -> float:
+    """click callback for options such as --lock-stale-after: '26h' -> seconds, with
+    hive.yaml's one rule for durations (schemas.models.parse_duration)."""
+    from schemas.models import parse_duration
+
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
 def default_config() -> str:
     if os.environ.get("HIVE_CONFIG"):
         return os.environ["HIVE_CONFIG"]

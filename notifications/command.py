@@ -1,5 +1,6 @@
-"""The click command `hive notify`. Imports only click at module level: `hive` loads this
-module on every call, and apprise (half a second) is imported only when sending."""
+"""The click command `hive notify`. Imports only click and hive.common (what every
+command shares) at module level: `hive` loads this module on every call, and apprise
+(half a second) is imported only when sending."""
 
 from __future__ import annotations
 
@@ -8,26 +9,16 @@ from typing import Any
 
 import click
 
-from hive.common import Seconds
-
-EXIT_OK, EXIT_ERROR = 0, 1
-
-
-def _duration(ctx: Any, param: Any, value: str) -> float:
-    from watcher.commands import _duration as parse
-
-    return parse(ctx, param, value)
+from hive.common import EXIT_ERROR, EXIT_OK, Seconds, duration, file_option
 
 
 @click.command()
-@click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if present, "
-                   "else /etc/hive/hive.yaml.")
+@file_option
 @click.option("--dry-run", is_flag=True,
               help="Show who would get what; send nothing and record nothing.")
 @click.option("--test", "test_channel", metavar="CHANNEL",
               help="Send one test message through this channel (and nothing else).")
-@click.option("--lock-stale-after", default="24h", show_default=True, callback=_duration,
+@click.option("--lock-stale-after", default="24h", show_default=True, callback=duration,
               help="As for 'hive status': when a lock left behind counts as 'locked'.")
 @click.option("--wait", "lock_timeout", type=Seconds(0, 3600), default=120.0,
               show_default=True,

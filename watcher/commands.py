@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from hive.common import EXIT_ERROR, EXIT_OK, EXIT_TROUBLE, Seconds, fail, load
+from hive.common import EXIT_ERROR, EXIT_OK, EXIT_TROUBLE, Seconds, duration, fail, load
 from hive.common import file_option as _file_option
 from watcher.states import STATES as _STATES
 
@@ -22,17 +22,8 @@ if TYPE_CHECKING:
     from schemas.models import HiveConfig
 
 
-def _duration(_ctx: Any, param: Any, value: str) -> float:
-    from schemas.models import parse_duration
-
-    try:
-        return float(parse_duration(value))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
-
-
 _LOCK_STALE = click.option(
-    "--lock-stale-after", default="24h", show_default=True, callback=_duration,
+    "--lock-stale-after", default="24h", show_default=True, callback=duration,
     help="A lock is stale (left behind) when its holder, a process on this host, is gone, "
          "or when it is older than this.")
 
@@ -87,7 +78,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
 @_file_option
 @click.option("--flush-interval", type=Seconds(0.05, 3600), default=0.5,
               show_default=True, help="Seconds between writes of buffered events.")
-@click.option("--rescan-interval", default="5m", show_default=True, callback=_duration,
+@click.option("--rescan-interval", default="5m", show_default=True, callback=duration,
               help="How often every repository is compared with the disk, as a safety net.")
 @_LOCK_STALE
 @click.option("--lock-check-interval", type=Seconds(0.05, 3600), default=10.0,
