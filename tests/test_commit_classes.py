@@ -49,17 +49,23 @@ def _index(repo: Path) -> int:
                default=0)
 
 
+def one_repository(tmp_path: Path, data_bytes: int) -> tuple[Path, Path, Path, Path]:
+    """hive.yaml with repository r (owner alice), r's folder, the state dir, and a source
+    folder holding `data_bytes` of random data to back up."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "random").write_bytes(os.urandom(data_bytes))
+    return (make_config(tmp_path, {"r": "owner: alice"}), repo_path(tmp_path, "r"),
+            tmp_path / "state", src)
+
+
 @pytest.mark.parametrize("binary", [b for b in optional_borgs()
                                     if "borg-2" not in str(b)])
 def test_each_commit_is_classified_through_the_watcher(tmp_path: Path, binary: str) -> None:
     borg = Borg(tmp_path / "borg-base", binary)
     if borg.two:
         pytest.skip("borg 2 keeps archives as entries under archives/, not in segments")
-    config = make_config(tmp_path, {"r": "owner: alice"})
-    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "random").write_bytes(os.urandom(3_000_000))
+    config, repo, state, src = one_repository(tmp_path, 3_000_000)
     with watching(config) as watcher:
         borg("init", repo)
         borg("create", repo, "a1", str(src))
@@ -122,11 +128,7 @@ def test_each_commit_is_classified_through_the_watcher(tmp_path: Path, binary: s
 
 def test_borgmatic_run_leaves_last_backup_at_the_create(tmp_path: Path) -> None:
     borg = Borg(tmp_path / "borg-base")
-    config = make_config(tmp_path, {"r": "owner: alice"})
-    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "f").write_bytes(os.urandom(100_000))
+    config, repo, state, src = one_repository(tmp_path, 100_000)
     borg("init", repo)
     with watching(config) as watcher:
         borg("create", repo, "a1", str(src))
@@ -153,11 +155,7 @@ def test_borg2_commits_are_classified_by_archive_entries(tmp_path: Path,
     rename entries to `.del`, compact removes those and commits no manifest."""
     borg = Borg(tmp_path / "borg-base", binary)
     assert borg.two, borg.version
-    config = make_config(tmp_path, {"r": "owner: alice"})
-    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "random").write_bytes(os.urandom(1_000_000))
+    config, repo, state, src = one_repository(tmp_path, 1_000_000)
     with watching(config) as watcher:
         borg("init", repo)
         borg("create", repo, "a1", str(src))
@@ -214,11 +212,7 @@ def test_borg2_commits_are_classified_by_archive_entries(tmp_path: Path,
 def test_borg2_prune_and_compact_leave_last_backup_at_the_create(tmp_path: Path,
                                                                  binary: str) -> None:
     borg = Borg(tmp_path / "borg-base", binary)
-    config = make_config(tmp_path, {"r": "owner: alice"})
-    repo, state = repo_path(tmp_path, "r"), tmp_path / "state"
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "f").write_bytes(os.urandom(100_000))
+    config, repo, state, src = one_repository(tmp_path, 100_000)
     borg("init", repo)
     borg("create", repo, "a0", str(src))
     with watching(config) as watcher:
