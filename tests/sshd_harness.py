@@ -52,7 +52,13 @@ from pathlib import Path
 from typing import Protocol
 
 import nsswitch_edit
+import pytest
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: What an operator copies into /etc/ssh/sshd_config.d/: the file-cache way and the
+#: AuthorizedKeysCommand way (deploy/sshd/).
+SHIPPED_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive.conf"
+SHIPPED_COMMAND_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive-keys-command.conf"
 SSHD = "/usr/sbin/sshd"
 UNSHARE = "/usr/bin/unshare"
 EXTRAUSERS_DIR = Path("/var/lib/extrausers")
@@ -83,6 +89,13 @@ SSH_CLIENT_OPTIONS: tuple[str, ...] = (
 
 
 # --------------------------------------------------------------------------- prerequisites
+
+
+def e2e_marks(label: str, missing: list[str]) -> list[pytest.MarkDecorator]:
+    """An end-to-end module's marks: `e2e`, and a skip saying what is `missing` (under
+    CI, tests/skip_gate.py fails the run on it: CI installs everything)."""
+    return [pytest.mark.e2e,
+            pytest.mark.skipif(bool(missing), reason=f"{label}: " + "; ".join(missing))]
 
 
 def missing_prerequisites(programs: Sequence[str] = ("ssh", "ssh-keygen", "borg")) -> list[str]:

@@ -39,10 +39,14 @@ import pytest
 import yaml
 from sshd_harness import (
     BASE_OPTIONS,
+    REPO_ROOT,
+    SHIPPED_COMMAND_SNIPPET,
+    SHIPPED_SNIPPET,
     ClientKey,
     SshClient,
     SshdServer,
     describe,
+    e2e_marks,
     free_port,
     generate_ed25519_key,
     missing_prerequisites,
@@ -50,17 +54,12 @@ from sshd_harness import (
     root_owned_test_root,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEPLOY_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive.conf"
-COMMAND_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive-keys-command.conf"
+DEPLOY_SNIPPET, COMMAND_SNIPPET = SHIPPED_SNIPPET, SHIPPED_COMMAND_SNIPPET
 SHIPPED_COMMAND = ("AuthorizedKeysCommand /opt/hive/bin/hive authorized-keys "
                    "--state-dir /var/lib/hive %u")
 _MISSING = missing_prerequisites(("ssh", "ssh-keygen", "borg", "rsync", "rrsync"))
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(bool(_MISSING), reason="access matrix: " + "; ".join(_MISSING)),
-]
+pytestmark = e2e_marks("access matrix", _MISSING)
 
 Result = subprocess.CompletedProcess[str]
 SHELL_PROBE = "echo HIVE_SHELL_$((6*7))"   # a shell would print 42; the text has no "42"

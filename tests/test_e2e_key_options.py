@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 from sshd_harness import (
     BASE_OPTIONS,
+    REPO_ROOT,
+    SHIPPED_SNIPPET,
     SshdServer,
     describe,
+    e2e_marks,
     generate_ed25519_key,
     missing_prerequisites,
     render_shipped,
@@ -30,14 +33,10 @@ from sshd_harness import (
 )
 from sshd_harness import Deployment as BaseDeployment
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEPLOY_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive.conf"
+DEPLOY_SNIPPET = SHIPPED_SNIPPET
 _MISSING = missing_prerequisites(("ssh", "ssh-keygen", "borg"))
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(bool(_MISSING), reason="real-sshd e2e: " + "; ".join(_MISSING)),
-]
+pytestmark = e2e_marks("real-sshd e2e", _MISSING)
 
 Result = subprocess.CompletedProcess[str]
 HOSTILE = ["fe80::1%eth0,*", 'fe80::1%x",port-forwarding,permitopen="127.0.0.1:*']

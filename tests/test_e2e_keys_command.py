@@ -29,12 +29,15 @@ import pytest
 from hive_install import HiveInstall
 from sshd_harness import (
     BASE_OPTIONS,
+    SHIPPED_COMMAND_SNIPPET,
+    SHIPPED_SNIPPET,
     AuthorizedKeysCommand,
     AuthorizedKeysFile,
     KeySource,
     SshClient,
     SshdServer,
     describe,
+    e2e_marks,
     generate_ed25519_key,
     host_state,
     missing_prerequisites,
@@ -47,9 +50,7 @@ from sshd_harness import (
     Deployment as BaseDeployment,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_COMMAND_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive-keys-command.conf"
-SHIPPED_FILE_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive.conf"
+SHIPPED_FILE_SNIPPET = SHIPPED_SNIPPET
 SHIPPED_COMMAND = ("AuthorizedKeysCommand /opt/hive/bin/hive authorized-keys "
                    "--state-dir /var/lib/hive %u")
 NOBODY = 65534
@@ -57,10 +58,7 @@ NOBODY = 65534
 LOGINS = 15
 
 _MISSING = missing_prerequisites(("ssh", "ssh-keygen", "borg"))
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(bool(_MISSING), reason="real-sshd e2e: " + "; ".join(_MISSING)),
-]
+pytestmark = e2e_marks("real-sshd e2e", _MISSING)
 
 Result = subprocess.CompletedProcess[str]
 

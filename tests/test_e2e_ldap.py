@@ -33,10 +33,13 @@ from slapd import PEOPLE, SUFFIX, Slapd
 from sshd_harness import (
     BASE_OPTIONS,
     NSENTER,
+    REPO_ROOT,
+    SHIPPED_SNIPPET,
     BindMount,
     NamespaceDaemon,
     SshdServer,
     describe,
+    e2e_marks,
     generate_ed25519_key,
     host_state,
     missing_prerequisites,
@@ -49,10 +52,8 @@ from sshd_harness import (
     Deployment as BaseDeployment,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_NSLCD_CONF = REPO_ROOT / "deploy" / "ldap" / "nslcd.conf"
 SHIPPED_NSSWITCH = REPO_ROOT / "deploy" / "ldap" / "nsswitch.conf"
-SHIPPED_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive.conf"
 NSLCD = "/usr/sbin/nslcd"
 NSLCD_CONF = Path("/etc/nslcd.conf")
 NSLCD_RUN = Path("/run/nslcd")
@@ -79,10 +80,7 @@ def _missing() -> list[str]:
 
 
 _MISSING = _missing()
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(bool(_MISSING), reason="LDAP e2e: " + "; ".join(_MISSING)),
-]
+pytestmark = e2e_marks("LDAP e2e", _MISSING)
 Result = subprocess.CompletedProcess[str]
 NSLCD_PW = "nslcd-e2e-secret"
 HIVE_PW = "hive-secret"  # tests/slapd.py's password for cn=hive

@@ -24,11 +24,14 @@ from pathlib import Path
 import pytest
 from sshd_harness import (
     BASE_OPTIONS,
+    REPO_ROOT,
+    SHIPPED_SNIPPET,
     AuthorizedKeysCommand,
     AuthorizedKeysFile,
     KeySource,
     SshdServer,
     describe,
+    e2e_marks,
     generate_ed25519_key,
     missing_prerequisites,
     root_owned_test_root,
@@ -38,14 +41,10 @@ from sshd_harness import (
     Deployment as BaseDeployment,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEPLOY_SNIPPET = REPO_ROOT / "deploy" / "sshd" / "hive.conf"
+DEPLOY_SNIPPET = SHIPPED_SNIPPET
 _MISSING = missing_prerequisites(("ssh", "ssh-keygen", "borg"))
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(bool(_MISSING), reason="real-sshd e2e: " + "; ".join(_MISSING)),
-]
+pytestmark = e2e_marks("real-sshd e2e", _MISSING)
 
 
 Result = subprocess.CompletedProcess[str]
