@@ -103,6 +103,8 @@ class Walk:
                     continue
                 try:
                     child = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+                except FileNotFoundError:  # removed since it was listed
+                    continue
                 except OSError as exc:
                     self._problem(f"{self._path(stack, name)}: {exc.strerror}")
                     continue
@@ -129,6 +131,8 @@ class Walk:
                 for item in found:
                     try:
                         st = item.stat(follow_symlinks=False)  # fstatat(fd, name)
+                    except FileNotFoundError:  # gone since the listing (borg's lock
+                        continue               # folders come and go): nothing to see
                     except OSError:
                         self._problem(f"{self._path(stack, item.name)}: cannot stat")
                         continue

@@ -279,6 +279,27 @@ def test_walks_of_a_3000_level_tree_see_everything(tmp_path: Path) -> None:
     assert not tree.exists()
 
 
+def test_names_gone_between_listing_and_look_are_not_problems(tmp_path: Path) -> None:
+    """borg makes and removes lock files and folders all the time: a name the walk listed
+    but that is gone when it looks (stat, open) was simply not there to see. A small
+    folder is listed in one getdents, so removing names after the first entry comes out
+    makes exactly that happen."""
+    top = tmp_path / "repo"
+    top.mkdir()
+    for name in ("a", "b", "c"):
+        (top / f"file-{name}").write_bytes(b"x")
+        (top / f"dir-{name}").mkdir()
+    walk = treewalk.Walk(top)
+    seen = []
+    for entry in walk.entries():
+        if not seen:  # the listing is read: remove everything else
+            for path in top.iterdir():
+                if path.name != entry.name:
+                    path.rmdir() if path.is_dir() else path.unlink()
+        seen.append(entry.name)
+    assert len(seen) == 1 and walk.complete, walk.problems
+
+
 def test_walks_say_when_they_could_not_see_everything(sysroot: Path) -> None:
     """A folder the walker may not read is counted and named, and a chown walk that could
     not reach everything raises (so the folder keeps its old owner and the plan its
