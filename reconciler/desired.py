@@ -32,37 +32,35 @@ class Desired:
         self.resources[resource.key] = resource
 
 
-def directories_to_observe(config: HiveConfig, inventory: Inventory) -> list[str]:
-    """The paths whose state the plan needs: desired ones and the ones Hive made."""
+def paths_to_observe(config: HiveConfig, inventory: Inventory) -> tuple[set[str], set[str]]:
+    """The paths whose state the plan needs (desired ones and the ones Hive made), and the
+    folders among them whose content (empty or not) it reads: where a repository gone from
+    the file keeps its data and its user folder, and where a moved one was. Only these are
+    listed; opening every repository folder would cost a 50,000-repository plan seconds. A
+    folder observed without its content counts as holding data (_content)."""
     paths = {str(config.server.repos_root)}
-    for repo in config.repositories:
-        path = config.repo_folder(repo)
-        paths.update((os.path.dirname(path), path))
+    add = paths.add
+    folders = {}  # unix user -> its repository's folder, for the repositories in the file
+    for name in config.repositories:
+        path = folders[config.user_name(name)] = config.repo_folder(name)
+        add(path)
+        add(path.rpartition("/")[0])  # os.path.dirname, for a path repo_folder made
+    contents = set()
     for user, entry in inventory.accounts.items():
-        path = config.repo_folder(entry["repository"], user)
-        paths.update((os.path.dirname(path), path))
-        if entry.get("path"):  # where the repository was when last applied
-            paths.update((entry["path"], os.path.dirname(entry["path"])))
-    paths.update(inventory.directories)
-    return sorted(paths)
-
-
-def contents_to_observe(config: HiveConfig, inventory: Inventory) -> set[str]:
-    """The folders whose content (empty or not) the plan reads: where a repository gone
-    from the file keeps its data and its user folder, and where a moved one was. Only
-    these are listed; opening every repository folder would cost a 50,000-repository plan
-    seconds. A folder observed without its content counts as holding data (_content)."""
-    users = {config.user_name(name): name for name in config.repositories}
-    paths = set()
-    for user, entry in inventory.accounts.items():
-        before = entry.get("path")
-        if user in users:
-            if before and before != config.repo_folder(users[user]):
-                paths.add(before)
+        before = entry.get("path")  # where the repository was when last applied
+        now_at = folders.get(user)
+        if now_at is not None:  # still in the file
+            if before and before != now_at:  # moved (repos_root changed?): is the old place
+                contents.add(before)         # empty?
+                paths.update((before, os.path.dirname(before)))
             continue
-        path = before or config.repo_folder(entry["repository"], user)
-        paths.update((path, os.path.dirname(path)))
-    return paths
+        # gone from the file: its data and user folder are kept, and read before a prune
+        made = config.repo_folder(entry["repository"], user)
+        path = before or made
+        contents.update((path, os.path.dirname(path)))
+        paths.update((path, os.path.dirname(path), made, os.path.dirname(made)))
+    paths.update(inventory.directories)
+    return paths, contents
 
 
 def _content(observed: Any) -> tuple[str, ...] | None:
@@ -254,20 +252,29 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         lines, expired = maker.repository_lines(repo, path, now)
     except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
         return Wanted(error=f"repository {name}: {exc}")
+    # Below runs 50,000 times in a large plan: _account, _dir and _as_seen are inlined, and
+    # an observed dict equal to the wanted one is taken instead of it (see _as_seen).
     meta = {"repository": name}  # shared: nothing changes a resource's meta
-    account = {"uid": uid, "gid": uid, "group": uid,
-               "gecos": f"Hive repository {name} ({repo.owner})", "home": home,
-               "shell": server.users.shell, "locked": False}  # _account, inline: 50,000 calls
-    resources = [
-        Resource("account", user, _as_seen(facts.accounts.get(user), account),
-                 {**meta, **_dn(config, user)} if server.identity.backend == "ldap" else meta),
-        Resource("directory", home, _as_seen(seen.get(home), _dir(0, uid, 0o750)),
-                 {"role": "user_dir", "repository": name}),
-        Resource("directory", path, _as_seen(seen.get(path), _dir(uid, uid, 0o700)),
-                 {"role": "repository", "repository": name})]
+    wanted: dict[str, Any] = {
+        "uid": uid, "gid": uid, "group": uid, "gecos": f"Hive repository {name} ({repo.owner})",
+        "home": home, "shell": server.users.shell, "locked": False}
+    observed = facts.accounts.get(user)
+    resources = [Resource("account", user, observed if observed == wanted else wanted,
+                          {**meta, **_dn(config, user)} if server.identity.backend == "ldap"
+                          else meta)]
+    wanted = {"type": "directory", "uid": 0, "gid": uid, "mode": "0750"}
+    observed = seen.get(home)
+    resources.append(Resource("directory", home, observed if observed == wanted else wanted,
+                              {"role": "user_dir", "repository": name}))
+    wanted = {"type": "directory", "uid": uid, "gid": uid, "mode": "0700"}
+    observed = seen.get(path)
+    resources.append(Resource("directory", path, observed if observed == wanted else wanted,
+                              {"role": "repository", "repository": name}))
     if lines:
-        resources.append(Resource("authorized_keys", user, _as_seen(
-            facts.authorized_keys.get(user), {"keys": lines}), meta))
+        wanted = {"keys": lines}
+        observed = facts.authorized_keys.get(user)
+        resources.append(Resource("authorized_keys", user,
+                                  observed if observed == wanted else wanted, meta))
     return Wanted(resources, {"repository": name, "uid": uid, "protected": repo.protected,
                               "path": path}, [maker.repos_root, home, path], expired)
 

@@ -24,6 +24,7 @@ from reconciler.plan import Plan
 from reconciler.resources import Change, Facts
 from reconciler.targets import Target, TargetError, registry
 from reconciler.targets.registry import targets_for
+from schemas.memory import no_cycle_collection
 from schemas.models import HiveConfig
 
 Progress = Callable[[int, int, Change, str | None], None]
@@ -68,16 +69,18 @@ def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
               targets: dict[str, Target] | None = None) -> Planned:
     """Observe and diff. Reads only; safe as any user."""
     now = now or dt.datetime.now(dt.UTC)
-    inventory = inventory_mod.load(config.server.state_dir)
-    facts = Facts()
-    targets = targets or targets_for(config)
-    for target in targets.values():
-        try:
-            target.observe(facts, inventory)
-        except OSError as exc:  # unreadable files: one line, not a traceback
-            where = f" {exc.filename}" if exc.filename else ""
-            raise TargetError(f"cannot read{where}: {exc.strerror or exc}") from None
-    plan, desired = planner.compute(config, inventory, facts, now, prune=prune, force=force)
+    with no_cycle_collection():  # facts and desired state: plain data, no cycles
+        inventory = inventory_mod.load(config.server.state_dir)
+        facts = Facts()
+        targets = targets or targets_for(config)
+        for target in targets.values():
+            try:
+                target.observe(facts, inventory)
+            except OSError as exc:  # unreadable files: one line, not a traceback
+                where = f" {exc.filename}" if exc.filename else ""
+                raise TargetError(f"cannot read{where}: {exc.strerror or exc}") from None
+        plan, desired = planner.compute(config, inventory, facts, now, prune=prune,
+                                        force=force)
     return Planned(plan, desired, facts, inventory)
 
 

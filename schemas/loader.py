@@ -19,6 +19,7 @@ from typing import Any
 import pydantic
 
 from schemas import checks, includes, parsecache, yamlsource
+from schemas.memory import no_cycle_collection
 from schemas.models import (
     DURATION_PATTERN,
     NAME_PATTERN,
@@ -355,16 +356,8 @@ def load_text(text: str, file: str, base_dir: Path | None = None,
     """Validate hive.yaml text; raise ConfigError listing every problem. `path` (the file
     on disk) is where `include:` patterns are resolved from; without it, from `base_dir`.
     `extra_checks` are costly checks only some commands run (apprise URL parsing)."""
-    # Loading makes a million dicts, lists, strings and models and not one reference cycle;
-    # the cyclic collector would walk all of them again and again as they pile up (a third
-    # of a 50,000-repository load). Reference counting frees everything as before.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with no_cycle_collection():
         return _load_text(text, file, base_dir, path, extra_checks=extra_checks)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _load_text(text: str, file: str, base_dir: Path | None, path: Path | None, *,

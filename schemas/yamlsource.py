@@ -9,11 +9,12 @@ where PyYAML would silently keep the last one.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import yaml
+
+from schemas.memory import no_cycle_collection
 
 try:  # libyaml's parser is ~10x faster; positions still come from its nodes
     _BaseLoader: Any = yaml.CSafeLoader  # (no common type with SafeLoader in the stubs)
@@ -363,9 +364,7 @@ def parse(text: str) -> Document:
     """
     from schemas import fastyaml  # (it imports this module's bounds)
 
-    collecting = gc.isenabled()
-    gc.disable()   # a million new dicts, lists and strings and not one cycle among them
-    try:
+    with no_cycle_collection():
         try:
             return Document(fastyaml.scan(text), None, [], text)
         except fastyaml.Unsure:
@@ -374,9 +373,6 @@ def parse(text: str) -> Document:
             return Document(fastyaml.from_events(text), None, [], text)
         except fastyaml.Unsure:
             pass
-    finally:
-        if collecting:
-            gc.enable()
     return parse_nodes(text)
 
 

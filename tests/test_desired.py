@@ -266,11 +266,22 @@ def test_stray_key_files(files: list[str], wanted: list[str], expected: set[Any]
     assert desired.stray_key_files(facts, resources) == expected
 
 
-def test_directories_to_observe_include_what_hive_made_and_where_it_was() -> None:
+@pytest.mark.parametrize(("accounts", "more_paths", "contents"), [
+    ({}, set(), set()),
+    ({"bh-a": {"repository": "a", "uid": 1, "path": f"{ROOT}/bh-a/a"}}, set(), set()),
+    ({"bh-a": {"repository": "a", "uid": 1}}, set(), set()),  # an older inventory
+    ({"bh-a": {"repository": "a", "uid": 1, "path": "/old/bh-a/a"}},  # moved
+     {"/old/bh-a/a", "/old/bh-a"}, {"/old/bh-a/a"}),
+    ({"old-z": {"repository": "z", "uid": 1, "path": "/elsewhere/old-z/z"}},  # gone
+     {f"{ROOT}/old-z", f"{ROOT}/old-z/z", "/elsewhere/old-z/z", "/elsewhere/old-z"},
+     {"/elsewhere/old-z/z", "/elsewhere/old-z"}),
+    ({"old-z": {"repository": "z", "uid": 1}}, {f"{ROOT}/old-z", f"{ROOT}/old-z/z"},
+     {f"{ROOT}/old-z", f"{ROOT}/old-z/z"}),
+])
+def test_paths_to_observe_include_what_hive_made_and_where_it_was(
+        accounts: dict[str, Any], more_paths: set[str], contents: set[str]) -> None:
     cfg = config("a: {owner: alice}")
-    inventory = Inventory(accounts={"old-z": {"repository": "z", "uid": 1,
-                                              "path": "/elsewhere/old-z/z"}},
-                          directories={"/made/by/hive"})
-    assert desired.directories_to_observe(cfg, inventory) == sorted([
-        ROOT, f"{ROOT}/bh-a", f"{ROOT}/bh-a/a", f"{ROOT}/old-z", f"{ROOT}/old-z/z",
-        "/elsewhere/old-z/z", "/elsewhere/old-z", "/made/by/hive"])
+    inventory = Inventory(accounts=accounts, directories={"/made/by/hive"})
+    paths, read = desired.paths_to_observe(cfg, inventory)
+    assert paths == {ROOT, f"{ROOT}/bh-a", f"{ROOT}/bh-a/a", "/made/by/hive", *more_paths}
+    assert read == contents

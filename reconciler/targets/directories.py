@@ -14,7 +14,7 @@ from itertools import islice
 from typing import Any
 
 from reconciler import treewalk
-from reconciler.desired import contents_to_observe, directories_to_observe
+from reconciler.desired import paths_to_observe
 from reconciler.inventory import Inventory
 from reconciler.resources import UNKNOWN, Change, Facts
 from reconciler.targets import Kind, Result, Style, apply_each, attribute_lines
@@ -31,7 +31,7 @@ def observe_path(path: str, content: bool = True) -> Any:
 
     `children` (the first two names, enough to tell "empty or not") only with `content`:
     listing a folder costs four times its lstat, and the plan reads few (desired.py's
-    contents_to_observe)."""
+    paths_to_observe)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -73,8 +73,8 @@ class Directories:
 
     def observe(self, facts: Facts, inventory: Inventory) -> None:
         unreadable = []
-        contents = contents_to_observe(self.config, inventory)
-        for path in directories_to_observe(self.config, inventory):
+        paths, contents = paths_to_observe(self.config, inventory)
+        for path in paths:
             state = observe_path(path, path in contents)
             if state is not None:
                 facts.directories[path] = state
@@ -82,7 +82,7 @@ class Directories:
                 unreadable.append(path)
         if unreadable:
             facts.warnings.append(f"cannot read {len(unreadable)} repository folders as this "
-                                  f"user (e.g. {unreadable[0]}): they are not compared "
+                                  f"user (e.g. {min(unreadable)}): they are not compared "
                                   "(run as root)")
 
     def apply(self, changes: list[Change]) -> list[Result]:
