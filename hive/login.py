@@ -62,9 +62,24 @@ def _open_error(path: str, exc: OSError) -> Refused:
     return Refused(f"{path}: {exc.strerror or exc}")
 
 
-def read_cache(state_dir: str, user: str) -> bytes | None:
-    """The bytes of <state_dir>/authorized_keys/<user>, None if there is no such file, or
-    Refused. Walks from / with one folder descriptor at a time, checking each."""
+def cache_problem(state_dir: str) -> str | None:
+    """Why this command would refuse every key under `state_dir` (a folder on the way is
+    not root's, is writable by others, or is a symlink), or None. `hive plan` says it, so
+    a cache nobody can log in with is not found out at the first failed backup. A folder
+    that does not exist yet is no problem: `hive apply` makes it root's, mode 0755."""
+    try:
+        opened = _open_cache_dir(state_dir)
+    except Refused as exc:
+        return str(exc)
+    if opened is not None:
+        os.close(opened[0])
+    return None
+
+
+def _open_cache_dir(state_dir: str) -> tuple[int, str] | None:
+    """A descriptor and the path of <state_dir>/authorized_keys, None if a folder on the
+    way does not exist, or Refused. Walks from / with one folder descriptor at a time,
+    checking each."""
     if not state_dir.startswith("/"):
         raise Refused(f"state dir {state_dir!r} is not an absolute path")
     names = [part for part in state_dir.split("/") if part not in ("", ".")]
@@ -72,6 +87,7 @@ def read_cache(state_dir: str, user: str) -> bytes | None:
         raise Refused(f"state dir {state_dir!r} holds '..'; give the real path")
     names.append("authorized_keys")
     fd = os.open("/", _DIR_FLAGS)
+    reached = False
     try:
         _trusted(os.fstat(fd), "/", _S_IFDIR)
         path = ""
@@ -86,7 +102,22 @@ def read_cache(state_dir: str, user: str) -> bytes | None:
             os.close(fd)
             fd = inner
             _trusted(os.fstat(fd), path, _S_IFDIR)  # O_PATH|O_NOFOLLOW may open a link
-        path += "/" + user
+        reached = True
+        return fd, path
+    finally:
+        if not reached:
+            os.close(fd)
+
+
+def read_cache(state_dir: str, user: str) -> bytes | None:
+    """The bytes of <state_dir>/authorized_keys/<user>, None if there is no such file, or
+    Refused."""
+    opened = _open_cache_dir(state_dir)
+    if opened is None:
+        return None
+    fd, path = opened
+    path += "/" + user
+    try:
         try:
             file_fd = os.open(user, _FILE_FLAGS, dir_fd=fd)
         except FileNotFoundError:

@@ -122,6 +122,27 @@ def test_a_cache_sshd_would_refuse_prints_nothing_and_says_why(cache: Path, case
     assert_refused(result, fragment)
 
 
+FOLDER_CASES = [case for case in CASES if not case.startswith("cache file")]
+
+
+@pytest.mark.parametrize("case", [None, *FOLDER_CASES])
+def test_plan_says_when_logins_would_refuse_the_cache(sysroot: Path, cache: Path,
+                                                      case: str | None) -> None:
+    """The same rules, asked by `hive plan` before anyone logs in (hive.login.cache_problem):
+    a note naming the folder and why, and none for a cache sshd would read."""
+    cfg = write_config(sysroot, "owners: {}\n")  # state_dir: ./state, which is `cache`
+    if case is not None:
+        change, fragment = CASES[case]
+        change(cache)
+    result = hive("plan", "-f", str(cfg))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "logins will find no keys" in line]
+    if case is None:
+        assert notes == [], notes
+    else:
+        assert len(notes) == 1 and fragment in notes[0] and "/var/lib/hive" in notes[0], notes
+
+
 def test_folder_symlinked_into_tmp_is_refused(cache: Path, tmp_path: Path) -> None:
     """The attack of issue 13: the folder replaced by a link to a copy somebody controls."""
     elsewhere = tmp_path / "authorized_keys"
