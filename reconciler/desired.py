@@ -252,29 +252,20 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         lines, expired = maker.repository_lines(repo, path, now)
     except keylines.UnsafeKeyLine as exc:  # validation should have caught it: fail closed
         return Wanted(error=f"repository {name}: {exc}")
-    # Below runs 50,000 times in a large plan: _account, _dir and _as_seen are inlined, and
-    # an observed dict equal to the wanted one is taken instead of it (see _as_seen).
     meta = {"repository": name}  # shared: nothing changes a resource's meta
-    wanted: dict[str, Any] = {
-        "uid": uid, "gid": uid, "group": uid, "gecos": f"Hive repository {name} ({repo.owner})",
-        "home": home, "shell": server.users.shell, "locked": False}
-    observed = facts.accounts.get(user)
-    resources = [Resource("account", user, observed if observed == wanted else wanted,
-                          {**meta, **_dn(config, user)} if server.identity.backend == "ldap"
-                          else meta)]
-    wanted = {"type": "directory", "uid": 0, "gid": uid, "mode": "0750"}
-    observed = seen.get(home)
-    resources.append(Resource("directory", home, observed if observed == wanted else wanted,
-                              {"role": "user_dir", "repository": name}))
-    wanted = {"type": "directory", "uid": uid, "gid": uid, "mode": "0700"}
-    observed = seen.get(path)
-    resources.append(Resource("directory", path, observed if observed == wanted else wanted,
-                              {"role": "repository", "repository": name}))
+    account = {"uid": uid, "gid": uid, "group": uid,
+               "gecos": f"Hive repository {name} ({repo.owner})", "home": home,
+               "shell": server.users.shell, "locked": False}  # _account, inline: 50,000 calls
+    resources = [
+        Resource("account", user, _as_seen(facts.accounts.get(user), account),
+                 {**meta, **_dn(config, user)} if server.identity.backend == "ldap" else meta),
+        Resource("directory", home, _as_seen(seen.get(home), _dir(0, uid, 0o750)),
+                 {"role": "user_dir", "repository": name}),
+        Resource("directory", path, _as_seen(seen.get(path), _dir(uid, uid, 0o700)),
+                 {"role": "repository", "repository": name})]
     if lines:
-        wanted = {"keys": lines}
-        observed = facts.authorized_keys.get(user)
-        resources.append(Resource("authorized_keys", user,
-                                  observed if observed == wanted else wanted, meta))
+        resources.append(Resource("authorized_keys", user, _as_seen(
+            facts.authorized_keys.get(user), {"keys": lines}), meta))
     return Wanted(resources, {"repository": name, "uid": uid, "protected": repo.protected,
                               "path": path}, [maker.repos_root, home, path], expired)
 
