@@ -6,6 +6,7 @@ Runs the same pipeline as `hive plan` in this process (imports, read, YAML parse
 validation, whole-file checks, observing each target, desired state, diff) and prints the
 best wall time of each phase over --repeat runs. Reads only; the file should already have
 been applied (bench/run.py --keep leaves one) for the no-op numbers to mean anything.
+A file with `include:` is loaded in one phase (schemas.loader.load, as `hive plan` does).
 """
 
 from __future__ import annotations
@@ -32,16 +33,21 @@ def phases(path: Path, clock: Any = time.perf_counter) -> dict[str, float]:
     import pydantic  # noqa: F401  (the import cost is a phase of its own)
 
     import schemas  # noqa: F401
-    from reconciler import engine
-    from reconciler import inventory as inventory_mod
-    from reconciler.desired import Facts, desired_state
-    from reconciler.plan import diff, safety_errors
+    from reconciler import engine  # noqa: F401  (imported here to time it)
     from schemas import checks, parsecache, yamlsource
     from schemas.models import HiveConfig
 
     s = lap("import (first run only)", start)
     gc.disable()   # as schemas.loader.load_text: loading makes no cycles
     text = path.read_text(encoding="utf-8")
+    if "\ninclude:" in text:  # files split by include: are loaded as `hive plan` does
+        from schemas.loader import load
+
+        s = lap("read file", s)
+        config = load(path)
+        gc.disable()
+        s = lap("load, include: (all of it)", s)
+        return _plan(config, t, lap, s)
     s = lap("read file", s)
     data = parsecache.get(text)
     if data is parsecache.MISS:
@@ -55,6 +61,16 @@ def phases(path: Path, clock: Any = time.perf_counter) -> dict[str, float]:
     assert not problems, problems[:3]
     gc.freeze()    # as schemas.loader.load: the loaded state is out of the collector's way
     s = lap("whole-file checks", s)  # (the collector stays paused, as in engine.make_plan)
+    return _plan(config, t, lap, s)
+
+
+def _plan(config: Any, t: dict[str, float], lap: Any, s: float) -> dict[str, float]:
+    """The phases of engine.make_plan, after loading."""
+    from reconciler import engine
+    from reconciler import inventory as inventory_mod
+    from reconciler.desired import Facts, desired_state
+    from reconciler.plan import diff, safety_errors
+
     inventory = inventory_mod.load(config.server.state_dir)
     s = lap("inventory load", s)
     facts = Facts()
