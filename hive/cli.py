@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +169,11 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
             _fail(fmt, "\n".join(map(str, exc.problems)))
             return EXIT_ERROR
     changed_code = EXIT_CHANGES if detailed_exitcode else EXIT_OK
+    add_notes = _login_notes(config.server.state_dir)
     try:
         if dry_run:
             planned = engine.make_plan(config, prune=prune, force=force)
+            add_notes(planned)
             _show_plan(planned, fmt, f"Hive plan for {config.server.name} ({path}):")
             if checksum is not None and checksum != planned.plan.checksum:
                 _fail(fmt, str(engine.ChecksumMismatch(checksum, planned)),
@@ -186,13 +189,14 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         title = f"Hive will apply to {config.server.name} ({path}):"
 
         def show(planned: engine.Planned) -> None:
-            if planned.plan.changes:
+            add_notes(planned)
+            if text and planned.plan.changes:
                 output.print_plan(planned.plan, title)
 
         applied = engine.apply(
             config, path, prune=prune, force=force, lock_timeout=lock_timeout,
             progress=_Progress() if text and sys.stderr.isatty() else None,
-            on_plan=show if text else None, checksum=checksum)
+            on_plan=show, checksum=checksum)
     except engine.ChecksumMismatch as exc:
         _show_plan(exc.planned, fmt, f"The plan for {config.server.name} now ({path}):")
         _fail(fmt, str(exc), checksum=exc.planned.plan.checksum)
@@ -222,6 +226,24 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
     if applied.error:
         return EXIT_ERROR
     return changed_code if plan_.changes else EXIT_OK
+
+
+def _login_notes(state_dir: Path) -> Callable[[Any], None]:
+    """A plan's notes about the key cache as the login path will see it: a state_dir in
+    a folder sshd and `hive authorized-keys` refuse (hive.login.cache_problem, the login
+    path's own walk) would let nobody log in, and nothing else would say so before the
+    first failed backup. A folder not made yet is fine: apply makes it root's, 0755."""
+    from hive.login import cache_problem
+
+    problem = cache_problem(str(state_dir))
+
+    def add(planned: Any) -> None:
+        if problem:
+            planned.plan.notes.append(
+                f"logins will find no keys: sshd and 'hive authorized-keys' refuse this "
+                f"cache, as {problem}. Keep server.state_dir in folders that are root's "
+                "and writable by root alone, such as /var/lib/hive")
+    return add
 
 
 class _Progress:

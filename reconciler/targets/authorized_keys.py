@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hive.login import cache_problem
 from reconciler import keylines
 from reconciler.fsutil import remove_stale_temporaries, replace_files
 from reconciler.inventory import Inventory
@@ -30,16 +29,9 @@ class AuthorizedKeys:
     kind = "authorized_keys"
 
     def __init__(self, config: HiveConfig) -> None:
-        self.state_dir = config.server.state_dir
-        self.dir = cache_dir(self.state_dir)
+        self.dir = cache_dir(config.server.state_dir)
 
     def observe(self, facts: Facts, inventory: Inventory) -> None:
-        problem = cache_problem(str(self.state_dir))
-        if problem:  # the login path's own rules (hive/login.py), asked before any login
-            facts.warnings.append(
-                f"logins will find no keys: sshd and 'hive authorized-keys' refuse this "
-                f"cache, as {problem}. Keep server.state_dir in folders that are root's "
-                "and writable by root alone, such as /var/lib/hive")
         try:
             dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
