@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from notifications.checks import channel_allows, rule_matches
 from schemas.models import HiveConfig, duration_seconds
+from schemas.selection import channel_allows, rule_matches
 
 KEY_EXPIRY_WARNING = timedelta(days=14)
 BACKUP_ALERTS = frozenset({"stale", "never_backed_up"})

@@ -79,7 +79,7 @@ def _error(message: str, fmt: str) -> int:
 
 def _test(config: Any, channel: str, lock_timeout: float, fmt: str) -> int:
     from notifications import render, send, state
-    from notifications.secrets import policy_of
+    from schemas.placeholders import policy_of
 
     now = datetime.now(UTC)
     message = render.test_message(config, channel, now)
@@ -96,7 +96,7 @@ def _run(config: Any, dry_run: bool, lock_stale_after: float, lock_timeout: floa
     import contextlib
 
     from notifications import alerts, render, send, state
-    from notifications.secrets import policy_of
+    from schemas.placeholders import policy_of
     from watcher import status
 
     if not config.notifications.rules:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from schemas.models import SECRET_PLACEHOLDER
-
-if TYPE_CHECKING:
-    from schemas.models import HiveConfig
+from schemas.placeholders import SecretPolicy
 
 MAX_SECRET_BYTES = 64 * 1024
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -25,42 +22,6 @@ _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 class SecretError(Exception):
     """A placeholder could not be resolved; the message names it, never a value."""
-
-
-@dataclass(frozen=True)
-class SecretPolicy:
-    """Where secrets may come from. `hive notify` runs as root, and hive.yaml's channels
-    are edited by more people than the server: a {file:} outside `secrets_dir`, or the
-    LDAP bind password's variable, would let a channel send the server's own secrets to
-    whoever its URL names."""
-
-    secrets_dir: str = "/etc/hive/secrets"
-    forbidden_env: frozenset[str] = frozenset()
-
-    def file_problem(self, path: str) -> str | None:
-        """Why {file:path} is not allowed (None: it is), from the path as written."""
-        root = os.path.normpath(self.secrets_dir)
-        if os.path.commonpath([root, os.path.normpath(path)]) != root or \
-                os.path.normpath(path) == root:
-            return (f"{{file:{path}}} is outside server.secrets_dir ({self.secrets_dir}); "
-                    "keep the secret in a file there")
-        return None
-
-    def env_problem(self, name: str) -> str | None:
-        if name in self.forbidden_env:
-            return (f"{{env:{name}}} is the LDAP bind password's variable; a channel may not "
-                    "send it anywhere")
-        return None
-
-
-def policy_of(config: HiveConfig) -> SecretPolicy:
-    """The policy hive.yaml's trusted server: section sets."""
-    identity = config.server.identity
-    forbidden = set()
-    ldap = getattr(identity, "ldap", None)
-    if ldap is not None and ldap.bind_password_env:
-        forbidden.add(ldap.bind_password_env)
-    return SecretPolicy(str(config.server.secrets_dir), frozenset(forbidden))
 
 
 @dataclass
@@ -138,13 +99,3 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
-def placeholder_markers(url: str) -> tuple[str, list[str]]:
-    """The URL with each placeholder replaced by a harmless marker, for parsing without
-    secrets (validation); returns the markers used."""
-    markers: list[str] = []
-
-    def replace(_match: object) -> str:
-        markers.append(f"hivesecret{len(markers)}x")
-        return markers[-1]
-
-    return SECRET_PLACEHOLDER.sub(replace, url), markers

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from notifications.secrets import Resolved, SecretError, SecretPolicy, redact, resolve
+from notifications.secrets import Resolved, SecretError, redact, resolve
+from schemas.placeholders import SecretPolicy
 
 # apprise's WARNING lines say why a delivery failed ("A Connection error occurred ...").
 _LOG_LEVEL = logging.WARNING

@@ -168,7 +168,7 @@ def build(config: HiveConfig, statuses: list[RepoStatus], series: dict[str, Seri
             alerts=None if alerts is None else alerts.get(status.repository, [])))
     rows.sort(key=lambda r: (r.severity, r.name))  # worst first, on every list page
     report = Report(summary=summary(host, rows, now), rows=rows, pages=pages)
-    # The rule of `hive status --group` (watcher.status.matches): shared with the group,
+    # The rule of `hive status --group` (schemas.selection.matches): shared with the group,
     # or owned by one of its members; as a map, not a scan per group.
     member_of: dict[str, set[str]] = {}
     for group, spec in config.groups.items():

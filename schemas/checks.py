@@ -1,4 +1,5 @@
-"""Rules that need the whole file: references, who may attach which key, uid pins.
+"""Rules that need the whole file: references, who may attach which key, uid pins, and
+the notifications: section (references, a channel's limits, secrets only as placeholders).
 
 Pure functions over a validated HiveConfig. Each problem names the path of the field to fix
 (the loader turns it into file:line:col), so all of them can be reported at once.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from schemas.models import HiveConfig
+from schemas.models import SECRET_PLACEHOLDER, HiveConfig
+from schemas.placeholders import literal_password, policy_of
+from schemas.selection import channel_allows, rule_matches
 from schemas.sshkeys import parse_public_key
 
 MAX_USER_NAME = 32
@@ -27,10 +31,8 @@ class Problem:
 
 def check(config: HiveConfig) -> list[Problem]:
     """All cross-field problems in the file, in file order."""
-    from notifications import checks as notifications
-
     return [*_owners_and_groups(config), *_keys(config), *_repositories(config),
-            *notifications.problems(config)]
+            *_notifications(config)]
 
 
 def _owners_and_groups(config: HiveConfig) -> Iterator[Problem]:
@@ -113,3 +115,82 @@ def _repositories(config: HiveConfig) -> Iterator[Problem]:
                                                f"repository {pins[repo.uid]!r}")
             else:
                 pins[repo.uid] = repo_name
+
+
+def _notifications(config: HiveConfig) -> Iterator[Problem]:
+    """Every reference and restriction problem of the notifications section."""
+    section = config.notifications
+    channels = section.channels
+    for name, channel in channels.items():
+        where: tuple[str | int, ...] = ("notifications", "channels", name)
+        if channel.owner is not None and channel.owner not in config.owners:
+            yield Problem((*where, "owner"), f"unknown owner {channel.owner!r}; add it under "
+                                             "'owners:'")
+        for i, group in enumerate(channel.groups):
+            if group not in config.groups:
+                yield Problem((*where, "groups", i), f"unknown group {group!r}; add it under "
+                                                     "'groups:'")
+        literal = literal_password(channel.url)
+        if literal:
+            yield Problem((*where, "url"), literal)
+        policy = policy_of(config)
+        for kind, arg in SECRET_PLACEHOLDER.findall(channel.url):
+            refused = policy.file_problem(arg) if kind == "file" else policy.env_problem(arg)
+            if refused:
+                yield Problem((*where, "url"), refused)
+    by_owner: dict[str, list[str]] = {}
+    for repository, repo in config.repositories.items():
+        by_owner.setdefault(repo.owner, []).append(repository)
+    for owner_name, owner in config.owners.items():
+        mine = by_owner.get(owner_name, [])
+        for i, channel_name in enumerate(owner.notify):
+            at: tuple[str | int, ...] = ("owners", owner_name, "notify", i)
+            if channel_name not in channels:
+                yield Problem(at, f"unknown channel {channel_name!r}; add it under "
+                                     "'notifications.channels:'")
+                continue
+            yield from _restricted(config, at, channel_name, mine, f"owner {owner_name!r}")
+    seen: set[str] = set()
+    for i, rule in enumerate(section.rules):
+        where = ("notifications", "rules", i)
+        if rule.name in seen:
+            yield Problem((*where, "name"), f"rule {rule.name!r} is defined twice; rules are "
+                                            "told apart by name (DuckDB keeps what each sent)")
+        seen.add(rule.name)
+        m = rule.match
+        if m.owner is not None and m.owner not in config.owners:
+            yield Problem((*where, "match", "owner"), f"unknown owner {m.owner!r}")
+        if m.group is not None and m.group not in config.groups:
+            yield Problem((*where, "match", "group"), f"unknown group {m.group!r}")
+        for j, repository in enumerate(m.repositories):
+            if repository not in config.repositories:
+                yield Problem((*where, "match", "repositories", j),
+                              f"unknown repository {repository!r}")
+        if (m.owner is not None and m.owner not in config.owners) or \
+                (m.group is not None and m.group not in config.groups):
+            continue
+        covered = [r for r in config.repositories if rule_matches(config, rule, r)]
+        for j, channel_name in enumerate(rule.channels):
+            if channel_name not in channels:
+                yield Problem((*where, "channels", j),
+                              f"unknown channel {channel_name!r}; add it under "
+                              "'notifications.channels:'")
+                continue
+            yield from _restricted(config, (*where, "channels", j), channel_name, covered,
+                                   f"rule {rule.name!r}")
+
+
+def _restricted(config: HiveConfig, where: tuple[Any, ...], channel_name: str,
+                repositories: list[str], user: str) -> Iterator[Problem]:
+    channel = config.notifications.channels[channel_name]
+    if channel.owner is None and not channel.groups:
+        return
+    refused = [r for r in repositories if not channel_allows(config, channel, r)]
+    if refused:
+        limit = (f"owner {channel.owner!r}" if channel.owner is not None
+                 else f"groups {', '.join(channel.groups)}")
+        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more"
+                                           if len(refused) > 5 else "")
+        yield Problem(where, f"channel {channel_name!r} may only carry alerts about the "
+                             f"repositories of {limit}, but {user} would send it {shown}; "
+                             "narrow the match or use another channel")

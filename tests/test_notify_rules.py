@@ -15,7 +15,8 @@ from conftest import hive, write_config
 import schemas
 from notifications import alerts, render
 from notifications.alerts import Delivery, Sent
-from notifications.secrets import SecretError, SecretPolicy, redact, resolve
+from notifications.secrets import SecretError, redact, resolve
+from schemas.placeholders import SecretPolicy
 from watcher.events import BORG1, RepoState
 from watcher.status import Disk, Recorded, evaluate
 

@@ -25,6 +25,7 @@ from borgrepo import layout as borg_layout
 from borgrepo import locks as borg_locks
 from borgrepo import segments
 from schemas.models import HiveConfig
+from schemas.selection import matches
 from watcher import events as ev
 from watcher.states import STATES, TROUBLE  # noqa: F401  (status_mod.TROUBLE)
 
@@ -192,20 +193,6 @@ def recorded_by_path(con: Any, host: str) -> dict[str, Recorded]:
             archives=bool(archives), locks=frozenset(locks or ()),
             lock_since=lock_since.timestamp() if lock_since else None, problem=problem)
     return found
-
-
-def matches(config: HiveConfig, repository: str, owners: tuple[str, ...],
-            groups: tuple[str, ...]) -> bool:
-    """--owner and --group: a group matches repositories shared with it or owned by a
-    member of it."""
-    repo = config.repositories[repository]
-    if owners and repo.owner not in owners:
-        return False
-    if groups:
-        members = {m for g in groups if g in config.groups for m in config.groups[g].members}
-        if not (set(repo.groups) & set(groups)) and repo.owner not in members:
-            return False
-    return True
 
 
 def gather(config: HiveConfig, owners: tuple[str, ...] = (), groups: tuple[str, ...] = (),
