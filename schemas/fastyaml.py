@@ -33,8 +33,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-# yamlsource's bounds: past them the full path says why
-from schemas.yamlsource import MAX_DEPTH, MAX_VALUES
+# the bounds of every parser (schemas/yamllimits.py): past them the full path says why
+from schemas.yamllimits import MAX_DEPTH, MAX_VALUES
 
 try:
     _Parser: Any = yaml.CSafeLoader

@@ -40,7 +40,7 @@ KEEP = 400   # entries kept; the oldest beyond that are removed when one is writ
 def _code_key() -> bytes:
     digest = hashlib.sha256(f"yaml {yaml.__version__} {yaml.__with_libyaml__}".encode())
     here = Path(__file__).resolve().parent
-    for name in ("yamlsource.py", "fastyaml.py", "parsecache.py"):
+    for name in ("yamlsource.py", "fastyaml.py", "yamllimits.py", "parsecache.py"):
         digest.update((here / name).read_bytes())
     return digest.digest()
 

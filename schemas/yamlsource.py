@@ -14,7 +14,9 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from schemas import fastyaml
 from schemas.memory import no_cycle_collection
+from schemas.yamllimits import MAX_DEPTH, MAX_VALUES
 
 try:  # libyaml's parser is ~10x faster; positions still come from its nodes
     _BaseLoader: Any = yaml.CSafeLoader  # (no common type with SafeLoader in the stubs)
@@ -25,11 +27,6 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
-# A hive.yaml of 5,000 repositories holds ~130,000 values; forty times that is no config.
-MAX_VALUES = 5_000_000
-# hive.yaml is five levels deep (server.identity.ldap.url); anchors under `x-` add a few.
-# A bound far below Python's recursion limit gives a located error instead of a crash.
-MAX_DEPTH = 64
 
 
 class Mark(NamedTuple):
@@ -143,8 +140,6 @@ def _positions(text: str, paths: list[tuple[Any, ...]] | None = None) -> Any:
     first of duplicate keys wins, and each mark is the start of the same event the
     composer would have made the node from.
     """
-    from schemas import fastyaml
-
     wanted: set[tuple[Any, ...]] | None = None
     if paths is not None:
         wanted = set()
@@ -362,8 +357,6 @@ def parse(text: str) -> Document:
     would (the node tree, for positions, is then built only if a problem needs one);
     anything it is not sure of -- and every error -- takes the full path below.
     """
-    from schemas import fastyaml  # (it imports this module's bounds)
-
     with no_cycle_collection():
         try:
             return Document(fastyaml.scan(text), None, [], text)
