@@ -110,9 +110,8 @@ class Walk:
                     continue
                 cst = os.fstat(child)
                 if (cst.st_dev, cst.st_ino) != (child_stat.st_dev, child_stat.st_ino):
-                    os.close(child)  # swapped between the listing and the open
-                    self._problem(f"{self._path(stack, name)}: changed during the walk")
-                    continue
+                    os.close(child)  # removed and made again since the listing (borg's lock
+                    continue         # folders): the new one is newer than the walk, as if gone
                 stack.append(Level(name, child, (cst.st_dev, cst.st_ino), stat=child_stat))
                 self._bound(stack, len(stack) - 1)
                 yield from self._read(stack, len(stack) - 1)

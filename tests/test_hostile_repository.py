@@ -300,6 +300,26 @@ def test_names_gone_between_listing_and_look_are_not_problems(tmp_path: Path) ->
     assert len(seen) == 1 and walk.complete, walk.problems
 
 
+def test_a_folder_made_again_since_the_listing_is_not_a_problem(tmp_path: Path) -> None:
+    """borg's lock.exclusive is removed and made again on every session: a folder that is
+    another one by the time the walk opens it was made after the listing, like a new name,
+    and is neither walked nor counted as unreadable."""
+    top = tmp_path / "repo"
+    (top / "lock.exclusive").mkdir(parents=True)
+    (top / "lock.exclusive" / "old-holder").write_bytes(b"")
+    (top / "config").write_bytes(b"x")
+    walk = treewalk.Walk(top)
+    seen = []
+    for entry in walk.entries():
+        if entry.depth == 1 and entry.name == "lock.exclusive":  # listed, not yet opened
+            (top / "lock.exclusive").rename(tmp_path / "old")  # (so the new one cannot
+            (top / "lock.exclusive").mkdir()                   # reuse its inode number)
+            (top / "lock.exclusive" / "new-holder").write_bytes(b"")
+            shutil.rmtree(tmp_path / "old")
+        seen.append(entry.name)
+    assert sorted(seen) == ["config", "lock.exclusive"] and walk.complete, walk.problems
+
+
 def test_walks_say_when_they_could_not_see_everything(sysroot: Path) -> None:
     """A folder the walker may not read is counted and named, and a chown walk that could
     not reach everything raises (so the folder keeps its old owner and the plan its
