@@ -83,15 +83,20 @@ class LineMaker:
     def line(self, repo: Repository, path: Path | str, key_name: str, key: Key,
              append_only: bool, command: str | None = None) -> str:
         """One line (`command` is the forced command's option when the caller has it)."""
+        if command is None:
+            command = self._command(key_name, repo, path, append_only)
         try:
             options, body = self._key_parts(key_name, key)
-            if command is None:
-                command = command_option(forced_command_words(self.config, repo, path,
-                                                              append_only))
             return check_key_line(f"restrict{options},{command} {body}")
         except UnsafeKeyLine as exc:
-            raise UnsafeKeyLine(f"key {key_name}: refusing to write its authorized_keys "
-                                f"line: {exc}") from None
+            raise _refused(key_name, exc) from None
+
+    def _command(self, key_name: str, repo: Repository, path: Path | str,
+                 append_only: bool) -> str:
+        try:
+            return command_option(forced_command_words(self.config, repo, path, append_only))
+        except UnsafeKeyLine as exc:
+            raise _refused(key_name, exc) from None
 
     def repository_lines(self, repo: Repository, path: Path | str, now: dt.datetime
                          ) -> tuple[dict[str, str], dict[str, dt.datetime]]:
@@ -101,7 +106,7 @@ class LineMaker:
         expired: dict[str, dt.datetime] = {}
         if repo.mode == "disabled":
             return lines, expired
-        keys, made = self.config.keys, self._keys
+        keys = self.config.keys
         for append_only, names in ((False, repo.keys), (True, repo.append_only_keys)):
             command = None
             for name in names:
@@ -111,16 +116,14 @@ class LineMaker:
                     if expires_at is not None and expires_at <= now:
                         expired[name] = expires_at
                         continue
-                try:  # self.line, inline: it runs once per line
-                    if command is None:
-                        command = command_option(forced_command_words(
-                            self.config, repo, path, append_only))
-                    options, body = made.get(name) or self._key_parts(name, key)
-                    lines[name] = check_key_line(f"restrict{options},{command} {body}")
-                except UnsafeKeyLine as exc:
-                    raise UnsafeKeyLine(f"key {name}: refusing to write its authorized_keys "
-                                        f"line: {exc}") from None
+                command = command or self._command(name, repo, path, append_only)
+                lines[name] = self.line(repo, path, name, key, append_only, command)
         return lines, expired
+
+
+def _refused(key_name: str, exc: UnsafeKeyLine) -> UnsafeKeyLine:
+    """The same refusal, naming the key whose line it is."""
+    return UnsafeKeyLine(f"key {key_name}: refusing to write its authorized_keys line: {exc}")
 
 
 def repository_lines(config: HiveConfig, repo: Repository, path: Path,
