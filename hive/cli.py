@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,11 +168,11 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
             _fail(fmt, "\n".join(map(str, exc.problems)))
             return EXIT_ERROR
     changed_code = EXIT_CHANGES if detailed_exitcode else EXIT_OK
-    add_notes = _login_notes(config.server.state_dir)
+    login_notes = _login_notes(config.server.state_dir)
     try:
         if dry_run:
             planned = engine.make_plan(config, prune=prune, force=force)
-            add_notes(planned)
+            planned.plan.notes.extend(login_notes)
             _show_plan(planned, fmt, f"Hive plan for {config.server.name} ({path}):")
             if checksum is not None and checksum != planned.plan.checksum:
                 _fail(fmt, str(engine.ChecksumMismatch(checksum, planned)),
@@ -189,7 +188,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         title = f"Hive will apply to {config.server.name} ({path}):"
 
         def show(planned: engine.Planned) -> None:
-            add_notes(planned)
+            planned.plan.notes.extend(login_notes)
             if text and planned.plan.changes:
                 output.print_plan(planned.plan, title)
 
@@ -228,7 +227,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
     return changed_code if plan_.changes else EXIT_OK
 
 
-def _login_notes(state_dir: Path) -> Callable[[Any], None]:
+def _login_notes(state_dir: Path) -> list[str]:
     """A plan's notes about the key cache as the login path will see it: a state_dir in
     a folder sshd and `hive authorized-keys` refuse (hive.login.cache_problem, the login
     path's own walk) would let nobody log in, and nothing else would say so before the
@@ -236,14 +235,11 @@ def _login_notes(state_dir: Path) -> Callable[[Any], None]:
     from hive.login import cache_problem
 
     problem = cache_problem(str(state_dir))
-
-    def add(planned: Any) -> None:
-        if problem:
-            planned.plan.notes.append(
-                f"logins will find no keys: sshd and 'hive authorized-keys' refuse this "
-                f"cache, as {problem}. Keep server.state_dir in folders that are root's "
-                "and writable by root alone, such as /var/lib/hive")
-    return add
+    if problem is None:
+        return []
+    return [f"logins will find no keys: sshd and 'hive authorized-keys' refuse this cache, "
+            f"as {problem}. Keep server.state_dir in folders that are root's and writable "
+            "by root alone, such as /var/lib/hive"]
 
 
 class _Progress:

@@ -87,9 +87,8 @@ def _depth(name: str) -> int:
 
 def diff(desired: Desired, facts: Facts) -> Plan:
     plan = Plan(errors=list(desired.errors), notes=list(desired.notes) + facts.warnings)
-    observed = facts.observed
     for resource in desired.resources.values():
-        seen = observed.get(resource.kind, {}).get(resource.name)  # observed_of, inline
+        seen = observed_of(facts, resource.kind, resource.name)
         if seen is resource.attrs:  # desired.py hands over what it saw when it matches
             continue
         if seen is UNKNOWN:
