@@ -190,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}")
+    report(rows, f"scale-{args.repos}.json", args)
+    return 0
+
+
+def report(rows: dict[str, dict[str, Any]], file_name: str, args: argparse.Namespace) -> None:
+    """The table on stdout (each row against its target), and the rows as JSON in
+    bench/out/ with the fleet's size."""
     print(f"{'row':<36}{'seconds':>9}{'CPU s':>8}{'peak MB':>9}{'target':>9}")
     for name, row in rows.items():
         target = TARGETS.get(name)
@@ -199,10 +206,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{shown:>9}  {verdict(name, row)}")
     out = BENCH / "out"
     out.mkdir(exist_ok=True)
-    (out / f"scale-{args.repos}.json").write_text(json.dumps(
+    (out / file_name).write_text(json.dumps(
         {"repos": args.repos, "keys": args.keys, "split": args.split, "rows": rows},
         indent=1) + "\n")
-    return 0
 
 
 def ldap_rows(text: str, work: Path, cache: Path,

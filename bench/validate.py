@@ -20,7 +20,6 @@ is the quick one to run while working on schemas/. Results: bench/out/validate-<
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -36,8 +35,8 @@ from scale import (  # noqa: E402
     empty,
     hive,
     one_file,
+    report,
     split,
-    verdict,
 )
 
 
@@ -88,15 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             rows["split: validate, one file changed"] = best(changed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'row':<36}{'seconds':>9}{'CPU s':>8}{'peak MB':>9}")
-    for name, row in rows.items():
-        print(f"{name:<36}{row['seconds']:>9.2f}{row['cpu_s']:>8.2f}"
-              f"{row['max_rss_mb']:>9.0f}  {verdict(name, row)}")
-    out = BENCH / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"validate-{args.repos}.json").write_text(json.dumps(
-        {"repos": args.repos, "keys": args.keys, "split": args.split, "rows": rows},
-        indent=1) + "\n")
+    report(rows, f"validate-{args.repos}.json", args)
     return 0
 
 
