@@ -52,6 +52,16 @@ def write_config(folder: Path, body: str, *, name: str = "hive.yaml",
     return path
 
 
+def alice_config(folder: Path, public_key: str, repositories: list[str],
+                 **server: str) -> Path:
+    """write_config with one owner (alice), her key `ka`, and `repositories` that all
+    take it with full access."""
+    lines = "".join(f"  {name}: {{owner: alice, keys: [ka]}}\n" for name in repositories)
+    return write_config(folder, f"owners: {{alice: {{}}}}\n"
+                                f"keys:\n  ka: {{owner: alice, public_key: {public_key}}}\n"
+                                f"repositories:\n{lines}", **server)
+
+
 def hive(*args: str, user: int | None = None, env: dict[str, str] | None = None,
          cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `hive` command line as a user would."""

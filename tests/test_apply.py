@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import hive, nobody_hive_argv, requires_root, write_config
+from conftest import alice_config, hive, nobody_hive_argv, requires_root, write_config
 
 pytestmark = requires_root
 
@@ -229,14 +229,7 @@ def test_a_group_left_without_its_user_by_a_killed_apply_is_completed(
     """group is written before passwd: an apply killed between the two leaves Hive's
     group without its user. The next plan creates the user; it does not refuse the name
     as someone else's."""
-    cfg = write_config(tmp_path, f"""\
-        owners: {{alice: {{}}}}
-        keys:
-          ka: {{owner: alice, public_key: {pubkeys['a']}}}
-        repositories:
-          r1: {{owner: alice, keys: [ka]}}
-          r2: {{owner: alice, keys: [ka]}}
-        """)
+    cfg = alice_config(tmp_path, pubkeys["a"], ["r1", "r2"])
     assert hive("apply", "-f", str(cfg)).returncode == 0
     users = tmp_path / "extrausers"
     for name in ("passwd", "shadow"):  # as if killed before these were written
@@ -257,15 +250,8 @@ def test_apply_killed_at_any_point_converges(tmp_path: Path, pubkeys: dict[str, 
     sshd could read is whole, and the next apply converges to a plan with no changes.
     Some moments are fixed (while loading and planning), the others counted from the
     journal's start record, so they fall while changes are made however fast that is."""
-    repos = "\n".join(f"  r{i}: {{owner: alice, keys: [ka]}}" for i in range(300))
-    text = f"""\
-        owners: {{alice: {{}}}}
-        keys:
-          ka: {{owner: alice, public_key: {pubkeys['a']}}}
-        repositories:
-        """
-    cfg = write_config(tmp_path, text, uid_range="[20000, 29999]")
-    cfg.write_text(cfg.read_text() + repos + "\n")
+    cfg = alice_config(tmp_path, pubkeys["a"], [f"r{i}" for i in range(300)],
+                       uid_range="[20000, 29999]")
     cache = tmp_path / "state" / "authorized_keys"
     journal = tmp_path / "state" / "journal.jsonl"
     for after_start, delay in ((True, 0.0), (True, 0.02), (True, 0.05), (True, 0.1),

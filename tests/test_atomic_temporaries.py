@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import hive, requires_root, write_config
+from conftest import alice_config, hive, requires_root
 
 from reconciler.fsutil import atomic_write, remove_stale_temporaries
 
@@ -67,13 +67,7 @@ def test_atomic_write_names_its_temporaries_as_the_cleaner_expects(
 @requires_root
 def test_apply_removes_temporaries_an_interrupted_apply_left(tmp_path: Path,
                                                              pubkeys: dict[str, str]) -> None:
-    cfg = write_config(tmp_path, f"""\
-        owners: {{alice: {{}}}}
-        keys:
-          ka: {{owner: alice, public_key: {pubkeys['a']}}}
-        repositories:
-          r1: {{owner: alice, keys: [ka]}}
-        """)
+    cfg = alice_config(tmp_path, pubkeys["a"], ["r1"])
     state, users = tmp_path / "state", tmp_path / "extrausers"
     state.mkdir()
     users.mkdir()

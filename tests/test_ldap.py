@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import hive, requires_root, write_config
+from conftest import alice_config, hive, requires_root, write_config
 from slapd import GROUPS, HIVE_DN, HIVE_PW, PEOPLE, SUFFIX, Slapd
 
 from reconciler.desired import Facts
@@ -263,9 +263,8 @@ def test_interrupted_apply_converges(tmp_path: Path, slapd: Slapd,
                                      pubkeys: dict[str, str]) -> None:
     """SIGKILL lands mid-apply: after the journal's start record and the first LDAP entry,
     observed rather than guessed from a delay (apply speed changes; the kill must not)."""
-    repos = "\n".join(f"          r{i}: {{owner: alice, keys: [ka]}}" for i in range(200))
-    cfg = config(tmp_path, slapd, pubkeys, repos[8:])
-    cfg.write_text(cfg.read_text().replace("[20000, 20099]", "[20000, 29999]"))
+    cfg = alice_config(tmp_path, pubkeys["a"], [f"r{i}" for i in range(200)],
+                       identity=identity(slapd.url), uid_range="[20000, 29999]")
     journal = tmp_path / "state" / "journal.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "hive", "apply", "-f", str(cfg)],
                             env={**ENV, "PATH": "/usr/bin:/bin"},
