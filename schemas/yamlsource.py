@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from schemas import fastyaml
 from schemas.memory import no_cycle_collection
 from schemas.yamllimits import MAX_DEPTH, MAX_VALUES
 
@@ -140,6 +139,8 @@ def _positions(text: str, paths: list[tuple[Any, ...]] | None = None) -> Any:
     first of duplicate keys wins, and each mark is the start of the same event the
     composer would have made the node from.
     """
+    from schemas import fastyaml  # (see parse)
+
     wanted: set[tuple[Any, ...]] | None = None
     if paths is not None:
         wanted = set()
@@ -357,6 +358,10 @@ def parse(text: str) -> Document:
     would (the node tree, for positions, is then built only if a problem needs one);
     anything it is not sure of -- and every error -- takes the full path below.
     """
+    # Imported here: fastyaml compiles its patterns on import (50 ms), and a command whose
+    # file is in the parse cache parses nothing.
+    from schemas import fastyaml
+
     with no_cycle_collection():
         try:
             return Document(fastyaml.scan(text), None, [], text)

@@ -146,3 +146,19 @@ def test_the_command_waits_for_its_cache_writer(tmp_path: Path, cache: Path) -> 
     assert done.returncode == 0, done.stderr
     assert len(entries(cache)) == 1
     assert parsecache.get(path.read_text()) is not parsecache.MISS
+
+
+def test_a_cached_file_needs_no_parser(tmp_path: Path, cache: Path) -> None:
+    """The fast parser compiles its patterns when imported (about 50 ms of every command):
+    a file found in the cache must load without it."""
+    path = write_config(tmp_path, BODY)
+    script = textwrap.dedent(f"""\
+        import sys
+        import schemas
+        schemas.load({str(path)!r})
+        print("schemas.fastyaml" in sys.modules)
+        """)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+            for _ in range(2)]
+    assert [run.stdout for run in runs] == ["True\n", "False\n"], runs[1].stderr
