@@ -121,14 +121,27 @@ def _as_seen(seen: Any, wanted: dict[str, Any]) -> dict[str, Any]:
 # -- 0. Which accounts are Hive's ------------------------------------------------------
 
 
-def known_accounts(inventory: Inventory, facts: Facts) -> dict[str, dict[str, Any]]:
+def known_accounts(config: HiveConfig, inventory: Inventory,
+                   facts: Facts) -> dict[str, dict[str, Any]]:
     """Hive's accounts: what this host's inventory remembers, plus what the backend marks
-    (an LDAP entry with Hive's mark is Hive's even where the inventory was lost)."""
+    (an LDAP entry with Hive's mark is Hive's even where the inventory was lost).
+
+    A mark is only text anyone with write access to the directory can copy, so a marked
+    entry the inventory does not remember is taken as Hive's only with a uid Hive could
+    have given it: one in server.users.uid_range, or the file's pin for that repository.
+    Any other uid (0, a local user's) would hand that uid a repository's folder and keys;
+    such an entry stays foreign, and a repository of that name is refused."""
     known = dict(inventory.accounts)
+    low, high = config.server.users.uid_range
+    repositories = config.repositories
     for user, repository in facts.marked.items():
-        if user not in known and isinstance(facts.accounts.get(user), dict):
-            known[user] = {"repository": repository, "uid": facts.accounts[user]["uid"],
-                           "protected": False}
+        account = facts.accounts.get(user)
+        if user in known or not isinstance(account, dict):
+            continue
+        uid = account["uid"]
+        pinned = repositories[repository].uid if repository in repositories else None
+        if low <= uid <= high or uid == pinned:
+            known[user] = {"repository": repository, "uid": uid, "protected": False}
     return known
 
 
@@ -158,6 +171,11 @@ def taken_names(users: dict[str, str], known: dict[str, Any], facts: Facts) -> d
             refusals[user] = (f"user {user} (repository {name}) was Hive's but now exists "
                               "without Hive's mark: someone else recreated it. Hive will not "
                               "touch it; remove it or rename the repository")
+        elif user in accounts and user in facts.system_names:
+            refusals[user] = (f"user {user} (repository {name}): besides Hive's own entry, "
+                              "another account or group of that name exists (a local one, or "
+                              "one elsewhere in the directory), which logins may resolve the "
+                              "name to. Hive will not touch it; remove or rename the other one")
     return refusals
 
 
@@ -188,8 +206,9 @@ def uid_conflicts(uids: dict[str, int], pinned: set[str], users: dict[str, str],
     sharing it would hand that someone the repository's backups. User -> the error."""
     conflicts = {}
     for user, uid in uids.items():
-        holder = facts.ids_in_use.get(uid)
-        if holder is not None and holder != user:
+        others = facts.others_holding(uid, user)
+        if others:
+            holder = others[0]
             where = f"repositories.{users[user]}.uid: " if user in pinned else f"user {user}: "
             conflicts[user] = (f"{where}uid {uid} is already used by {holder!r}; "
                                + ("pin a free uid" if user in pinned else
@@ -302,6 +321,10 @@ def removed_repository(config: HiveConfig, user: str, known: dict[str, Any], fac
     if known.get("protected"):
         return Removal(error=f"repository {name} is protected but no longer in the file; "
                              "set 'protected: false' and apply first if you mean to remove it")
+    if user in facts.system_names:  # locking or pruning would write to that entry too
+        return Removal(error=f"repository {name} removed from the file: besides Hive's user "
+                             f"{user}, another account or group of that name exists. Hive "
+                             "will not touch either; remove or rename the other one")
     # where its data really is
     path = Path(known.get("path") or config.repo_path(name, user))
     home = path.parent
@@ -343,7 +366,7 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     out = Desired(inventory=inventory.copy())
     out.add(Resource("directory", str(config.server.repos_root), _dir(0, 0, 0o755),
                      {"role": "repos_root"}))
-    known = known_accounts(inventory, facts)
+    known = known_accounts(config, inventory, facts)
     users = {config.user_name(name): name for name in config.repositories}
 
     # 1. uids: pinned, else remembered, else observed on a Hive entry, else allocated.

@@ -79,12 +79,30 @@ class Facts:
     observed: dict[str, dict[str, Any]] = field(default_factory=dict)
     # every uid and gid in use anywhere (backend and system) -> a name holding it
     ids_in_use: dict[int, str] = field(default_factory=dict)
+    # the ids more than one name holds -> all those names (few: most ids have one holder)
+    shared_ids: dict[int, set[str]] = field(default_factory=dict)
     # names known to the system outside the identity backend (/etc/passwd, other NSS)
     system_names: set[str] = field(default_factory=set)
     # unix user -> repository, for accounts that carry Hive's own mark in the backend
     # (LDAP entries); they are Hive's even if this host's inventory was lost
     marked: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def hold(self, number: int, name: str) -> None:
+        """Record that `name` holds uid or gid `number`. Every holder is kept, not only
+        the first one seen: a local account made later with a repository user's uid
+        must show up as a conflict, whichever source was read first."""
+        first = self.ids_in_use.setdefault(number, name)
+        if first != name:
+            self.shared_ids.setdefault(number, {first}).add(name)
+
+    def others_holding(self, number: int, name: str) -> list[str]:
+        """The names other than `name` that hold `number`, sorted."""
+        holders = self.shared_ids.get(number)
+        if holders is None:
+            first = self.ids_in_use.get(number)
+            return [] if first is None or first == name else [first]
+        return sorted(holders - {name})
 
     def of(self, kind: str) -> dict[str, Any]:
         """The observed resources of one kind, to read or (for its target) to fill."""

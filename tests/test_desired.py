@@ -53,18 +53,30 @@ def folder(*children: str) -> dict[str, Any]:
     ({"bh-a": {"repository": "a", "uid": 1}}, {}, {},
      {"bh-a": {"repository": "a", "uid": 1}}),
     # a marked LDAP entry is Hive's even without the inventory
-    ({}, {"bh-b": "b"}, {"bh-b": {"uid": 7}},
-     {"bh-b": {"repository": "b", "uid": 7, "protected": False}}),
+    ({}, {"bh-b": "b"}, {"bh-b": {"uid": 20001}},
+     {"bh-b": {"repository": "b", "uid": 20001, "protected": False}}),
     # the inventory wins over the mark
     ({"bh-b": {"repository": "b", "uid": 1}}, {"bh-b": "b"}, {"bh-b": {"uid": 7}},
      {"bh-b": {"repository": "b", "uid": 1}}),
     # a mark on an entry that cannot be read is not enough
     ({}, {"bh-c": "c"}, {"bh-c": UNKNOWN}, {}),
+    # nor one on an entry with a uid Hive would never have given: 0, a local user's...
+    ({}, {"bh-b": "b"}, {"bh-b": {"uid": 0}}, {}),
+    ({}, {"bh-b": "b"}, {"bh-b": {"uid": 65534}}, {}),
+    ({}, {"bh-b": "b"}, {"bh-b": {"uid": 20003}}, {}),  # just past uid_range
+    # ... unless the file pins that uid for the repository
+    ({}, {"bh-a": "a"}, {"bh-a": {"uid": 25000}},
+     {"bh-a": {"repository": "a", "uid": 25000, "protected": False}}),
+    ({}, {"bh-a": "a"}, {"bh-a": {"uid": 25001}}, {}),
+    # the inventory remembers what Hive gave, whatever the range says now
+    ({"bh-b": {"repository": "b", "uid": 7}}, {"bh-b": "b"}, {"bh-b": {"uid": 7}},
+     {"bh-b": {"repository": "b", "uid": 7}}),
 ])
 def test_known_accounts(remembered: dict[str, Any], marked: dict[str, str],
                         accounts: dict[str, Any], expected: dict[str, Any]) -> None:
     facts = Facts(observed={"account": accounts}, marked=marked)
-    assert desired.known_accounts(Inventory(accounts=remembered), facts) == expected
+    cfg = config("a: {owner: alice, uid: 25000}")
+    assert desired.known_accounts(cfg, Inventory(accounts=remembered), facts) == expected
 
 
 # -- 1. uids ---------------------------------------------------------------------------
@@ -76,6 +88,9 @@ def test_known_accounts(remembered: dict[str, Any], marked: dict[str, str],
     ({"bh-a": {"uid": 5}}, {"bh-a": {"uid": 5}}, set(), {}),  # Hive's own, as expected
     ({"bh-a": {"uid": 5}}, {}, {"bh-a"}, {"bh-a": "someone else recreated it"}),
     ({"bh-a": {"uid": 5}}, {}, set(), {}),  # Hive's, gone: it is made again
+    # Hive's, and a foreign entry of the same name beside it (a group, a local user)
+    ({"bh-a": {"uid": 5}}, {"bh-a": {"uid": 5}}, {"bh-a"},
+     {"bh-a": "besides Hive's own entry, another account or group of that name exists"}),
 ])
 def test_taken_names(known: dict[str, Any], accounts: dict[str, Any], system: set[str],
                      expected: dict[str, str]) -> None:
@@ -117,6 +132,23 @@ def test_uid_conflicts(uids: dict[str, int], pinned: set[str], in_use: dict[int,
                        expected: dict[str, str]) -> None:
     facts = Facts(ids_in_use=in_use)
     assert desired.uid_conflicts(uids, pinned, {"bh-a": "a"}, facts) == expected
+
+
+@pytest.mark.parametrize(("holders", "conflict"), [
+    (["bh-a"], None),
+    (["bh-a", "bh-a"], None),  # its user and its own group
+    (["bh-a", "eve"], "eve"),  # seen first, it still conflicts with the one seen later
+    (["eve", "bh-a"], "eve"),
+    (["bh-a", "zed", "eve"], "eve"),
+])
+def test_uid_conflicts_see_every_holder(holders: list[str], conflict: str | None) -> None:
+    facts = Facts()
+    for name in holders:
+        facts.hold(20000, name)
+    got = desired.uid_conflicts({"bh-a": 20000}, set(), {"bh-a": "a"}, facts)
+    assert got == ({} if conflict is None else {
+        "bh-a": f"user bh-a: uid 20000 is already used by {conflict!r}; Hive keeps a "
+                "repository's uid for ever, so remove or renumber that entry"})
 
 
 @pytest.mark.parametrize(("taken", "wanted", "expected"), [
@@ -249,6 +281,16 @@ def test_removed_repository(known: dict[str, Any], dirs: dict[str, Any], prune: 
     assert got.remove == remove
     assert (note is None and got.note is None) or (note and got.note and note in got.note)
     assert (error is None and got.error is None) or (error and got.error and error in got.error)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_removed_repository_beside_a_foreign_entry_of_its_name_is_left_alone(
+        prune: bool) -> None:
+    """Locking writes the group too, pruning deletes it: neither may reach the other's."""
+    facts = Facts(observed={"directory": {PATH: folder()}}, system_names={"bh-a"})
+    got = desired.removed_repository(config(), "bh-a", KNOWN, facts, {PATH}, prune)
+    assert got.account is None and got.remove == set()
+    assert got.error and "another account or group of that name exists" in got.error
 
 
 # -- 4. the key cache ------------------------------------------------------------------

@@ -307,6 +307,96 @@ def test_parse_entries_is_pure() -> None:
     assert facts.ids_in_use[31000] == "x" and "x" in facts.system_names
 
 
+def test_marked_copies_elsewhere_in_the_directory_are_not_hives() -> None:
+    """Hive writes and deletes by the DN uid=NAME,<people>: an entry with its mark at any
+    other DN (below a sub-OU someone else may write to) must not make that DN look
+    Hive's; it only blocks its name and id."""
+    facts = Facts()
+    sub = f"ou=contractors,{PEOPLE}"
+    parse_entries([
+        {"dn": f"uid=bh-a,{sub}", "attributes": {
+            "objectClass": ["account", "posixAccount"], "uid": ["bh-a"], "uidNumber": 0,
+            "gidNumber": 0, "homeDirectory": "/x", "description": [marker("s1", "a")]}},
+        {"dn": f"cn=bh-a,ou=x,{GROUPS}", "attributes": {
+            "objectClass": ["posixGroup"], "cn": ["bh-a"], "gidNumber": 20000,
+            "description": [marker("s1", "a")]}},
+    ], PEOPLE, GROUPS, "s1", facts)
+    assert facts.accounts == {} and facts.marked == {}
+    assert facts.system_names == {"bh-a"} and facts.ids_in_use == {0: "bh-a", 20000: "bh-a"}
+
+
+def test_a_local_account_with_the_uid_of_hives_entry_is_seen(tmp_path: Path) -> None:
+    """The directory is read first, /etc after it: a local user made later with a
+    repository user's uid must still be a holder of that uid."""
+    from reconciler.targets.files_identity import observe_local_files
+
+    (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/sh\neve:x:20000:100::/:/bin/sh\n")
+    (tmp_path / "group").write_text("root:x:0:\n")
+    facts = Facts()
+    parse_entries([{"dn": f"uid=bh-a,{PEOPLE}", "attributes": {
+        "objectClass": ["account", "posixAccount"], "uid": ["bh-a"], "uidNumber": 20000,
+        "gidNumber": 20000, "homeDirectory": "/h", "description": [marker("s1", "a")]}}],
+        PEOPLE, GROUPS, "s1", facts)
+    observe_local_files(facts, tmp_path)
+    assert facts.others_holding(20000, "bh-a") == ["eve"]
+    assert facts.others_holding(0, "root") == []
+
+
+def test_a_planted_entry_gets_neither_a_folder_nor_keys(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    """Someone who may write below ou=people (a sub-OU), or who copies Hive's mark onto an
+    entry with a uid Hive would never give, cannot have a new repository adopt it."""
+    sub = f"ou=contractors,{PEOPLE}"
+    slapd.add(sub, objectClass=["organizationalUnit"], ou="contractors")
+    planted = {"objectClass": ["account", "posixAccount"], "uidNumber": 65534,
+               "gidNumber": 65534, "homeDirectory": "/x", "loginShell": "/bin/sh",
+               "description": marker("test1", "r3")}
+    slapd.add(f"uid=bh-r3,{sub}", uid="bh-r3", cn="bh-r3", **planted)
+    slapd.add(f"uid=bh-r4,{PEOPLE}", uid="bh-r4", cn="bh-r4", **planted)
+    cfg = config(tmp_path, slapd, pubkeys,
+                 "  r3: {owner: alice, keys: [ka]}\n          r4: {owner: alice, keys: [ka]}")
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 1
+    for user, repository in (("bh-r3", "r3"), ("bh-r4", "r4")):
+        assert (f"user {user} (repository {repository}) already exists and was not created "
+                "by Hive") in result.stderr
+    assert not (tmp_path / "repos" / "bh-r3").exists()
+    assert not (tmp_path / "state" / "authorized_keys" / "bh-r4").exists()
+
+
+def test_a_foreign_entry_beside_hives_own_stops_the_plan_and_is_never_written(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    cfg = config(tmp_path, slapd, pubkeys)
+    assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0
+    # someone replaces Hive's group of bh-r1 by their own; a decoy with Hive's mark for
+    # bh-r2 sits in a sub-OU
+    conn = slapd.admin()
+    conn.delete(f"cn=bh-r1,{GROUPS}")
+    conn.unbind()
+    slapd.add(f"cn=bh-r1,{GROUPS}", objectClass=["posixGroup"], cn="bh-r1", gidNumber=31000,
+              memberUid=["carol"], description="owned by the IdM team")
+    sub = f"ou=contractors,{PEOPLE}"
+    slapd.add(sub, objectClass=["organizationalUnit"], ou="contractors")
+    slapd.add(f"uid=bh-r2,{sub}", objectClass=["account", "posixAccount"], uid="bh-r2",
+              cn="bh-r2", uidNumber=30001, gidNumber=30001, homeDirectory="/x",
+              description=marker("test1", "r2"))
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 1
+    for user in ("bh-r1", "bh-r2"):
+        assert f"user {user} (repository r{user[-1]}): besides Hive's own entry" in \
+            result.stderr
+    # with both repositories gone from the file, neither a lock nor a prune touches them
+    config(tmp_path, slapd, pubkeys, "  r9: {owner: alice, keys: [ka]}")
+    for user in ("bh-r1", "bh-r2"):
+        (tmp_path / "repos" / user / user.removeprefix("bh-")).rmdir()
+    result = hive("apply", "-f", str(cfg), "--prune", "--force", env=ENV)
+    assert result.returncode == 1
+    assert "repository r1 removed from the file: besides Hive's user bh-r1" in result.stderr
+    assert slapd.entries(GROUPS)[f"cn=bh-r1,{GROUPS}"]["gidNumber"] == 31000
+    assert f"uid=bh-r2,{PEOPLE}" in slapd.entries(PEOPLE)
+    assert f"uid=bh-r2,{sub}" in slapd.entries(sub)
+
+
 def test_two_hive_servers_sharing_a_directory_leave_each_other_alone(
         tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
     a, b = tmp_path / "a", tmp_path / "b"

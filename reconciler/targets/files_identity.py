@@ -91,7 +91,7 @@ def observe_local_files(facts: Facts, etc: Path = Path("/etc")) -> None:
         for line in _read_lines(etc / name):
             fields = line.split(":")
             if len(fields) > index and fields[index].isdigit():
-                facts.ids_in_use.setdefault(int(fields[index]), fields[0])
+                facts.hold(int(fields[index]), fields[0])
                 facts.system_names.add(fields[0])
 
 
@@ -113,12 +113,13 @@ class FilesIdentity:
             facts.warnings.append(f"cannot read {self.dir / 'shadow'} as this user: whether "
                                   "accounts are locked is not compared (run as root)")
         facts.accounts.update(parse_accounts(passwd, group, shadow))
+        hold = facts.hold
         for name, attrs in facts.accounts.items():
-            facts.ids_in_use.setdefault(attrs["uid"], name)
+            hold(attrs["uid"], name)
         for line in group:
             fields = line.split(":")
             if len(fields) >= 3 and fields[2].isdigit():
-                facts.ids_in_use.setdefault(int(fields[2]), fields[0])
+                hold(int(fields[2]), fields[0])
         # A group in this file for a user the inventory claims, without its passwd line, is
         # what an apply killed between writing group and passwd leaves: Hive's own, which
         # the next apply completes, not a foreign group blocking the name.
@@ -127,11 +128,11 @@ class FilesIdentity:
                      if name not in facts.accounts}
         # The rest of the system (/etc/passwd, LDAP, ...) holds uids and names too.
         for entry in pwd.getpwall():
-            facts.ids_in_use.setdefault(entry.pw_uid, entry.pw_name)
+            hold(entry.pw_uid, entry.pw_name)
             if entry.pw_name not in facts.accounts:
                 facts.system_names.add(entry.pw_name)
         for group_entry in grp.getgrall():
-            facts.ids_in_use.setdefault(group_entry.gr_gid, group_entry.gr_name)
+            hold(group_entry.gr_gid, group_entry.gr_name)
             if group_entry.gr_name not in facts.accounts \
                     and group_entry.gr_name not in half_made:
                 facts.system_names.add(group_entry.gr_name)  # a foreign group blocks this name

@@ -117,10 +117,15 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, serve
                   facts: Facts) -> None:
     """Fill facts from search results. Pure, so it is tested without a server.
 
-    Only entries this server's Hive marked become accounts; everything else (other
-    people's entries, another Hive server's) only blocks its names and ids.
+    Only entries this server's Hive marked, at exactly the DN Hive writes to
+    (`uid=NAME,<people>`, `cn=NAME,<groups>`), become accounts and their groups: Hive
+    changes and deletes entries by that DN, so a marked copy anywhere else (a sub-OU
+    someone else may write to) must not make the entry at that DN look like Hive's.
+    Everything else (other people's entries, another Hive server's) only blocks its
+    names and ids.
     """
     people_l, groups_l = people.lower(), groups.lower()
+    hold = facts.hold
     group_gids: dict[str, int] = {}
     users: dict[str, dict[str, Any]] = {}
     for entry in entries:
@@ -131,17 +136,17 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, serve
         if "posixaccount" in classes:
             name = _first(attrs, "uid")
             if uid_number is not None:
-                facts.ids_in_use.setdefault(int(uid_number), name or dn)
+                hold(int(uid_number), name or dn)
             repository = _marked(attrs, server)
-            if name and dn.lower().endswith("," + people_l) and repository is not None:
+            if name and repository is not None and dn.lower() == f"uid={name},{people_l}":
                 users[name] = {"attrs": attrs, "marked": repository}
             elif name:
                 facts.system_names.add(name)
         if "posixgroup" in classes:
             name = _first(attrs, "cn")
             if gid_number is not None:
-                facts.ids_in_use.setdefault(int(gid_number), name or dn)
-            if name and dn.lower().endswith("," + groups_l) and _marked(attrs, server):
+                hold(int(gid_number), name or dn)
+            if name and _marked(attrs, server) and dn.lower() == f"cn={name},{groups_l}":
                 group_gids[name] = int(gid_number)
             elif name:
                 facts.system_names.add(name)  # a foreign group blocks this name
@@ -252,8 +257,6 @@ class LdapIdentity:
             entries.extend(self._paged_search(conn, base))
         parse_entries(entries, self.people, self.groups, self.server, facts)
         observe_local_files(facts)  # /etc/passwd and /etc/group hold uids and names too
-        for name in facts.accounts:
-            facts.system_names.discard(name)
 
     def _paged_search(self, conn: Any, base: str) -> list[dict[str, Any]]:
         """Every account and group below base, page by page.
@@ -397,8 +400,9 @@ class LdapIdentity:
         after, before = change.after or {}, change.before or {}
         if change.action == "delete":
             self._call(self.user_dn(name), "delete", self.user_dn(name))
-            self._call(self.group_dn(name), "delete", self.group_dn(name),
-                       tolerate="noSuchObject")  # a crash may have taken it already
+            if before.get("group") is not None:  # only a group observed with Hive's mark
+                self._call(self.group_dn(name), "delete", self.group_dn(name),
+                           tolerate="noSuchObject")  # a crash may have taken it already
             return
         if change.action == "create":
             user = {"objectClass": USER_CLASSES, "uid": name, "cn": name,
