@@ -26,6 +26,7 @@ from sshd_harness import (
     BASE_OPTIONS,
     REPO_ROOT,
     SHIPPED_SNIPPET,
+    SSH_CLIENT_OPTIONS,
     AuthorizedKeysCommand,
     AuthorizedKeysFile,
     KeySource,
@@ -263,6 +264,37 @@ def test_owner_key_can_init_create_and_list(hive_deployment: Deployment) -> None
     home = d.repos_root / d.user("repoa")
     assert [p.name for p in home.iterdir()] == ["repoa"]
     assert (home.stat().st_uid, home.stat().st_mode & 0o7777) == (0, 0o750)
+
+
+def test_a_certificate_of_a_trusted_user_ca_does_not_log_in(
+        hive_deployment: Deployment) -> None:
+    """A host may trust a user CA for its admins (TrustedUserCAKeys). A certificate that
+    names a repository user carries no line from Hive, so no `restrict` and no forced
+    command: the shipped snippet must refuse it, while the user's Hive key still works."""
+    d = hive_deployment
+    ca = generate_ed25519_key(d.root / "user-ca", "ca")
+    dave = generate_ed25519_key(d.root / "user-ca", "dave")
+    subprocess.run(["ssh-keygen", "-q", "-s", str(ca.private_key), "-I", "dave", "-n",
+                    d.user("repoa"), f"{dave.private_key}.pub"], check=True,
+                   capture_output=True)
+    server = SshdServer(workdir=d.root / "sshd-user-ca", files_dir=d.files_dir, keys=None,
+                        include=deploy_snippet(d),
+                        hardening=(*BASE_OPTIONS, ("TrustedUserCAKeys", f"{ca.private_key}.pub")))
+    with server:
+        shell = subprocess.run(
+            ["ssh", *SSH_CLIENT_OPTIONS, "-i", str(dave.private_key), "-o",
+             f"CertificateFile={dave.private_key}-cert.pub", "-p", str(server.port),
+             f"{d.user('repoa')}@127.0.0.1", "echo SHELL_$((6*7))"],
+            capture_output=True, text=True, timeout=60)
+        assert "SHELL_42" not in shell.stdout, describe(shell, server)
+        assert shell.returncode == 255 and "Permission denied" in shell.stderr, \
+            describe(shell, server)
+        # the user's Hive key logs in and gets its forced command (borg serve, which ends
+        # at the end of its input), not the command asked for
+        plain = d.client("alice-key", server).ssh(d.user("repoa"), "echo SHELL_$((6*7))",
+                                                   input="")
+        assert plain.returncode != 255 and "SHELL_42" not in plain.stdout, \
+            describe(plain, server)
 
 
 # --------------------------------------------------------------------------- beyond plain borg
