@@ -236,7 +236,8 @@ def generate(repos: int = 5000, keys: int = 10000, owners: int | None = None,
                             candidates.extend(by_name[member].keys[:2])
                 if candidates:
                     picks = rng.sample(candidates, min(len(candidates), rng.randint(1, 3)))
-                    lines.append(f"    append_only_keys: [{', '.join(picks)}]")
+                    if m >= 0.04:  # rsync's write access (import) cannot be append-only
+                        lines.append(f"    append_only_keys: [{', '.join(picks)}]")
             if rng.random() < 0.4:
                 lines.append(f'    quota: "{rng.choice(QUOTAS)}"')
             if rng.random() < 0.05:

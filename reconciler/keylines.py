@@ -31,6 +31,9 @@ def forced_command_words(config: HiveConfig, repo: Repository, path: Path | str,
             parts += ["--storage-quota", repo.quota]
         return parts
     if repo.mode == "import":
+        if append_only:  # validation refuses this; rsync's writes cannot be append-only
+            raise UnsafeKeyLine("mode import gives rsync write access, which an append-only "
+                                "key must not have")
         return [server.rrsync_command, "-wo", str(path)]
     if repo.mode == "export":
         return [server.rrsync_command, "-ro", str(path)]

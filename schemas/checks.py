@@ -89,6 +89,12 @@ def _repositories(config: HiveConfig) -> Iterator[Problem]:
                 yield Problem((*where, "groups", i),
                               f"unknown group {group!r}; add it under 'groups:'")
         append_only = repo.append_only_keys
+        if append_only and repo.mode == "import":
+            yield Problem((*where, "append_only_keys"),
+                          "mode import gives each key rsync write access to the whole "
+                          "repository, which cannot be append-only: remove "
+                          "append_only_keys while importing (a key under 'keys' gets that "
+                          "write access)")
         full = set(repo.keys) if append_only else set()
         for field, names in (("keys", repo.keys), ("append_only_keys", append_only)):
             seen: set[str] = set()

@@ -439,7 +439,9 @@ class Repository(Strict):
     keys: list[Name] = Field(default_factory=list, description="Keys with full access.")
     append_only_keys: list[Name] = Field(default_factory=list,
                                          description="Keys that may add archives but not "
-                                                     "remove data (borg serve --append-only).")
+                                                     "remove data (borg serve --append-only). "
+                                                     "None in mode import: rsync's writes "
+                                                     "cannot be append-only.")
     quota: str | None = Field(None, pattern=QUOTA_PATTERN,
                               description="Storage quota in decimal units as borg takes them: "
                                           "500G, 1.5T.")

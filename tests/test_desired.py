@@ -198,6 +198,19 @@ def test_wanted_repository_resources_and_claim() -> None:
     assert list(got.expired) == ["k2"]
 
 
+def test_an_append_only_key_in_import_mode_stops_its_repository() -> None:
+    """Validation refuses append_only_keys in mode import (rsync's writes cannot be
+    append-only); a file that got past it gets an error and no key lines, not rrsync -wo."""
+    cfg = config("a: {owner: alice, keys: [k1], append_only_keys: [k2]}")
+    repositories = {"a": cfg.repositories["a"].model_copy(update={"mode": "import"})}
+    cfg = cfg.model_copy(update={"repositories": repositories})
+    before_k2_expires = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    got = desired.wanted_repository(cfg, "a", 20000, None, Facts(), before_k2_expires)
+    assert got.resources == [] and got.error is not None
+    assert "key k2: refusing to write its authorized_keys line" in got.error
+    assert "append-only" in got.error
+
+
 def test_wanted_repository_without_keys_has_no_key_file() -> None:
     got = desired.wanted_repository(config("a: {owner: alice}"), "a", 20000, None, Facts(),
                                     NOW)

@@ -82,6 +82,9 @@ CASES = [
     ("key-in-both", BASE_OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}}}\n"
      "repositories:\n  r1: {owner: alice, keys: [k], append_only_keys: [k]}\n",
      15, 52, "repositories.r1.append_only_keys[0]", "in both 'keys' and 'append_only_keys'"),
+    ("append-only-import", BASE_OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}}}\n"
+     "repositories:\n  r1: {owner: alice, mode: import, append_only_keys: [k]}\n",
+     15, 54, "repositories.r1.append_only_keys", "cannot be append-only"),
     ("quota-syntax", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: 500GB}\n",
      13, 29, "repositories.r1.quota", "500G, 1.5T"),
     ("quota-zero", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: '0'}\n",
