@@ -61,8 +61,11 @@ def _read_secret_file(arg: str, policy: SecretPolicy) -> str:
     except OSError as exc:
         raise SecretError(f"cannot read {arg} (from {{file:{arg}}}): {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise SecretError(f"{arg} (from {{file:{arg}}}) is not a regular file")
+        if (info.st_dev, info.st_ino) in _identities(policy.forbidden_files):
+            raise SecretError(policy.forbidden_file(arg))  # a link to it, or a symlink
         data = os.read(fd, MAX_SECRET_BYTES)
     finally:
         os.close(fd)
@@ -70,6 +73,18 @@ def _read_secret_file(arg: str, policy: SecretPolicy) -> str:
     if not value:
         raise SecretError(f"{arg} (from {{file:{arg}}}) is empty")
     return value
+
+
+def _identities(paths: frozenset[str]) -> set[tuple[int, int]]:
+    """(device, inode) of each existing file in `paths`."""
+    found = set()
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        found.add((info.st_dev, info.st_ino))
+    return found
 
 
 def resolve(url: str, environ: dict[str, str] | None = None,

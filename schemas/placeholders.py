@@ -25,6 +25,9 @@ class SecretPolicy:
 
     secrets_dir: str = "/etc/hive/secrets"
     forbidden_env: frozenset[str] = frozenset()
+    # the LDAP bind password's file, as server: names it (it may well sit in secrets_dir);
+    # at send time the file opened is also compared with it by inode (links, symlinks)
+    forbidden_files: frozenset[str] = frozenset()
 
     def file_problem(self, path: str) -> str | None:
         """Why {file:path} is not allowed (None: it is), from the path as written."""
@@ -33,7 +36,13 @@ class SecretPolicy:
                 os.path.normpath(path) == root:
             return (f"{{file:{path}}} is outside server.secrets_dir ({self.secrets_dir}); "
                     "keep the secret in a file there")
+        if os.path.normpath(path) in self.forbidden_files:
+            return self.forbidden_file(path)
         return None
+
+    def forbidden_file(self, path: str) -> str:
+        return (f"{{file:{path}}} is the LDAP bind password's file; a channel may not send "
+                "it anywhere")
 
     def env_problem(self, name: str) -> str | None:
         if name in self.forbidden_env:
@@ -45,11 +54,13 @@ class SecretPolicy:
 def policy_of(config: HiveConfig) -> SecretPolicy:
     """The policy hive.yaml's trusted server: section sets."""
     identity = config.server.identity
-    forbidden = set()
+    forbidden, files = set(), set()
     ldap = getattr(identity, "ldap", None)
     if ldap is not None and ldap.bind_password_env:
         forbidden.add(ldap.bind_password_env)
-    return SecretPolicy(str(config.server.secrets_dir), frozenset(forbidden))
+    if ldap is not None and ldap.bind_password_file:
+        files.add(os.path.normpath(str(ldap.bind_password_file)))
+    return SecretPolicy(str(config.server.secrets_dir), frozenset(forbidden), frozenset(files))
 
 
 def placeholder_markers(url: str) -> tuple[str, list[str]]:

@@ -283,6 +283,33 @@ def test_secrets_come_only_from_the_secrets_folder(tmp_path: Path) -> None:
         resolve("json://{file:/etc/shadow}@h", {})  # no policy given: the default folder
 
 
+def test_the_ldap_bind_password_file_is_never_a_channels_secret(tmp_path: Path) -> None:
+    """The bind password's file may well sit in secrets_dir: neither its name, nor a link
+    or symlink to it, lets a channel read it; validation says so with its position."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    password = secrets / "ldap-password"
+    password.write_text("TopSecretBindPw\n")
+    os.link(password, secrets / "hard")
+    (secrets / "soft").symlink_to(password)
+    policy = SecretPolicy(str(secrets), frozenset(), frozenset({str(password)}))
+    for name in ("ldap-password", "hard", "soft", "./ldap-password"):
+        with pytest.raises(SecretError, match="is the LDAP bind password's file"):
+            resolve("json://h/x/{file:" + f"{secrets}/{name}" + "}", {}, policy)
+    path = write_config(tmp_path, f"""\
+        notifications:
+          channels:
+            leak: {{url: "json://h.example.org/x/{{file:{password}}}"}}
+        """, identity="{backend: ldap, ldap: {url: 'ldap://127.0.0.1:1/', base_dn: 'dc=x', "
+                      f"bind_dn: 'cn=h,dc=x', bind_password_file: '{password}'}}}}")
+    path.write_text(path.read_text().replace("  identity:", f"  secrets_dir: {secrets}\n"
+                                                             "  identity:"))
+    with pytest.raises(schemas.ConfigError) as caught:
+        schemas.load(path)
+    assert [p.path for p in caught.value.problems] == ["notifications.channels.leak.url"]
+    assert "is the LDAP bind password's file" in caught.value.problems[0].message
+
+
 def test_validation_refuses_secrets_from_elsewhere(tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("x\n")
