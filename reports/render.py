@@ -15,12 +15,14 @@ import json
 import os
 import re
 import shutil
+import stat
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from reconciler.fsutil import atomic_write
 from reports import metrics, queries
 from reports.model import SEVERITY, Report, Row
 
@@ -217,7 +219,19 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def check_destination(dest: Path) -> None:
-    """Refuse to replace a folder hive report did not write: `-d /etc` must not swap /etc."""
+    """Refuse to replace a folder hive report did not write: `-d /etc` must not swap /etc.
+    Refuse a parent folder someone else may change too: the report is written as a new
+    folder beside `dest`, which they could swap for a symlink while root writes into it."""
+    parent = dest.parent
+    try:
+        info = parent.stat()
+    except FileNotFoundError:
+        info = None  # made below, by this user
+    if info is not None and (info.st_uid not in (0, os.geteuid()) or (
+            info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX)):
+        raise ReportError(f"{parent} may be changed by other users (owner uid "
+                          f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); choose a "
+                          "-d/--dest in a folder that only root (or you) can write")
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise ReportError(f"{dest} exists and is not a folder; choose another -d/--dest")
     if dest.is_dir() and not (dest / MARKER).exists() and any(dest.iterdir()):
@@ -239,14 +253,10 @@ def publish(new: Path, dest: Path) -> None:
 
 
 def write_file_atomic(path: Path, text: str) -> None:
-    """For node_exporter's textfile collector: it must never read a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """For node_exporter's textfile collector: it must never read a half-written file.
+    Its folder usually belongs to another user (prometheus): the temporary file is made
+    new (O_EXCL, a name nobody can guess), so a symlink planted there is never followed."""
+    atomic_write(path, text, mode=0o644)
 
 
 def _sweep(dest: Path) -> None:

@@ -481,6 +481,34 @@ def test_an_old_report_says_so(site: Site, tmp_path: Path) -> None:
              screenshot=ARTIFACTS / "stale.png")
 
 
+def test_files_beside_others_are_never_written_through_their_links(
+        site: Site, tmp_path: Path) -> None:
+    """--prometheus-file goes into node_exporter's folder, which another user (prometheus)
+    may write: a symlink planted at the temporary's old, guessable name is not followed.
+    The report folder itself is refused below a folder others may change."""
+    from reports.render import write_file_atomic
+
+    textdir = tmp_path / "node-exporter"
+    textdir.mkdir()
+    victim = tmp_path / "shadow"
+    victim.write_text("root:$y$hash:19000:0:99999:7:::\n")
+    victim.chmod(0o600)
+    (textdir / f".hive.prom.tmp-{os.getpid()}").symlink_to(victim)
+    write_file_atomic(textdir / "hive.prom", "hive_up 1\n")
+    assert (textdir / "hive.prom").read_text() == "hive_up 1\n"
+    assert victim.read_text().startswith("root:") and victim.stat().st_mode & 0o777 == 0o600
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    refused = hive_cli("report", "-f", str(site.config), "-d", str(shared / "site"))
+    assert refused.returncode == 1
+    assert f"{shared} may be changed by other users" in refused.stderr
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o1777)  # sticky, as /tmp: nobody else may rename what is in it
+    done = hive_cli("report", "-f", str(site.config), "-d", str(shared / "site"))
+    assert done.returncode == 0, done.stderr
+
+
 def test_report_without_a_database(tmp_path: Path) -> None:
     config = write_config(tmp_path, "owners: {a: {}}\nrepositories: {r: {owner: a}}\n")
     result = hive_cli("report", "-f", str(config))
