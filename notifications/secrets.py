@@ -107,8 +107,14 @@ def resolve(url: str, environ: dict[str, str] | None = None,
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    """`text` with every secret (longest first, so a prefix cannot leave a tail) as ***."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
+    """`text` with every secret (longest first, so a prefix cannot leave a tail) as ***,
+    and the shortened forms apprise prints a secret in when it quotes a URL in a warning
+    (apprise.url.URLBase.pprint: first and last character "S...n", or the last four
+    "...t0k3n"[-4:]): a few characters of a password are still the password's."""
+    forms = set()
+    for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            forms.update((secret, f"{secret[:1]}...{secret[-1:]}", f"...{secret[-4:]}"))
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
     return text

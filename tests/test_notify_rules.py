@@ -170,6 +170,21 @@ def test_secrets_resolve_quoted_and_redact(tmp_path: Path) -> None:
     assert redact("abc", []) == "abc"
 
 
+def test_apprise_warnings_show_not_even_part_of_a_secret(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """apprise quotes a URL it cannot load with each secret as its first and last
+    character ("S...n"): that is two characters of the password, in stdout, --output json
+    and the event database."""
+    from notifications.send import deliver
+
+    monkeypatch.setenv("HIVE_TEST_SMTP_PW", "S3cr3tT0ken")
+    said = deliver("mailtos://u:{env:HIVE_TEST_SMTP_PW}@127.0.0.1:1?to=a@b.c", "t", "b",
+                   "info", SecretPolicy(str(tmp_path)))
+    assert said is not None and "Could not load E-Mail URL" in said  # the warning is kept
+    assert "u:***@" in said and "S...n" not in said and "0ken" not in said
+    assert redact("tail ...0ken, outer S...n", ["S3cr3tT0ken"]) == "tail ***, outer ***"
+
+
 BODY = """\
 owners:
   alice: {notify: [alice-hook, nowhere]}
