@@ -170,6 +170,7 @@ def state_dir_from_config(path: str) -> str | None:
             if os.fstat(handle.fileno()).st_mode & _S_IFMT != _S_IFREG:
                 return None
             in_server = False
+            child = None  # the indentation of server:'s own keys
             budget = MAX_CONFIG_BYTES
             while budget > 0:
                 line = handle.readline(budget)
@@ -183,7 +184,12 @@ def state_dir_from_config(path: str) -> str | None:
                         return None
                     in_server = line.split("#", 1)[0].strip() == "server:"
                     continue
-                if in_server and line.strip().startswith("state_dir:"):
+                if not in_server:
+                    continue
+                indent = len(line) - len(line.lstrip(" "))
+                child = indent if child is None else child
+                # only server:'s own key: a deeper line may be text inside a block scalar
+                if indent == child and line.strip().startswith("state_dir:"):
                     value = line.split(":", 1)[1].split(" #", 1)[0].strip().strip("'\"")
                     if not value:
                         return None

@@ -212,7 +212,7 @@ class FilesIdentity(Strict):
                     "/var/lib/extrausers.")
 
 
-_DN = r"^[A-Za-z][A-Za-z0-9-]*=[^,]+(,[A-Za-z][A-Za-z0-9-]*=[^,]+)*$"
+_DN = r"^[A-Za-z][A-Za-z0-9-]*=[^,\x00-\x1f\x7f]+(,[A-Za-z][A-Za-z0-9-]*=[^,\x00-\x1f\x7f]+)*$"
 
 
 class LdapSettings(Strict):

@@ -187,6 +187,20 @@ def test_config_without_a_findable_state_dir_denies(sysroot: Path) -> None:
     assert_refused(hive("authorized-keys", "-f", str(cfg), "bh-r1"), "use --state-dir")
 
 
+def test_only_servers_own_state_dir_key_counts(tmp_path: Path) -> None:
+    """A deeper `state_dir:` line may be text inside a block scalar (the full loader sees
+    no key there): the login path must not read another folder than apply writes."""
+    from hive.login import state_dir_from_config
+
+    cfg = tmp_path / "hive.yaml"
+    cfg.write_text("version: 1\nserver:\n  identity:\n    ldap:\n      base_dn: |-\n"
+                   "        dc=x\n        state_dir: /var/lib/hive-old\n"
+                   "  state_dir: /var/lib/hive\n")
+    assert state_dir_from_config(str(cfg)) == "/var/lib/hive"
+    cfg.write_text("server:\n  name: |\n    state_dir: /var/lib/hive-old\n")
+    assert state_dir_from_config(str(cfg)) is None
+
+
 def test_a_fifo_as_the_config_file_does_not_hang(sysroot: Path, cache: Path) -> None:
     fifo = sysroot / "hive.yaml"
     os.mkfifo(fifo)

@@ -311,3 +311,12 @@ def test_descriptions_and_from_lists_are_bounded(tmp_path: Path) -> None:
     path.write_text(fixed.replace(froms, froms.rsplit(", ", 1)[0]))
     config = schemas.load(path)
     assert config.owners["bob"].description == "line one\nline two"
+
+
+def test_a_dn_holds_no_line_break(tmp_path: Path) -> None:
+    """A DN is one line: a newline in it is never what LDAP means, and a block scalar
+    that holds one could carry text that looks like a key to a line scanner."""
+    identity = ("{backend: ldap, ldap: {url: 'ldap://127.0.0.1', base_dn: \"dc=x\\n  "
+                "state_dir: /old\", bind_dn: 'cn=h,dc=x', bind_password_env: PW}}")
+    found = problems(tmp_path, "owners: {}\n", identity=identity)
+    assert [p for p in found if "server.identity.ldap.base_dn" in p], found
