@@ -134,6 +134,8 @@ def segment_files(repo: str, first: int, last: int,
     folders that can hold them are listed when segments_per_dir is known."""
     data = os.path.join(repo, "data")
     try:
+        if not stat.S_ISDIR(os.lstat(data).st_mode):
+            return []  # a symlink the repository's user (an rsync import) planted: not data
         folders = [e.name for e in os.scandir(data)
                    if _DIGITS.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
     except OSError:

@@ -436,3 +436,14 @@ def test_fuzzed_repository_files_never_crash_or_hang_a_reader(tmp_path: Path) ->
     assert query(tmp_path / "state", "SELECT count(*) FROM snapshots")[0][0] == 2
     shown = hive_cli("status", "-f", str(config), "-o", "json")
     assert {r["repository"]: r["state"] for r in json.loads(shown.stdout)}["good"] == "ok"
+
+
+def test_a_data_folder_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
+    """An rsync import may leave `data` as a symlink to anywhere; root's readers (the
+    watcher's commit classes, status) must not list or read segments through it."""
+    elsewhere = fake_borg1(tmp_path / "elsewhere")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "data").symlink_to(elsewhere / "data")
+    assert segments.segment_files(str(elsewhere), 0, 5)  # the real thing is found
+    assert segments.segment_files(str(repo), 0, 5) == []
