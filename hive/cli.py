@@ -324,7 +324,10 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
     from reconciler.lock import LockBusy, apply_lock
 
     config, path = _load(config_file, "text")
-    inventory = inventory_mod.load(config.server.state_dir)
+    try:
+        inventory = inventory_mod.load(config.server.state_dir)
+    except inventory_mod.InventoryError as exc:
+        return _refuse(str(exc))
     user = config.user_name(repository)
     repo = config.repositories.get(repository)
     known = inventory.made(user, repository)

@@ -122,7 +122,10 @@ def _repository_path(config: HiveConfig, repository: str) -> Path | str:
     from reconciler import inventory as inventory_mod
 
     user = config.user_name(repository)
-    known = inventory_mod.load(config.server.state_dir).made(user, repository)
+    try:
+        known = inventory_mod.load(config.server.state_dir).made(user, repository)
+    except inventory_mod.InventoryError as exc:
+        return str(exc)
     if repository not in config.repositories and known is None:
         return f"repository {repository!r} is not one Hive manages on this server"
     repo_path = config.repo_path(repository)

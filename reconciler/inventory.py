@@ -9,6 +9,8 @@ apply killed at any point leaves an inventory that still covers everything on di
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,15 +49,38 @@ class Inventory:
                 and self.directories == other.directories)
 
 
+def _others_may_change(info: os.stat_result) -> bool:
+    return info.st_uid != 0 or bool(info.st_mode & 0o022)
+
+
 def load(state_dir: Path) -> Inventory:
+    """The inventory. As root, only one that root alone may change: it says which users,
+    uids and folders are Hive's, and `hive purge` deletes the data of the folder it names,
+    so a state_dir another user may write would let that user point root anywhere."""
     path = state_dir / FILE_NAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return Inventory()
+    except OSError as exc:
+        raise InventoryError(f"{path}: cannot read the inventory ({exc.strerror}); restore "
+                             "it from a backup (Hive will not guess what it owns)") from None
+    try:
+        if os.geteuid() == 0:
+            for where, info in ((state_dir, os.stat(state_dir)), (path, os.fstat(fd))):
+                if _others_may_change(info):
+                    raise InventoryError(
+                        f"{where} may be changed by users other than root (owner uid "
+                        f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}), and the "
+                        "inventory decides what Hive may touch: chown root and chmod go-w "
+                        "it (check its content too)")
+        with os.fdopen(os.dup(fd), encoding="utf-8") as handle:
+            data = json.loads(handle.read())
     except (OSError, ValueError) as exc:
         raise InventoryError(f"{path}: cannot read the inventory ({exc}); restore it from a "
                              "backup (Hive will not guess what it owns)") from None
+    finally:
+        os.close(fd)
     if not isinstance(data, dict) or not isinstance(data.get("accounts", {}), dict) \
             or not isinstance(data.get("directories", []), list):
         raise InventoryError(f"{path}: not an inventory Hive wrote; restore it from a backup "

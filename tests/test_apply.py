@@ -155,6 +155,31 @@ def test_remove_lock_prune_purge_lifecycle(tmp_path: Path, pubkeys: dict[str, st
     assert hive("apply", "-f", str(cfg), "--prune", "--detailed-exitcode").returncode == 0
 
 
+@pytest.mark.parametrize("loosen", ["folder writable", "file of another user"])
+def test_an_inventory_others_may_change_is_refused(tmp_path: Path, pubkeys: dict[str, str],
+                                                   loosen: str) -> None:
+    """The inventory says what is Hive's, and purge deletes the folder it names: one that
+    another user may edit would let them point root's purge at /etc."""
+    cfg = alice_config(tmp_path, pubkeys["a"], ["r1"])
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    state = tmp_path / "state"
+    before = (state / "inventory.json").read_text()
+    if loosen == "folder writable":
+        state.chmod(0o777)
+        culprit = state
+    else:
+        os.chown(state / "inventory.json", 1000, 1000)
+        culprit = state / "inventory.json"
+    for args in (("apply",), ("plan",), ("purge", "r1", "--confirm", "r1"),
+                 ("rollback", "r1", "--list")):
+        result = hive(*args, "-f", str(cfg))
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert f"{culprit} may be changed by users other than root" in result.stderr, args
+        assert "unexpected error" not in result.stderr, args
+    assert (state / "inventory.json").read_text() == before
+    assert (tmp_path / "repos" / "bh-r1" / "r1").is_dir()
+
+
 def test_protected_repository_refuses_removal_and_purge(
         tmp_path: Path, pubkeys: dict[str, str]) -> None:
     protected = body(pubkeys).replace("quota: 10G}", "quota: 10G, protected: true}")
