@@ -111,7 +111,7 @@ def redact(text: str, secrets: list[str]) -> str:
     and the shortened forms apprise prints a secret in when it quotes a URL in a warning
     (apprise.url.URLBase.pprint: first and last character "S...n", or the last four
     "...t0k3n"[-4:]): a few characters of a password are still the password's."""
-    forms = set()
+    forms: set[str] = set()
     for secret in secrets:
         if secret:
             forms.update((secret, f"{secret[:1]}...{secret[-1:]}", f"...{secret[-4:]}"))
