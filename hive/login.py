@@ -87,7 +87,6 @@ def _open_cache_dir(state_dir: str) -> tuple[int, str] | None:
         raise Refused(f"state dir {state_dir!r} holds '..'; give the real path")
     names.append("authorized_keys")
     fd = os.open("/", _DIR_FLAGS)
-    reached = False
     try:
         _trusted(os.fstat(fd), "/", _S_IFDIR)
         path = ""
@@ -96,17 +95,17 @@ def _open_cache_dir(state_dir: str) -> tuple[int, str] | None:
             try:
                 inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
+                os.close(fd)
                 return None
             except OSError as exc:
                 raise _open_error(path, exc) from None
             os.close(fd)
             fd = inner
             _trusted(os.fstat(fd), path, _S_IFDIR)  # O_PATH|O_NOFOLLOW may open a link
-        reached = True
-        return fd, path
-    finally:
-        if not reached:
-            os.close(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path
 
 
 def read_cache(state_dir: str, user: str) -> bytes | None:
