@@ -109,8 +109,8 @@ def resolve(url: str, environ: dict[str, str] | None = None,
 def redact(text: str, secrets: list[str]) -> str:
     """`text` with every secret (longest first, so a prefix cannot leave a tail) as ***,
     and the shortened forms apprise prints a secret in when it quotes a URL in a warning
-    (apprise.url.URLBase.pprint: first and last character "S...n", or the last four
-    "...t0k3n"[-4:]): a few characters of a password are still the password's."""
+    (apprise.url.URLBase.pprint: its first and last character, "S...n", or its last four,
+    "...0ken"): a few characters of a password are still the password's."""
     forms: set[str] = set()
     for secret in secrets:
         if secret:

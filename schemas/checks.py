@@ -127,6 +127,7 @@ def _notifications(config: HiveConfig) -> Iterator[Problem]:
     """Every reference and restriction problem of the notifications section."""
     section = config.notifications
     channels = section.channels
+    policy = policy_of(config)
     for name, channel in channels.items():
         where: tuple[str | int, ...] = ("notifications", "channels", name)
         if channel.owner is not None and channel.owner not in config.owners:
@@ -139,7 +140,6 @@ def _notifications(config: HiveConfig) -> Iterator[Problem]:
         literal = literal_password(channel.url)
         if literal:
             yield Problem((*where, "url"), literal)
-        policy = policy_of(config)
         for kind, arg in SECRET_PLACEHOLDER.findall(channel.url):
             refused = policy.file_problem(arg) if kind == "file" else policy.env_problem(arg)
             if refused:
