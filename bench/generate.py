@@ -214,7 +214,8 @@ def generate(repos: int = 5000, keys: int = 10000, owners: int | None = None,
                 purpose = rname.rsplit("-", 1)[-1]
                 lines.append(f"    description: {_q(o.name + ' ' + purpose)}")
             m = rng.random()
-            if m < 0.04:
+            importing = m < 0.04
+            if importing:
                 lines.append("    mode: import")
             elif m < 0.07:
                 lines.append("    mode: export")
@@ -236,7 +237,7 @@ def generate(repos: int = 5000, keys: int = 10000, owners: int | None = None,
                             candidates.extend(by_name[member].keys[:2])
                 if candidates:
                     picks = rng.sample(candidates, min(len(candidates), rng.randint(1, 3)))
-                    if m >= 0.04:  # rsync's write access (import) cannot be append-only
+                    if not importing:  # rsync's write access cannot be append-only
                         lines.append(f"    append_only_keys: [{', '.join(picks)}]")
             if rng.random() < 0.4:
                 lines.append(f'    quota: "{rng.choice(QUOTAS)}"')
