@@ -48,6 +48,7 @@ REPOSITORIES: dict[str, dict[str, Any]] = {
     # Its user bh-ab and folder start with those of "a": a prefix check would let "a" in.
     "ab": {"owner": "bob", "keys": ["other"]},
     "imp": {"owner": "alice", "mode": "import", "keys": ["full"]},
+    "imp2": {"owner": "alice", "mode": "import", "keys": ["full"]},
 }
 
 #: A client that talks borg's RPC itself, as a compromised machine can: it opens the
@@ -195,11 +196,11 @@ def test_append_only_key_can_replace_the_repokey(initialised: Reach) -> None:
 
 
 def test_import_key_stays_in_its_folder(reach: Reach) -> None:
-    """rrsync -wo: a symlink the client uploads is a symlink, and the next upload through
-    its name replaces it instead of writing where it points; a remote --files-from and -K
-    (keep-dirlinks) are refused; a `.ssh/authorized_keys` uploaded into the repository is
-    not read by sshd (the user's home is the root-owned parent, and hive.conf names the
-    only key file)."""
+    """rrsync -wo -munge: a symlink the client uploads is stored munged, and the next
+    upload through its name replaces it instead of writing where it points; a remote
+    --files-from and -K (keep-dirlinks) are refused; a `.ssh/authorized_keys` uploaded
+    into the repository is not read by sshd (the user's home is the root-owned parent,
+    and hive.conf names the only key file)."""
     c = reach.client("full")
     outside = reach.root / "outside"
     outside.mkdir(exist_ok=True)
@@ -214,7 +215,7 @@ def test_import_key_stays_in_its_folder(reach: Reach) -> None:
     dest = "bh-imp@127.0.0.1:"
     _ok(c.rsync("-a", f"{src}/", dest), reach.server)
     repo = reach.repo_path("imp")
-    assert os.readlink(repo / "link") == str(outside)
+    assert os.readlink(repo / "link") == f"/rsyncd-munged/{outside}"   # rrsync -munge
     through = c.workdir / "through"
     (through / "link").mkdir(parents=True, exist_ok=True)
     (through / "link" / "victim").write_text("overwritten\n")
@@ -274,3 +275,34 @@ def test_export_after_import_does_not_follow_planted_links(reach: Reach) -> None
     finally:
         reach.config["repositories"]["imp"]["mode"] = "import"
         reach.apply()
+
+
+def test_import_cannot_point_the_repository_outside(reach: Reach) -> None:
+    """A repository moved in whose `data` is a symlink to a folder its user may write
+    (here a 0777 one, as /tmp or /dev/shm are): once `mode: borg`, borg serve would write
+    the segments there, outside repos_root, where quota alerts, `hive stats` (which never
+    follows a `data` symlink) and `hive purge` do not look. rrsync -munge stores uploaded
+    links munged, so the link leads nowhere and borg fails instead."""
+    c = reach.client("full")
+    outside = reach.root / "shm"
+    local = c.workdir / "moving"
+    env = {**c._env(), "BORG_RSH": ""}
+    made = subprocess.run(["borg", "init", "-e", "repokey", str(local)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, describe(made)
+    outside.mkdir(mode=0o777)
+    os.chmod(outside, 0o777)
+    (local / "data").rename(outside / "data")
+    for folder in (outside / "data", *(outside / "data").rglob("*")):
+        os.chmod(folder, 0o777 if folder.is_dir() else 0o666)
+    os.symlink(outside / "data", local / "data")
+    _ok(c.rsync("-a", f"{local}/", "bh-imp2@127.0.0.1:"), reach.server)
+    reach.config["repositories"]["imp2"]["mode"] = "borg"
+    reach.apply()
+    before = sorted(p.name for p in (outside / "data").rglob("*"))
+    (c.workdir / "src").mkdir(exist_ok=True)
+    (c.workdir / "src" / "f.txt").write_text("where does it go?\n")
+    created = c.borg("create", f"{reach.url('imp2')}::outside", "src")
+    assert sorted(p.name for p in (outside / "data").rglob("*")) == before, \
+        "borg serve wrote segments outside the repository: " + describe(created)
+    assert created.returncode != 0, describe(created, reach.server)
