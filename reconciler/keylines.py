@@ -34,7 +34,10 @@ def forced_command_words(config: HiveConfig, repo: Repository, path: Path | str,
         if append_only:  # validation refuses this; rsync's writes cannot be append-only
             raise UnsafeKeyLine("mode import gives rsync write access, which an append-only "
                                 "key must not have")
-        return [server.rrsync_command, "-wo", str(path)]
+        # -munge: an uploaded symlink is stored munged (rsync --munge-links), so a folder
+        # moved in cannot point its data outside the repository for borg serve to follow
+        # once the mode is borg (a borg repository holds no symlinks).
+        return [server.rrsync_command, "-wo", "-munge", str(path)]
     if repo.mode == "export":
         return [server.rrsync_command, "-ro", str(path)]
     raise ValueError(f"mode {repo.mode!r} grants no access")

@@ -192,7 +192,7 @@ def _expected_command(repo: str, path: Path, append_only: bool) -> str:
                       + (" --append-only" if append_only else ""),
         "quota": f"borg serve --restrict-to-repository {path}"
                  + (" --append-only" if append_only else "") + " --storage-quota 1.5T",
-        "inbox": f"rrsync -wo {path}",
+        "inbox": f"rrsync -wo -munge {path}",
         "outbox": f"rrsync -ro {path}",
     }[repo]
 

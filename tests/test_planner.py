@@ -128,7 +128,7 @@ def test_append_only_and_quota_reach_the_forced_command() -> None:
 
 
 @pytest.mark.parametrize(("mode", "command"), [
-    ("import", f"rrsync -wo {ROOT}/bh-r1/r1"),
+    ("import", f"rrsync -wo -munge {ROOT}/bh-r1/r1"),
     ("export", f"rrsync -ro {ROOT}/bh-r1/r1"),
 ])
 def test_rsync_modes(mode: str, command: str) -> None:
