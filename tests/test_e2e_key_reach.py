@@ -171,14 +171,22 @@ def test_borg_key_opens_no_other_folder(initialised: Reach) -> None:
         planted.unlink()
 
 
-def test_append_only_key_can_replace_the_repokey(initialised: Reach) -> None:
-    """KNOWN LIMIT of borg 1.2 (README, "What the server enforces"): `borg serve
-    --append-only` still serves save_key, so an append-only key overwrites the repokey in
-    the repository's config (borg even erases config.old). With a repokey that was never
-    exported, every archive is then unreadable: the append-only key destroyed the backups
-    without removing a segment, and `hive rollback` cannot bring a key back. When borg or
-    Hive closes this, this test fails: turn it around."""
+def test_append_only_key_can_replace_the_repokey_and_hive_keeps_it(
+        initialised: Reach) -> None:
+    """A limit of borg 1.2 (README, "What the server enforces"): `borg serve --append-only`
+    still serves save_key, so an append-only key overwrites the repokey in the
+    repository's config (borg even erases config.old), and without it no archive can be
+    read. `hive stats` keeps every key it has seen out of the clients' reach: it reports
+    the change, and the owner's full key puts the kept one back with `borg key import`."""
     r = initialised
+    config = r.root / "hive.yaml"
+
+    def stats() -> Result:
+        return _ok(subprocess.run([sys.executable, "-m", "hive", "stats", "a", "-f",
+                                   str(config)], capture_output=True, text=True,
+                                  cwd=REPO_ROOT, timeout=120), r.server)
+
+    assert "changed" not in stats().stderr
     ao = r.client("ao")
     script = ao.workdir / "save_key.py"
     script.write_text(SAVE_KEY)
@@ -188,11 +196,16 @@ def test_append_only_key_can_replace_the_repokey(initialised: Reach) -> None:
     after = (r.repo_path("a") / "config").read_text()
     assert "key = gone" in after and after != before
     assert not (r.repo_path("a") / "config.old").exists()
-    listed = r.client("full").borg("list", r.url("a"))
-    assert listed.returncode != 0, describe(listed, r.server)
-    # The exported key is the way back (what README tells owners to keep).
-    (r.repo_path("a") / "config").write_text(before)
-    assert "first" in _ok(r.client("full").borg("list", r.url("a")), r.server).stdout
+    full = r.client("full")
+    assert full.borg("list", r.url("a")).returncode != 0
+    assert "the key in the config of repository a changed" in stats().stderr
+    kept_copies = sorted((r.root / "state" / "repokeys" / "a").glob("*.key"))
+    assert len(kept_copies) == 2   # the owner's key, and what the client wrote
+    [kept] = [p for p in kept_copies if not p.read_text().endswith("\ngone\n")]
+    copy = full.workdir / "kept.key"   # what the sysadmin hands the owner
+    copy.write_text(kept.read_text())
+    _ok(full.borg("key", "import", r.url("a"), str(copy)), r.server)
+    assert "first" in _ok(full.borg("list", r.url("a")), r.server).stdout
 
 
 def test_import_key_stays_in_its_folder(reach: Reach) -> None:

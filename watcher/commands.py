@@ -8,6 +8,7 @@ inside the commands that need them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -117,6 +118,12 @@ def watch(config_file: str | None, flush_interval: float, rescan_interval: float
 # ----------------------------------------------------------------------------- stats
 
 
+_KEY_CHANGED = ("the key in the config of repository {repo} changed since the last 'hive "
+                "stats'. If its owner did not change the passphrase, a client replaced it "
+                "(an append-only key can): every key it had is kept in {copy}; put the right "
+                "one back with 'borg key import URL FILE'")
+
+
 @click.command()
 @click.argument("repositories", nargs=-1)
 @_file_option
@@ -135,6 +142,12 @@ def stats(repositories: tuple[str, ...], config_file: str | None, no_record: boo
     repository in hive.yaml and every repository folder on disk, or only those named.
     Symlinks are never followed. Meant for a timer; the rows (table 'snapshots') give
     growth over time.
+
+    \b
+    It also keeps a copy of each borg 1.x repository's key (repokey mode) in
+    <state_dir>/repokeys/, where no client can reach it: an append-only key can still
+    replace the key in a repository's config, and without it no archive can be read.
+    A key that changed is a warning and an event (kind 'repokey_changed').
     """
     from hive import output
 
@@ -149,6 +162,8 @@ def stats(repositories: tuple[str, ...], config_file: str | None, no_record: boo
     if unknown:
         return _error(f"no such repository: {', '.join(unknown)}", fmt)
     results = [stats_mod.measure(*t) for t in todo]
+    if not no_record:
+        stats_mod.keep_repokeys(config.server.state_dir, results)
     problems = sum(len(r.errors) for r in results)
     if not no_record:
         try:
@@ -175,6 +190,9 @@ def stats(repositories: tuple[str, ...], config_file: str | None, no_record: boo
         for r in results:
             for error in r.errors:
                 click.echo(click.style("Warning: ", fg="yellow") + error, err=True)
+            if r.repokey_changed:
+                click.echo(click.style("Warning: ", fg="yellow") + _KEY_CHANGED.format(
+                    repo=r.repository, copy=os.path.dirname(r.repokey_copy or "")), err=True)
         if not no_record:
             click.echo(f"\n{len(results)} snapshot rows appended to "
                        f"{config.server.state_dir}/events.duckdb.")

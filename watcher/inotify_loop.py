@@ -44,8 +44,6 @@ DIR_MASK = (flags.CREATE | flags.MOVED_TO | flags.DELETE | flags.MOVED_FROM
             | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW)
 BORG2_SUBDIRS = ("config", "locks", "archives")
 _REPO_NAME = borg_layout.REPO_NAME  # what is a repository folder (see borgrepo/layout.py)
-EVENT_COLUMNS = ("time", "host", "repository", "unix_user", "path", "kind", "source",
-                 "details")
 MAX_BUFFER = 200_000  # events held while the database cannot be written (~100 MB)
 STATE_COLUMNS = ("host", "path", "repository", "unix_user", "layout", "layout_version",
                  "transaction", "commit_time", "archives", "locks", "lock_since",
@@ -437,7 +435,7 @@ class Watcher:
         paths = [os.path.join(self.root, key) for key in sorted(self.dirty)]
         try:
             with store.write(self.state_dir, timeout) as con:
-                store.insert(con, "events", EVENT_COLUMNS, self.buffer)
+                store.insert(con, "events", store.EVENT_COLUMNS, self.buffer)
                 if paths:
                     con.execute("DELETE FROM repository_state WHERE host = $1 AND path IN "
                                 "(SELECT unnest($2))", [self.host, paths])

@@ -11,6 +11,7 @@ and a few descriptors, and a repository it could not read whole is reported as s
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from borgrepo import layout as borg_layout
+from borgrepo.repokey import read_repokey
 from reconciler import treewalk
 from schemas.models import HiveConfig
 from watcher.events import BORG2
@@ -58,6 +60,10 @@ class RepositoryStats:
     unreadable: int = 0
     scan_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # not in the snapshot rows: what keep_repokeys found (watcher/repokeys.py)
+    repokey: str | None = None        # the digest of the key in config (borg 1.x repokey)
+    repokey_copy: str | None = None   # where its copy is kept
+    repokey_changed: bool = False     # a key other than the one kept before
 
     def row(self, now: datetime, host: str) -> tuple[Any, ...]:
         data = asdict(self)
@@ -140,12 +146,38 @@ def targets(config: HiveConfig,
     return [t for _, t in sorted(found.items()) if not wanted or t[0] in wanted]
 
 
+def keep_repokeys(state_dir: Path, results: list[RepositoryStats]) -> None:
+    """Copy the key of every borg 1.x repository in repokey mode out of its users' reach
+    (watcher/repokeys.py), and note on each result its key and whether it changed. A copy
+    that cannot be written is an error of that repository."""
+    from watcher import repokeys
+
+    for r in results:
+        if not r.present or r.layout != borg_layout.BORG1:
+            continue
+        key = read_repokey(r.path)
+        if key is None:  # keyfile or no encryption: the key does not live here
+            continue
+        try:
+            kept = repokeys.keep(state_dir, r.repository, key)
+        except OSError as exc:
+            r.errors.append(f"cannot keep a copy of the key of {r.path}: {exc}")
+            continue
+        r.repokey, r.repokey_copy = key.digest, str(kept.copy)
+        r.repokey_changed = kept.changed
+
+
 def record(state_dir: Path, host: str, results: list[RepositoryStats],
            timeout: float = 30.0) -> None:
-    """Append one snapshot row per repository (and catch up on the apply journal)."""
+    """Append one snapshot row per repository, an event for each key that changed (and
+    catch up on the apply journal)."""
     from watcher import journal_rows, store
 
     now = datetime.now(UTC)
+    changed = [(now, host, r.repository, r.unix_user, r.path, "repokey_changed", "stats",
+                json.dumps({"copy": r.repokey_copy}))
+               for r in results if r.repokey_changed]
     with store.write(state_dir, timeout) as con:
         store.insert(con, "snapshots", COLUMNS, [r.row(now, host) for r in results])
+        store.insert(con, "events", store.EVENT_COLUMNS, changed)
         journal_rows.import_new(con, state_dir)

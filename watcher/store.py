@@ -24,6 +24,9 @@ from typing import Any
 
 DB_NAME = "events.duckdb"
 LOCK_NAME = "events.lock"
+#: The columns of `events` in the order writers give them (the watcher, `hive stats`).
+EVENT_COLUMNS = ("time", "host", "repository", "unix_user", "path", "kind", "source",
+                 "details")
 
 # Never edit a released migration: add a new one. Each runs in the transaction that
 # records it in schema_version.

@@ -1,0 +1,167 @@
+"""`hive stats` keeps a copy of every repository key it sees, out of the clients' reach.
+
+An append-only key can still replace the key in a borg 1.x repository's config (the
+end-to-end attack is in test_e2e_key_reach.py). Here: the copy is exactly what `borg key
+export` writes, a changed key is reported once and both are kept, a kept copy brings the
+repository back with `borg key import`, and a hostile config or a planted folder gives no
+copy and no hang. Real borg 1.x repositories, real DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_watcher_support import Borg, hive_cli, make_config, query, repo_path
+
+from borgrepo.repokey import parse_config, read_repokey
+from watcher import repokeys
+
+KEYFILE_CONFIG = """[repository]
+version = 1
+segments_per_dir = 1000
+id = {id}
+key =
+"""
+
+
+def _borg(borg: Borg, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([borg.binary, *argv], env={**borg.env(), **env},
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _kept(state: Path, repository: str) -> list[Path]:
+    return sorted((state / "repokeys" / repository).glob("*.key"))
+
+
+def test_stats_keeps_each_key_reports_a_change_and_the_copy_restores_it(
+        tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"kept": "owner: alice", "plain": "owner: alice"})
+    state = tmp_path / "state"
+    borg = Borg(tmp_path / "borg-base")
+    repo = repo_path(tmp_path, "kept")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data\n")
+    borg("init", repo)
+    borg("create", repo, "first", str(src))
+    _borg(borg, "init", "-e", "none", str(repo_path(tmp_path, "plain")))
+
+    first = hive_cli("stats", "-f", str(config), "-o", "json")
+    assert first.returncode == 0, first.stderr
+    records = {r.get("repository"): r for r in map(json.loads, first.stdout.splitlines())}
+    [copy] = _kept(state, "kept")
+    assert records["kept"]["repokey_copy"] == str(copy)
+    assert records["kept"]["repokey_changed"] is False
+    assert records["plain"]["repokey"] is None and _kept(state, "plain") == []  # no key
+    exported = tmp_path / "exported"
+    _borg(borg, "key", "export", str(repo), str(exported))
+    assert copy.read_text() == exported.read_text()   # what `borg key export` writes
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "repokeys").stat().st_mode) == 0o700
+
+    # The key in config changes (here its owner's passphrase; an append-only client
+    # writing any key looks the same): reported once, and both keys are kept.
+    _borg(borg, "key", "change-passphrase", str(repo), BORG_NEW_PASSPHRASE="other")
+    second = hive_cli("stats", "-f", str(config))
+    assert second.returncode == 0, second.stderr
+    assert "the key in the config of repository kept changed" in second.stderr
+    assert str(state / "repokeys" / "kept") in second.stderr
+    assert len(_kept(state, "kept")) == 2 and copy.read_text() == exported.read_text()
+    assert query(state, "SELECT repository, host, kind, source FROM events") == [
+        ("kept", "test1", "repokey_changed", "stats")]
+    third = hive_cli("stats", "-f", str(config))
+    assert third.returncode == 0 and "changed" not in third.stderr, third.stderr
+
+    # The kept copy of the first key makes the first passphrase open it again.
+    _borg(borg, "key", "import", str(repo), str(copy))
+    listed = borg("list", repo)
+    assert "first" in listed.stdout
+
+
+def test_no_record_keeps_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"r": "owner: alice"})
+    Borg(tmp_path / "borg-base")("init", repo_path(tmp_path, "r"))
+    result = hive_cli("stats", "-f", str(config), "--no-record")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "state" / "repokeys").exists()
+
+
+def test_a_planted_keys_folder_is_refused_not_written_through(tmp_path: Path) -> None:
+    """The copies go only into a folder of root's with mode 0700: not through a symlink,
+    not into a folder others may enter."""
+    config = make_config(tmp_path, {"r": "owner: alice"})
+    Borg(tmp_path / "borg-base")("init", repo_path(tmp_path, "r"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "state" / "repokeys").symlink_to(elsewhere)
+    result = hive_cli("stats", "-f", str(config))
+    assert result.returncode == 1
+    assert "cannot keep a copy of the key" in result.stderr and "not a folder" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+    (tmp_path / "state" / "repokeys").unlink()
+    (tmp_path / "state" / "repokeys").mkdir(mode=0o755)
+    os.chmod(tmp_path / "state" / "repokeys", 0o755)
+    result = hive_cli("stats", "-f", str(config))
+    assert result.returncode == 1 and "mode 0700" in result.stderr, result.stderr
+    assert list((tmp_path / "state" / "repokeys").iterdir()) == []
+
+
+def test_a_hostile_config_gives_no_copy_and_no_hang(tmp_path: Path) -> None:
+    """config is the repository user's file: a FIFO, a symlink to another repository's
+    config or a huge file is not read as a key."""
+    borg = Borg(tmp_path / "borg-base")
+    real = tmp_path / "real"
+    borg("init", real)
+    assert read_repokey(str(real)) is not None
+    for name, plant in (("fifo", lambda p: os.mkfifo(p)),
+                        ("link", lambda p: p.symlink_to(real / "config")),
+                        ("huge", lambda p: p.write_text((real / "config").read_text()
+                                                        + "#" * 70_000))):
+        folder = tmp_path / name
+        folder.mkdir()
+        plant(folder / "config")
+        assert read_repokey(str(folder)) is None, name
+
+
+REPO_ID = "ab" * 32
+
+
+@pytest.mark.parametrize(("text", "wanted"), [
+    (f"[repository]\nid = {REPO_ID}\nkey = QUJD\n\tREVG\n", ("QUJD\nREVG",)),
+    (KEYFILE_CONFIG.format(id=REPO_ID), None),                      # keyfile mode: no key
+    (f"[repository]\nid = {REPO_ID}\n", None),
+    (f"[repository]\nid = {REPO_ID[:-1]}\nkey = QUJD\n", None),     # not a repository id
+    (f"[repository]\nid = {REPO_ID}\nkey = QUJD\nkey = REVG\n", None),  # said twice
+    (f"[repository]\nid = {REPO_ID}\nkey = QU JD\n", None),         # not base64
+    (f"[repository]\nid = {REPO_ID}\nkey = %(x)s\n", None),
+    ("not a config at all", None),
+])
+def test_parse_config(text: str, wanted: tuple[str] | None) -> None:
+    key = parse_config(text)
+    if wanted is None:
+        assert key is None
+    else:
+        assert key is not None and (key.repo_id, key.blob) == (REPO_ID, wanted[0])
+        assert key.exported() == f"BORG_KEY {REPO_ID}\n{wanted[0]}\n"
+
+
+def test_keep_writes_each_key_once(tmp_path: Path) -> None:
+    one = parse_config(f"[repository]\nid = {REPO_ID}\nkey = QUJD\n")
+    two = parse_config(f"[repository]\nid = {REPO_ID}\nkey = REVG\n")
+    assert one is not None and two is not None
+    first = repokeys.keep(tmp_path, "r", one)
+    assert first.new and not first.changed
+    again = repokeys.keep(tmp_path, "r", one)
+    assert (again.copy, again.new, again.changed) == (first.copy, False, False)
+    other = repokeys.keep(tmp_path, "r", two)
+    assert other.changed and other.earlier == (first.copy,)
+    back = repokeys.keep(tmp_path, "r", one)   # put back: nothing new to report
+    assert not back.new and not back.changed

@@ -1,0 +1,81 @@
+"""Keep every repository key `hive stats` sees, where no repository user can reach it.
+
+An append-only key can still replace a borg 1.x repository's key (borgrepo/repokey.py says
+how); with the key gone, so is every archive. So each key `hive stats` reads is copied to
+
+    <state_dir>/repokeys/<repository>/<repository id>-<key digest>.key
+
+root's, mode 0600, in folders only root may enter, in the format `borg key export`
+writes. A copy is written once and never changed or removed by Hive, so whatever a
+client later writes into `config`, every key the repository had when `hive stats` looked
+is still here; the owner puts one back with `borg key import URL FILE` (README, "What the
+server enforces"). A new key beside an older one of the same repository id is a change,
+which the caller reports: either the owner changed the passphrase, or a client that
+should not have replaced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from borgrepo.repokey import RepoKey
+from reconciler.fsutil import atomic_write
+
+FOLDER = "repokeys"
+SUFFIX = ".key"
+
+
+class KeeperError(OSError):
+    """The copies cannot be kept safely here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What keeping one repository's key did."""
+
+    repository: str
+    copy: Path                   # the file holding this key (new or from an earlier run)
+    new: bool                    # written just now
+    earlier: tuple[Path, ...]    # copies of the repository's other keys (same id)
+
+    @property
+    def changed(self) -> bool:
+        """A key not seen before, beside another of the same repository: replaced since
+        the last look (reported once: the next run finds this copy already kept)."""
+        return self.new and bool(self.earlier)
+
+
+def keys_folder(state_dir: Path) -> Path:
+    return state_dir / FOLDER
+
+
+def keep(state_dir: Path, repository: str, key: RepoKey) -> Kept:
+    """Copy `key` of `repository` (a name hive.yaml allows: one path component) unless a
+    copy of it is already kept."""
+    folder = _private_folder(_private_folder(keys_folder(state_dir)) / repository)
+    copy = folder / f"{key.repo_id}-{key.digest}{SUFFIX}"
+    new = not copy.exists()
+    if new:
+        atomic_write(copy, key.exported(), mode=0o600)
+    earlier = tuple(sorted(
+        p for p in folder.glob(f"{key.repo_id}-*{SUFFIX}") if p.name != copy.name))
+    return Kept(repository, copy, new, earlier)
+
+
+def _private_folder(path: Path) -> Path:
+    """`path` as a folder only this user may enter, made if missing; anything else there
+    (a symlink, a file, a folder others own or may write) is refused, not used."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise KeeperError(f"{path} is not a folder; move it away so that Hive can keep "
+                          "repository keys there")
+    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise KeeperError(f"{path} must belong to this user with mode 0700 (it holds "
+                          f"copies of repository keys): chown and chmod 700 it")
+    return path
