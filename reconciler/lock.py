@@ -40,7 +40,7 @@ def flock_within(fd: int, timeout: float, poll: float = 0.05) -> bool:
 @contextmanager
 def apply_lock(state_dir: Path, timeout: float) -> Iterator[None]:
     path = state_dir / FILE_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         if not flock_within(fd, timeout, poll=0.1):
             holder = Path(path).read_text(encoding="utf-8", errors="replace").strip()
