@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +58,34 @@ def test_a_link_planted_in_a_state_dir_others_may_write_is_not_followed(
         f"root's apply wrote through nobody's {planted} link: {victim.read_text()!r}")
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert "state" in ran.stderr and "other" in ran.stderr, ran.stderr
+
+
+def test_another_user_cannot_hold_the_apply_lock(place: Path) -> None:
+    """flock needs no write permission: with apply.lock readable by all, any local user
+    could open it and hold the lock for ever, and every apply (a key's revocation among
+    them) would fail with "another hive apply is running"."""
+    path = write_config(place, BODY)
+    assert hive("apply", "-f", str(path)).returncode == 0
+    lock = place / "state" / "apply.lock"
+    attacker = subprocess.Popen(
+        ["/usr/bin/python3", "-c", textwrap.dedent(f"""
+            import fcntl, os, sys, time
+            try:
+                fd = os.open({str(lock)!r}, os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                print("holding", flush=True)
+            except OSError as exc:
+                print("refused", exc.strerror, flush=True)
+                sys.exit(0)
+            time.sleep(120)
+            """)],
+        user=NOBODY, group=NOBODY, extra_groups=[], text=True, stdout=subprocess.PIPE)
+    try:
+        assert attacker.stdout is not None
+        said = attacker.stdout.readline()
+        ran = hive("apply", "-f", str(path), "--lock-timeout", "1")
+        assert said.startswith("refused"), f"nobody {said.strip()} the lock: {ran.stderr}"
+        assert ran.returncode == 0, ran.stderr
+    finally:
+        attacker.kill()
+        attacker.communicate()
