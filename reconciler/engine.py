@@ -102,6 +102,7 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
                            "shows what it would do")
     state_dir = config.server.state_dir
     state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    inventory_mod.check_state_dir(state_dir)
     with apply_lock(state_dir, lock_timeout):
         # An apply killed while writing the inventory leaves its temporary file behind.
         remove_stale_temporaries(state_dir, [inventory_mod.FILE_NAME])

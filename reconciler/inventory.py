@@ -53,6 +53,23 @@ def _others_may_change(info: os.stat_result) -> bool:
     return info.st_uid != 0 or bool(info.st_mode & 0o022)
 
 
+def _refuse_others(where: Path, info: os.stat_result) -> None:
+    if _others_may_change(info):
+        raise InventoryError(
+            f"{where} may be changed by users other than root (owner uid {info.st_uid}, "
+            f"mode {stat.S_IMODE(info.st_mode):04o}), and the inventory decides what Hive "
+            "may touch: chown root and chmod go-w it (check its content too)")
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """As root, refuse a state_dir others may change before anything in it is opened:
+    its lock is truncated and its journal appended to, and a link another user planted
+    there would make root truncate or append to any file (even before the first
+    inventory exists to be refused)."""
+    if os.geteuid() == 0:
+        _refuse_others(state_dir, os.stat(state_dir))
+
+
 def load(state_dir: Path) -> Inventory:
     """The inventory. As root, only one that root alone may change: it says which users,
     uids and folders are Hive's, and `hive purge` deletes the data of the folder it names,
@@ -68,12 +85,7 @@ def load(state_dir: Path) -> Inventory:
     try:
         if os.geteuid() == 0:
             for where, info in ((state_dir, os.stat(state_dir)), (path, os.fstat(fd))):
-                if _others_may_change(info):
-                    raise InventoryError(
-                        f"{where} may be changed by users other than root (owner uid "
-                        f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}), and the "
-                        "inventory decides what Hive may touch: chown root and chmod go-w "
-                        "it (check its content too)")
+                _refuse_others(where, info)
         with os.fdopen(os.dup(fd), encoding="utf-8") as handle:
             data = json.loads(handle.read())
     except (OSError, ValueError) as exc:

@@ -73,7 +73,8 @@ class Journal:
     def write_all(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records, a few thousand per write (a batch of 100,000 changes is not
         held as one string), then fsync once."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)
         try:
             for chunk in batched(records, 2048):
                 data = memoryview("".join(json.dumps(r) + "\n" for r in chunk).encode())

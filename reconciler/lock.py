@@ -40,8 +40,12 @@ def flock_within(fd: int, timeout: float, poll: float = 0.05) -> bool:
 @contextmanager
 def apply_lock(state_dir: Path, timeout: float) -> Iterator[None]:
     path = state_dir / FILE_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        # Root's alone: flock needs no write permission, so a lock file others may open
+        # is one any local user can hold for ever, and no apply (no key revocation)
+        # would run. A lock left 0644 by an older Hive is closed here.
+        os.fchmod(fd, 0o600)
         if not flock_within(fd, timeout, poll=0.1):
             holder = Path(path).read_text(encoding="utf-8", errors="replace").strip()
             raise LockBusy(f"another hive apply is running ({holder or 'holder unknown'}"

@@ -11,6 +11,10 @@ paths, no `..`, no symlink out): the folder is what is reviewed and committed, a
 
 from __future__ import annotations
 
+import fnmatch
+import glob
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,8 +49,14 @@ def expand(pattern: str, main: Path, label_dir: str) -> tuple[list[Match], str |
     if why:
         return [], why
     folder = main.resolve().parent
+    try:
+        paths = _glob(folder, PurePosixPath(pattern).parts)
+    except _TooMany:
+        return [], (f"{pattern!r} makes Hive look at more than {MAX_LOOKS:,} names in "
+                    f"{folder} (a deep tree, several '**', folders linked to their "
+                    "parents); give a narrower pattern, such as 'teams/*.yaml'")
     found: list[Match] = []
-    for path in sorted(folder.glob(pattern)):
+    for path in paths:
         if not path.is_file() or path.resolve() == main.resolve():
             continue
         if not path.resolve().is_relative_to(folder):
@@ -58,6 +68,63 @@ def expand(pattern: str, main: Path, label_dir: str) -> tuple[list[Match], str |
         return [], (f"{pattern!r} matches no file in {folder}; fix the pattern or remove "
                     "it (an include that finds nothing is an error, not an empty team)")
     return found, None
+
+
+# A pattern is matched by looking at names one folder at a time; `**/**/**/x.yaml` over a
+# chain of 200 nested folders (a pull request's tree), or `*/*/*/*` through folders linked
+# to their parents, would look at billions. Teams' files are hundreds of names.
+MAX_LOOKS = 200_000
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _glob(folder: Path, parts: tuple[str, ...]) -> list[Path]:
+    """What Path.glob(pattern) finds, sorted, but giving up (_TooMany) after MAX_LOOKS
+    names: pathlib's own glob has no bound. As pathlib: `*` matches names starting with
+    '.', `**` is the folder and every folder below it (links to folders not followed),
+    other parts follow links (where they lead is checked by the caller)."""
+    budget = [MAX_LOOKS]
+    found: set[Path] = set()
+
+    def names(where: Path) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(where) as listing:
+                entries = list(listing)
+        except OSError:
+            return []
+        budget[0] -= len(entries) + 1
+        if budget[0] < 0:
+            raise _TooMany
+        return entries
+
+    def walk(where: Path, i: int) -> None:
+        if i == len(parts):
+            found.add(where)
+            return
+        part, last = parts[i], i == len(parts) - 1
+        if part == "**":
+            walk(where, i + 1)
+            for entry in names(where):
+                if entry.is_dir(follow_symlinks=False):
+                    walk(Path(entry.path), i)
+            return
+        if not glob.has_magic(part):
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _TooMany
+            step = where / part
+            if step.is_dir() or (last and step.exists()):
+                walk(step, i + 1)
+            return
+        match = re.compile(fnmatch.translate(part)).match
+        for entry in names(where):
+            if match(entry.name) and (last or entry.is_dir()):
+                walk(Path(entry.path), i + 1)
+
+    walk(folder, 0)
+    return sorted(found)
 
 
 def section_problem(key: Any, value: Any) -> str | None:

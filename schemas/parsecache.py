@@ -21,13 +21,15 @@ editing one team's file parses only that file. A large entry is written by a for
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import re
+import secrets
 import signal
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +50,87 @@ def _code_key() -> bytes:
 _CODE: bytes | None = None
 
 
-def folder() -> Path | None:
-    """The cache folder, made if needed; None when there is none this user alone owns."""
+def _configured() -> Path | None:
+    """The cache folder the environment names (made or not), None when turned off."""
     given = os.environ.get("HIVE_CACHE_DIR")
     if given == "":
         return None
     if given:
-        path = Path(given)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-            os.path.expanduser("~"), ".cache")
-        path = Path(base) / "hive" / "yaml"
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = path.stat()
-    except OSError:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                            ".cache")
+    return Path(base) / "hive" / "yaml"
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40
+_ENTRY = re.compile("[0-9a-f]{64}")   # what _key names an entry; nothing else is removed
+
+
+def _trusted(info: os.stat_result, last: bool) -> bool:
+    """A folder (or link) on the way that only root and this user can change; the cache
+    folder itself this user's alone. Others may write a folder with the sticky bit (/tmp),
+    but not rename or remove what root or this user made in it."""
+    user = os.geteuid()
+    if last:
+        return info.st_uid == user and not stat.S_IMODE(info.st_mode) & 0o022
+    return info.st_uid in (0, user) and (not stat.S_IMODE(info.st_mode) & 0o022
+                                         or bool(info.st_mode & stat.S_ISVTX))
+
+
+def _open() -> int | None:
+    """A descriptor of the cache folder, made if needed; None when there is none this
+    user alone can change. Every entry is then read and written through the descriptor:
+    a path checked and then used again could lead elsewhere a moment later, when anyone
+    but root and this user may change a folder or link on the way (`XDG_CACHE_HOME` in a
+    CI workspace, a home reached through `sudo -E`) -- to a folder holding a parse they
+    wrote, or to /usr/bin, whose oldest files trimming would remove. So the path is walked
+    from / one folder at a time without following links, and a link is followed only when
+    root or this user made it in such a folder."""
+    where = _configured()
+    if where is None:
         return None
-    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o022:
-        return None   # someone else could plant a parse of a file they never saw
-    return path
+    todo = [part for part in os.path.abspath(where).split("/") if part]
+    fd = os.open("/", _DIR_FLAGS)
+    links = 0
+    try:
+        if not _trusted(os.fstat(fd), not todo):
+            raise PermissionError
+        while todo:
+            name = todo.pop(0)
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mkdir(name, 0o700, dir_fd=fd)
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                links += 1
+                if links > _MAX_LINKS or info.st_uid not in (0, os.geteuid()):
+                    raise PermissionError
+                target = os.readlink(name, dir_fd=fd)
+                todo[:0] = [part for part in target.split("/") if part]
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                continue
+            inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            if not _trusted(os.fstat(fd), not todo):
+                raise PermissionError   # someone else could plant a parse or a link
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def folder() -> Path | None:
+    """The cache folder, made if needed; None when there is none this user alone owns."""
+    fd = _open()
+    if fd is None:
+        return None
+    os.close(fd)
+    return _configured()
 
 
 def _key(text: str) -> str:
@@ -120,11 +184,22 @@ def _leaf(value: Any, path: list[Any], found: list[list[Any]]) -> None:
 
 def get(text: str) -> Any:
     """The cached parse of `text`, or MISS."""
-    where = folder()
+    where = _open()
     if where is None:
         return MISS
     try:
-        entry = json.loads((where / _key(text)).read_bytes())
+        handle = os.open(_key(text), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=where)
+    except OSError:
+        return MISS
+    finally:
+        os.close(where)
+    try:
+        with os.fdopen(handle, "rb") as source:
+            info = os.fstat(source.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                return MISS
+            entry = json.loads(source.read())
         data = entry["data"]
         for path, kind, value in entry["dates"]:
             holder = data
@@ -147,19 +222,18 @@ _writers: list[int] = []   # children writing entries, reaped by the next put or
 
 def put(text: str, data: Any) -> None:
     """Store the parse of `text` when JSON can hold it exactly; never fails the caller."""
-    where = folder()
-    if where is None:
+    if _configured() is None:
         return
     if len(text) >= BACKGROUND_BYTES:
         child = _fork()
         if child is True:
             try:
-                _write(where, text, data)
+                _write(text, data)
             finally:
                 os._exit(0)   # no atexit handlers, no flushing of the parent's buffers
         if child is False:
             return
-    _write(where, text, data)
+    _write(text, data)
 
 
 def _fork() -> bool | None:
@@ -214,23 +288,34 @@ def settle(wait: bool = True) -> None:
             _writers.remove(pid)
 
 
-def _write(where: Path, text: str, data: Any) -> None:
+def _write(text: str, data: Any) -> None:
     found: list[list[Any]] = []
     try:
         _dates(data, [], found)
         payload = json.dumps({"data": data, "dates": found}, ensure_ascii=False,
                              check_circular=False, separators=(",", ":"),
-                             allow_nan=False, default=_refuse)
+                             allow_nan=False, default=_refuse).encode("utf-8")
     except (_Unsupported, ValueError, RecursionError, TypeError):
         return
+    where = _open()
+    if where is None:
+        return
+    tmp = f".tmp-{secrets.token_hex(8)}"
     try:
-        handle, tmp = tempfile.mkstemp(dir=where, prefix=".tmp-")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(payload)
-        os.replace(tmp, where / _key(text))
+        handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=where)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(payload)
+            os.replace(tmp, _key(text), src_dir_fd=where, dst_dir_fd=where)
+        except OSError:
+            os.unlink(tmp, dir_fd=where)
+            raise
         _trim(where)
     except OSError:
         return
+    finally:
+        os.close(where)
 
 
 def _refuse(value: Any) -> Any:
@@ -240,10 +325,16 @@ def _refuse(value: Any) -> Any:
     raise _Unsupported
 
 
-def _trim(where: Path) -> None:
-    entries = [p for p in where.iterdir() if not p.name.startswith(".")]
+def _trim(where: int) -> None:
+    """Keep the newest KEEP entries; only files named as _key names them are counted or
+    removed, whatever else the folder holds."""
+    with os.scandir(where) as found:
+        entries = [(entry.stat(follow_symlinks=False).st_mtime, entry.name)
+                   for entry in found if _ENTRY.fullmatch(entry.name)
+                   and entry.is_file(follow_symlinks=False)]
     if len(entries) <= KEEP:
         return
-    entries.sort(key=lambda p: p.stat().st_mtime)
-    for old in entries[:len(entries) - KEEP]:
-        old.unlink(missing_ok=True)
+    entries.sort()
+    for _, name in entries[:len(entries) - KEEP]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=where)

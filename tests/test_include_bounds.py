@@ -1,0 +1,47 @@
+"""`include:` patterns from a pull request (`hive plan --server-from`, deploy/ci/hive-ci):
+a pattern and a tree made to make matching look at billions of names are refused with
+a located problem, instead of keeping root's `hive plan` busy until it is killed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import hive, write_config
+
+BODY = "owners: {alice: {}}\nrepositories:\n  r1: {owner: alice}\n"
+
+
+@pytest.mark.parametrize("shape", ["nested", "linked"])
+def test_a_pattern_that_would_look_at_billions_of_names_is_refused(
+        tmp_path: Path, shape: str) -> None:
+    """nested: `**` five times over 200 nested folders, a tree hive-ci accepts (files and
+    folders only). linked: `*` twelve times through six folders linked to their parent.
+    Before the bound, both ran for minutes (killed here after 60 s)."""
+    if shape == "nested":
+        pattern = "**/**/**/**/**/t.yaml"
+        deep = tmp_path.joinpath(*["d"] * 200)
+        deep.mkdir(parents=True)
+        (tmp_path / "d" / "t.yaml").write_text("owners: {bob: {}}\n")
+    else:
+        pattern = "/".join(["*"] * 12) + "/t.yaml"
+        (tmp_path / "teams").mkdir()
+        for i in range(6):
+            os.symlink(".", tmp_path / "teams" / f"l{i}")
+        (tmp_path / "teams" / "t.yaml").write_text("owners: {bob: {}}\n")
+    path = write_config(tmp_path, f"include: ['{pattern}']\n" + BODY)
+    ran = hive("validate", "-f", str(path), timeout=60)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert f"{path}:9:11: include[0]: '{pattern}' makes Hive look at more than" \
+        in ran.stderr, ran.stderr
+
+
+def test_a_plain_recursive_pattern_still_finds_its_files(tmp_path: Path) -> None:
+    (tmp_path / "teams" / "web").mkdir(parents=True)
+    (tmp_path / "teams" / "web" / "w.yaml").write_text("owners: {bob: {}}\n")
+    (tmp_path / "teams" / "db.yaml").write_text("owners: {carol: {}}\n")
+    path = write_config(tmp_path, "include: ['teams/**/*.yaml']\n" + BODY)
+    ran = hive("validate", "-f", str(path))
+    assert ran.returncode == 0, ran.stderr
+    assert "1 repositories, 0 keys, 3 owners" in ran.stdout, ran.stdout
