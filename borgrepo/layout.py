@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from borgrepo import shown
 from schemas.models import NAME_PATTERN
 
 BORG1, BORG2 = "borg1", "borg2"
@@ -234,7 +235,7 @@ def _scan_borg2(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
             locks.add(entry.name)
             try:
                 mtime = _checked_time(entry.stat(follow_symlinks=False).st_mtime,
-                                      f"locks/{entry.name[:40]}", problems)
+                                      f"locks/{shown(entry.name[:40])}", problems)
             except OSError:
                 continue
             if mtime is not None:

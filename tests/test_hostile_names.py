@@ -24,6 +24,7 @@ from test_hostile_repository import fake_borg1, two_repos
 from test_watcher_support import ROOT, hive_cli, make_config, repo_path
 
 from borgrepo import layout, locks, segments
+from reconciler import treewalk
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -135,3 +136,25 @@ def test_segments_full_of_commit_entries_do_not_grow_a_reader_without_bound(
     assert code in (0, 2), code
     assert rss < 300, f"hive status peaked at {rss:.0f} MB, {cpu:.1f} s CPU " \
                       f"({time.monotonic() - started:.1f} s)"
+
+
+def test_walk_problems_name_a_planted_folder_without_control_characters(
+        sysroot: Path) -> None:
+    """What `hive stats` and `hive purge` print when the walk could not read a folder names
+    it: a name with an escape sequence and a newline must come out escaped. The walk runs
+    with the effective uid of nobody, which may not read that folder."""
+    repo = sysroot / "repo"
+    name = "\x1b]0;owned\x07\nWarning: all fine"
+    (repo / name).mkdir(parents=True)
+    repo.chmod(0o755)
+    (repo / name).chmod(0)
+    euid = os.geteuid()
+    try:
+        if euid == 0:
+            os.seteuid(65534)
+        found = treewalk.usage(repo)
+    finally:
+        if euid == 0:
+            os.seteuid(0)
+    assert found.unreadable == 1, found.problems
+    assert not _CONTROL.search(found.problems[0]) and "\\x1b]0;owned\\x07" in found.problems[0]
