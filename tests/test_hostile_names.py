@@ -101,14 +101,22 @@ def test_planted_lock_names_reach_the_terminal_without_control_characters(
 
 # ------------------------------------------------------------- segments full of COMMITs
 
+_MEASURE = """\
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_pid, status, usage = os.wait4(child.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+"""
+
+
 def _run_measured(argv: list[str]) -> tuple[int, float, float]:
-    """(exit status, CPU seconds, peak RSS in MB) of a child, from os.wait4."""
-    child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    _pid, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    """(exit status, CPU seconds, peak RSS in MB) of a command, from os.wait4 in a small
+    parent of its own (a child forked from pytest would count pytest's pages as its own)."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], cwd=ROOT, text=True,
+                          capture_output=True, check=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code, cpu, rss = done.stdout.split()
+    return int(code), float(cpu), int(rss) / 1024
 
 
 def test_segments_full_of_commit_entries_do_not_grow_a_reader_without_bound(
