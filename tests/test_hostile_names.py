@@ -166,3 +166,25 @@ def test_walk_problems_name_a_planted_folder_without_control_characters(
             os.seteuid(0)
     assert found.unreadable == 1, found.problems
     assert not _CONTROL.search(found.problems[0]) and "\\x1b]0;owned\\x07" in found.problems[0]
+
+
+def test_hard_links_of_one_segment_are_read_once(tmp_path: Path) -> None:
+    """rsync -H in mode import can link one segment file under many numbers at no cost in
+    disk. Each link ending with a COMMIT, `hive status` read every one of them looking for
+    the last backup: 3.6 s of CPU per link of an 82 MB file, 20 hours for 20,000 links.
+    Here 40 links of a 20 MB file: about 36 s of CPU before, one file's read now."""
+    config = make_config(tmp_path, {"bad": "owner: bob"})
+    bad = fake_borg1(repo_path(tmp_path, "bad"))  # commits end in segments 1 and 5
+    put = segments._HEADER.pack(0, segments.ID_HEADER_SIZE, segments.PUT) + bytes([1]) * 32
+    commit = segments._HEADER.pack(0, segments.HEADER_SIZE, segments.COMMIT)
+    linked = bad / "data" / "0" / "6"
+    linked.write_bytes(segments.MAGIC + put * 500_000 + commit)
+    for n in range(7, 46):
+        os.link(linked, bad / "data" / "0" / str(n))
+    (bad / "index.45").write_bytes(b"x" * 100)
+    code, cpu, rss = _run_measured([sys.executable, "-m", "hive", "status", "-f",
+                                    str(config), "-o", "json"])
+    assert code in (0, 2), code
+    assert cpu < 10, f"hive status took {cpu:.1f} s of CPU ({rss:.0f} MB)"
+    assert segments.segment_files(str(bad), 0, 45) == [
+        (n, str(bad / "data" / "0" / str(n))) for n in range(7)]
