@@ -24,6 +24,15 @@ class RepositoryBusy(RepositoryError):
     """A borg client holds the repository's lock."""
 
 
+def shown(name: str) -> str:
+    """A name the repository's user chose, as safe text for a terminal, a log line or a
+    DuckDB row: every character Python does not call printable (escape sequences, newlines
+    that would forge a line, bytes that are not UTF-8) is written as its escape, \\x1b."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 LOG_LIMIT = 64 << 20  # ~1.4 million commits of transactions log
 
 

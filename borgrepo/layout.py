@@ -8,6 +8,7 @@ folder appears, and that `hive status` takes for every repository: a handful of
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from borgrepo import shown
 from schemas.models import NAME_PATTERN
 
 BORG1, BORG2 = "borg1", "borg2"
@@ -91,11 +93,12 @@ def _checked_time(seconds: float, what: str, problems: list[str]) -> float | Non
     return None
 
 
-def read_small(path: str, limit: int = 4096) -> str | None:
+def read_small(path: str, limit: int = 4096, dir_fd: int | None = None) -> str | None:
     """A small regular file's text; None for anything else (a FIFO, a device or a socket
     in a repository must never block a scan: opened non-blocking, and never read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -124,6 +127,30 @@ def _layout_version(text: str | None, what: str, problems: list[str]) -> int | N
 def entries(path: str) -> dict[str, os.DirEntry[str]]:
     with os.scandir(path) as it:
         return {entry.name: entry for entry in it}
+
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_lock_folder(path: str, name: str) -> int | None:
+    """A descriptor of the lock folder `name` in the repository at `path` (borg 1.x
+    `lock.exclusive`, borg 2 `locks`); None when it is absent or not a folder. The user
+    may have made it a symlink to a folder only root can read: never followed, so neither
+    its names (lock names in events) nor its files (holders) are root's to hand over.
+    Other errors (no permission) are raised, as scandir raised them."""
+    try:
+        return os.open(os.path.join(path, name), _OPEN_DIR)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+
+
+def _listing(folder: int | None) -> list[os.DirEntry[str]]:
+    if folder is None:
+        return []
+    with os.scandir(folder) as it:
+        return list(it)  # (entries of a descriptor: stat them before it is closed)
 
 
 def scan_repository(path: Path | str) -> RepoState | None:
@@ -200,20 +227,22 @@ def _scan_borg2(path: str, top: dict[str, os.DirEntry[str]]) -> RepoState:
     archives = "archives" in top and top["archives"].is_dir(follow_symlinks=False)
     locks: set[str] = set()
     lock_since = None
+    folder = open_lock_folder(path, "locks")
     try:
-        for entry in entries(os.path.join(path, "locks")).values():
+        for entry in _listing(folder):
             if entry.name.endswith(".tmp"):
                 continue
             locks.add(entry.name)
             try:
                 mtime = _checked_time(entry.stat(follow_symlinks=False).st_mtime,
-                                      f"locks/{entry.name[:40]}", problems)
+                                      f"locks/{shown(entry.name[:40])}", problems)
             except OSError:
                 continue
             if mtime is not None:
                 lock_since = mtime if lock_since is None else min(lock_since, mtime)
-    except (FileNotFoundError, NotADirectoryError):
-        pass
+    finally:
+        if folder is not None:
+            os.close(folder)
     return _with_problems(RepoState(layout=BORG2, layout_version=version,
                                     transaction=transaction, commit_time=commit_time,
                                     archives=archives, locks=frozenset(locks),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from borgrepo import RepositoryBusy, RepositoryError, read_regular
-from borgrepo.layout import BORG1, BORG2, RepoState, entries, read_small
+from borgrepo.layout import BORG1, BORG2, RepoState, open_lock_folder, read_small
 
 ROSTER_LIMIT = 1 << 20  # borg's lock.roster is a few hundred bytes
 
@@ -61,11 +61,25 @@ def lock_holders(path: Path | str, state: RepoState) -> list[Holder]:
     """Who holds the repository's locks, as far as the lock files say."""
     path = str(path)
     holders: list[Holder] = []
+    try:
+        folder = open_lock_folder(path, "lock.exclusive" if state.layout == BORG1 else "locks")
+    except OSError:
+        return holders
+    if folder is None:
+        return holders
+    try:
+        _holders(folder, state, holders)
+    finally:
+        os.close(folder)
+    return holders
+
+
+def _holders(folder: int, state: RepoState, holders: list[Holder]) -> None:
     if state.layout == BORG1:
         try:
-            names = list(entries(os.path.join(path, "lock.exclusive")))
+            names = os.listdir(folder)
         except OSError:
-            return holders
+            return
         for name in names:
             match = _BORG1_HOLDER.match(name)
             pid = checked_pid(match["pid"]) if match else None
@@ -73,7 +87,7 @@ def lock_holders(path: Path | str, state: RepoState) -> list[Holder]:
                            else Holder(name, None))
     elif state.layout == BORG2:
         for name in sorted(state.locks):
-            text = read_small(os.path.join(path, "locks", name))
+            text = read_small(name, dir_fd=folder)
             try:
                 data = json.loads(text or "")
                 pid = checked_pid(data["processid"])
@@ -81,7 +95,6 @@ def lock_holders(path: Path | str, state: RepoState) -> list[Holder]:
                                else Holder(name, None))
             except (ValueError, KeyError, TypeError, RecursionError):
                 holders.append(Holder(name, None))
-    return holders
 
 
 @functools.cache

@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from borgrepo import shown
+
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 MAX_FDS = 32
 
@@ -189,7 +191,7 @@ class Walk:
 
     def _path(self, stack: list[Level], name: str) -> str:
         parts = [self.top, *(level.name for level in stack[1:]), name]
-        path = os.path.join(*[p for p in parts if p])
+        path = shown(os.path.join(*[p for p in parts if p]))
         return path if len(path) <= 200 else f"{path[:90]}...{path[-90:]}"
 
 
@@ -256,14 +258,14 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         try:
             os.rmdir(entry.name, dir_fd=entry.dir_fd)
         except OSError as exc:
-            failures.append(f"{entry.name}: {exc.strerror}")
+            failures.append(f"{shown(entry.name)}: {exc.strerror}")
 
     for entry in walk.entries(after_dir=remove_dir):
         if not entry.is_dir:
             try:
                 os.unlink(entry.name, dir_fd=entry.dir_fd)
             except OSError as exc:
-                failures.append(f"{entry.name}: {exc.strerror}")
+                failures.append(f"{shown(entry.name)}: {exc.strerror}")
     if walk.problems or failures:
         raise OSError(f"could not remove all of {os.fspath(path)}: "
                       + "; ".join((walk.problems + failures)[:5]))

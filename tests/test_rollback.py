@@ -108,10 +108,16 @@ def test_segment_ranges() -> None:
     assert rb.segment_ranges(_t(1, 5, 9)) == {1: (0, 1), 5: (2, 5), 9: (6, 9)}
 
 
+_ID = "0123456789abcdef" * 4
+
+
 @pytest.mark.parametrize(("text", "expected"), [
-    ("[repository]\nappend_only = 1\nid = abc\n", (True, "abc")),
-    ("[repository]\nappend_only = 0\nid = abc\n", (False, "abc")),
-    ("[repository]\nid = abc\n", (False, "abc")),
+    (f"[repository]\nappend_only = 1\nid = {_ID}\n", (True, _ID)),
+    (f"[repository]\nappend_only = 0\nid = {_ID}\n", (False, _ID)),
+    (f"[repository]\nid = {_ID}\n", (False, _ID)),
+    ("[repository]\nid = abc\n", (False, None)),  # not what borg writes
+    (f"[repository]\nid = {_ID} ~\n", (False, None)),
+    (f"[repository]\nid = {_ID}\n  rm -rf /\n", (False, None)),  # a continuation line
     ("not a config", (False, None)),
 ])
 def test_read_config(text: str, expected: tuple[bool, str | None]) -> None:
