@@ -1,8 +1,9 @@
 """borg's on-disk format, as far as the server reads it: repository layouts (1.x and 2,
-`layout.py`), locks and their holders (`locks.py`), the transactions log and the index,
-hints and segment files of a rollback (`transactions.py`), segment entry headers
-(`segments.py`) and borg 2's `archives/` entries (`archives.py`). Used by the watcher,
-`hive stats`, `hive status` and `hive rollback`.
+`layout.py`), a borg 1.x `config` (its id, append-only flag and repokey, `config.py`),
+locks and their holders (`locks.py`), the transactions log and the index, hints and
+segment files of a rollback (`transactions.py`), segment entry headers (`segments.py`)
+and borg 2's `archives/` entries (`archives.py`). Used by the watcher, `hive stats`,
+`hive status` and `hive rollback`.
 
 Everything here reads files a repository's user controls, possibly as root: bounded
 reads, no symlinks followed, no blocking on FIFOs, every number range-checked where it is

@@ -8,7 +8,6 @@ numbers as uint32).
 
 from __future__ import annotations
 
-import configparser
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,9 +23,6 @@ _LINE = re.compile(r"^transaction ([0-9]{1,10}), UTC time (\S+)$", re.ASCII)
 _SEGMENT = re.compile(r"^data/([0-9]+)/([0-9]+)$", re.ASCII)
 _STATE = re.compile(r"^(index|hints|integrity)\.([0-9]+)$", re.ASCII)
 MAX_SEGMENT = 2**32 - 1
-# borg writes the repository id as 32 random bytes in hex. Nothing else is one: the
-# repository's user writes `config`, and the id goes into a shell line for the operator.
-_REPOSITORY_ID = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 
 
 
@@ -134,17 +130,3 @@ def segment_ranges(transactions: list[Transaction]) -> dict[int, tuple[int, int]
         ranges[t.id] = (previous + 1, t.id)
         previous = t.id
     return ranges
-
-
-def read_config(text: str) -> tuple[bool, str | None]:
-    """(`append_only = 1`?, the repository id) from a borg 1.x config file; the id is None
-    unless it is 64 hex digits, as borg writes it (`hive rollback` puts it into an `rm -rf`
-    line the operator runs on each client)."""
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(text)
-        append_only = parser.getboolean("repository", "append_only", fallback=False)
-        ident = parser.get("repository", "id", fallback=None)
-        return append_only, ident if ident and _REPOSITORY_ID.fullmatch(ident) else None
-    except (configparser.Error, ValueError):
-        return False, None

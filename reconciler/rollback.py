@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from borgrepo import RepositoryBusy, RepositoryError, read_regular
+from borgrepo.config import read_config
 from borgrepo.locks import borg_host_id, repository_lock
 from borgrepo.segments import ends_with_commit
 from borgrepo.transactions import (
@@ -40,7 +41,6 @@ from borgrepo.transactions import (
     Layout,
     Transaction,
     parse_transactions,
-    read_config,
     segment_ranges,
     truncate_log,
 )

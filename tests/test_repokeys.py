@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_watcher_support import Borg, hive_cli, make_config, query, repo_path
 
-from borgrepo.repokey import parse_config, read_repokey
+from borgrepo.config import parse_key, read_key
 from watcher import repokeys
 
 KEYFILE_CONFIG = """[repository]
@@ -120,7 +120,7 @@ def test_a_hostile_config_gives_no_copy_and_no_hang(tmp_path: Path) -> None:
     borg = Borg(tmp_path / "borg-base")
     real = tmp_path / "real"
     borg("init", real)
-    assert read_repokey(str(real)) is not None
+    assert read_key(str(real)) is not None
     for name, plant in (("fifo", lambda p: os.mkfifo(p)),
                         ("link", lambda p: p.symlink_to(real / "config")),
                         ("huge", lambda p: p.write_text((real / "config").read_text()
@@ -128,7 +128,7 @@ def test_a_hostile_config_gives_no_copy_and_no_hang(tmp_path: Path) -> None:
         folder = tmp_path / name
         folder.mkdir()
         plant(folder / "config")
-        assert read_repokey(str(folder)) is None, name
+        assert read_key(str(folder)) is None, name
 
 
 REPO_ID = "ab" * 32
@@ -144,8 +144,8 @@ REPO_ID = "ab" * 32
     (f"[repository]\nid = {REPO_ID}\nkey = %(x)s\n", None),
     ("not a config at all", None),
 ])
-def test_parse_config(text: str, wanted: tuple[str] | None) -> None:
-    key = parse_config(text)
+def test_parse_key(text: str, wanted: tuple[str] | None) -> None:
+    key = parse_key(text)
     if wanted is None:
         assert key is None
     else:
@@ -154,8 +154,8 @@ def test_parse_config(text: str, wanted: tuple[str] | None) -> None:
 
 
 def test_keep_writes_each_key_once(tmp_path: Path) -> None:
-    one = parse_config(f"[repository]\nid = {REPO_ID}\nkey = QUJD\n")
-    two = parse_config(f"[repository]\nid = {REPO_ID}\nkey = REVG\n")
+    one = parse_key(f"[repository]\nid = {REPO_ID}\nkey = QUJD\n")
+    two = parse_key(f"[repository]\nid = {REPO_ID}\nkey = REVG\n")
     assert one is not None and two is not None
     first = repokeys.keep(tmp_path, "r", one)
     assert first.new and not first.changed

@@ -1,6 +1,6 @@
 """Keep every repository key `hive stats` sees, where no repository user can reach it.
 
-An append-only key can still replace a borg 1.x repository's key (borgrepo/repokey.py says
+An append-only key can still replace a borg 1.x repository's key (borgrepo/config.py says
 how); with the key gone, so is every archive. So each key `hive stats` reads is copied to
 
     <state_dir>/repokeys/<repository>/<repository id>-<key digest>.key
@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from borgrepo.repokey import RepoKey
+from borgrepo.config import RepoKey
 from reconciler.fsutil import atomic_write
 
 FOLDER = "repokeys"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from borgrepo import layout as borg_layout
-from borgrepo.repokey import read_repokey
+from borgrepo.config import read_key
 from reconciler import treewalk
 from schemas.models import HiveConfig
 from watcher.events import BORG2
@@ -155,7 +155,7 @@ def keep_repokeys(state_dir: Path, results: list[RepositoryStats]) -> None:
     for r in results:
         if not r.present or r.layout != borg_layout.BORG1:
             continue
-        key = read_repokey(r.path)
+        key = read_key(r.path)
         if key is None:  # keyfile or no encryption: the key does not live here
             continue
         try:
