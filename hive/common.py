@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 EXIT_TROUBLE = EXIT_CHANGES
 
-FILE_HELP = ("hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if present, "
-             "else /etc/hive/hive.yaml.")
+FILE_HELP = ("hive.yaml to use. Default: $HIVE_CONFIG, else ./hive.yaml if present (as "
+             "root: only root's, in a folder only root may write), else /etc/hive/hive.yaml.")
 OUTPUT = click.option("--output", "-o", "fmt", type=click.Choice(["text", "json"]),
                       default="text", show_default=True,
                       help="json: one JSON object per line, a 'version' record first and a "
@@ -66,10 +66,24 @@ def duration(_ctx: Any, param: Any, value: str) -> float:
         raise click.BadParameter(str(exc), param=param) from None
 
 
-def default_config() -> str:
+def default_config(fmt: str = "text") -> str:
+    """-f's default (FILE_HELP). As root, ./hive.yaml counts only when it is root's in a
+    folder that only root may change: in /tmp, or in another user's folder, anyone could
+    have left a hive.yaml for root to apply. Else SystemExit, asking for -f."""
     if os.environ.get("HIVE_CONFIG"):
         return os.environ["HIVE_CONFIG"]
-    return "hive.yaml" if Path("hive.yaml").exists() else "/etc/hive/hive.yaml"
+    if not Path("hive.yaml").exists():
+        return "/etc/hive/hive.yaml"
+    if os.geteuid() == 0 and not _root_alone(os.stat("."), os.stat("hive.yaml")):
+        raise SystemExit(fail(
+            f"{Path.cwd() / 'hive.yaml'} belongs to another user or lies in a folder others "
+            "may write; as root, Hive does not pick it up by itself. Give it with -f if you "
+            "mean it", fmt, errors=1))
+    return "hive.yaml"
+
+
+def _root_alone(folder: os.stat_result, file: os.stat_result) -> bool:
+    return folder.st_uid == 0 and not folder.st_mode & 0o022 and file.st_uid == 0
 
 
 def file_option(f: Any) -> Any:
@@ -82,7 +96,7 @@ def load(config_file: str | None, fmt: str,
     """hive.yaml, checked; on problems print every one (FILE:LINE:COL) and exit 1."""
     import schemas
 
-    path = Path(config_file or default_config())
+    path = Path(config_file or default_config(fmt))
     try:
         return schemas.load(path, extra_checks=extra_checks), path
     except schemas.ConfigError as exc:

@@ -89,3 +89,23 @@ def test_another_user_cannot_hold_the_apply_lock(place: Path) -> None:
     finally:
         attacker.kill()
         attacker.communicate()
+
+
+def test_root_does_not_pick_up_a_hive_yaml_others_could_have_left(place: Path) -> None:
+    """Without -f, hive reads ./hive.yaml. As root in /tmp (or any folder others may
+    write), that would apply whatever another user left there: refused, naming -f; the
+    same file given with -f, or in a folder of root's, is used."""
+    shared = place / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    write_config(shared, BODY)
+    refused = hive("validate", cwd=shared, env={"HIVE_CONFIG": ""})
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Give it with -f" in refused.stderr and "valid" not in refused.stdout
+    assert hive("validate", "-f", "hive.yaml", cwd=shared).returncode == 0
+    own = place / "own"
+    own.mkdir(mode=0o755)
+    mine = write_config(own, BODY)
+    assert hive("validate", cwd=own, env={"HIVE_CONFIG": ""}).returncode == 0
+    os.chown(mine, NOBODY, NOBODY)   # root's folder, but nobody's file
+    assert hive("validate", cwd=own, env={"HIVE_CONFIG": ""}).returncode == 1
