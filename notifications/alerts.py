@@ -3,7 +3,7 @@
 Staleness, locks and missing folders are `hive status`'s verdicts (watcher/status.py),
 not derived again here, so notify follows whatever status means by "last backup". Only
 what status does not judge is added: how long a never-backed-up repository has existed,
-quota use against quota_warn, and keys about to expire.
+quota use against quota_warn, keys about to expire, and a borg key that was replaced.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from schemas.models import HiveConfig, duration_seconds
 from schemas.selection import channel_allows, rule_matches
 
 KEY_EXPIRY_WARNING = timedelta(days=14)
+# How long a key change `hive stats` saw stays an alert: long enough to be read after a
+# weekend; the copies of every key are kept for good (watcher/repokeys.py).
+REPOKEY_CHANGE_ALERT = timedelta(days=7)
 BACKUP_ALERTS = frozenset({"stale", "never_backed_up"})
 # Repositories in these modes are not backed up by borg clients: no backup alerts.
 NO_BACKUP_MODES = frozenset({"import", "export", "disabled"})
@@ -93,6 +96,11 @@ def conditions(config: HiveConfig, statuses: Iterable[Any],
                                 f"{age_text((expires - now).total_seconds())}")
         if expiring:
             add(s, "key_expiring", ", ".join(expiring))
+        changed = s.repokey_changed
+        if changed is not None and now - changed <= REPOKEY_CHANGE_ALERT:
+            add(s, "repokey_changed", "its borg key was replaced "
+                f"{age_text((now - changed).total_seconds())} ago; the earlier one is kept "
+                "(hive stats)")
     return found
 
 

@@ -32,8 +32,8 @@ def notify(config_file: str | None, dry_run: bool, test_channel: str | None,
     """Tell people about repositories in trouble, through the channels in hive.yaml.
 
     \b
-    Alerts: stale, never_backed_up, locked, missing, corrupt, quota, key_expiring, each
-    judged as 'hive status' judges it. Each channel gets one message per run
+    Alerts: stale, never_backed_up, locked, missing, corrupt, quota, key_expiring,
+    repokey_changed, each judged as 'hive status' judges it. Each channel gets one message per run
     grouping its repositories; an alert repeats every repeat_every while it lasts,
     stops after stop_after, and its end is announced once (recovery: true).
     Every attempt is a row in <state_dir>/events.duckdb (notify_attempts); the

@@ -16,10 +16,11 @@ from schemas.models import HiveConfig
 
 TITLE_LIMIT = 160
 BODY_ITEMS = 50  # repositories described in one body; the rest are named in one line
-SEVERE = frozenset({"stale", "never_backed_up", "locked", "missing", "corrupt"})
+SEVERE = frozenset({"stale", "never_backed_up", "locked", "missing", "corrupt",
+                    "repokey_changed"})
 _NAMES = {"stale": "stale", "never_backed_up": "never backed up", "locked": "locked",
           "missing": "missing on disk", "corrupt": "corrupt", "quota": "quota",
-          "key_expiring": "key expiring"}
+          "key_expiring": "key expiring", "repokey_changed": "borg key replaced"}
 
 
 @dataclass
@@ -104,8 +105,8 @@ def _alert(config: HiveConfig, host: str, channel: str, items: list[Delivery],
             continue
         s = d.condition.status
         again = " (reminder)" if d.kind == "repeat" else ""
-        detail = (f": {d.condition.detail}" if d.alert in ("locked", "quota", "key_expiring")
-                  else "")
+        detail = (f": {d.condition.detail}"
+                  if d.alert in ("locked", "quota", "key_expiring", "repokey_changed") else "")
         lines.append(f"{d.repository} (owner {s.owner}): {_NAMES[d.alert]}{detail}{again}")
         lines.append(f"  last backup: {_when(s.last_backup)}"
                      + (f" ({age_text(s.age_seconds)} ago)" if s.last_backup else ""))

@@ -506,9 +506,9 @@ def quota_size(text: str) -> Decimal:
 
 
 Alert = Literal["stale", "never_backed_up", "locked", "missing", "corrupt", "quota",
-                "key_expiring"]
+                "key_expiring", "repokey_changed"]
 ALERTS: tuple[Alert, ...] = ("stale", "never_backed_up", "locked", "missing", "corrupt",
-                           "quota", "key_expiring")
+                           "quota", "key_expiring", "repokey_changed")
 # {env:NAME} or {file:/absolute/path}: the only way a secret enters a channel URL.
 SECRET_PLACEHOLDER = re.compile(r"\{(env|file):([^{}]*)\}")
 

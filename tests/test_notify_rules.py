@@ -345,3 +345,19 @@ def test_validation_refuses_secrets_from_elsewhere(tmp_path: Path) -> None:
     assert any("notifications.channels.env.url" in p and "LDAP bind password" in p
                for p in problems), problems
     assert not any("channels.fine" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(("days_ago", "alert"), [(None, False), (0.5, True), (6.9, True),
+                                                 (7.5, False)])
+def test_a_replaced_borg_key_alerts_for_a_week(days_ago: float | None, alert: bool) -> None:
+    """`hive stats` records a repokey_changed event; notify alerts on it for 7 days (the
+    copies of the keys are kept for good)."""
+    when = None if days_ago is None else NOW - timedelta(days=days_ago)
+    statuses = [status(r, d, Recorded(repokey_changed=when) if r == "desk" else None)
+                for r, d in FINE.items()]
+    found = alerts.conditions(CONFIG, statuses, {}, NOW)
+    condition = found.get(("desk", "repokey_changed"))
+    assert (condition is not None) == alert
+    if condition is not None:
+        assert condition.detail.startswith(f"its borg key was replaced {int(days_ago)} d ago"
+                                           if days_ago >= 1 else "its borg key was replaced")

@@ -77,6 +77,10 @@ def test_stats_keeps_each_key_reports_a_change_and_the_copy_restores_it(
     assert len(_kept(state, "kept")) == 2 and copy.read_text() == exported.read_text()
     assert query(state, "SELECT repository, host, kind, source FROM events") == [
         ("kept", "test1", "repokey_changed", "stats")]
+    shown = {r["repository"]: r for r in json.loads(
+        hive_cli("status", "-f", str(config), "-o", "json").stdout)}
+    assert shown["kept"]["repokey_changed"] is not None   # notify alerts on it for 7 days
+    assert shown["plain"]["repokey_changed"] is None
     third = hive_cli("stats", "-f", str(config))
     assert third.returncode == 0 and "changed" not in third.stderr, third.stderr
 

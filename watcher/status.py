@@ -39,6 +39,7 @@ class Recorded:
     size_bytes: int | None = None
     size_time: datetime | None = None
     state: ev.RepoState | None = None
+    repokey_changed: datetime | None = None  # the last time `hive stats` saw a new key
 
 
 @dataclass
@@ -62,6 +63,7 @@ class RepoStatus:
     problem: str | None = None  # why the state is "corrupt": what makes no sense
     last_activity: datetime | None = None  # the last commit of any kind
     url: str = ""  # what a client gives borg: HiveConfig.client_url
+    repokey_changed: datetime | None = None  # `hive stats` saw the key in config change
 
     @property
     def borg_repo(self) -> str | None:
@@ -70,7 +72,8 @@ class RepoStatus:
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("last_backup", "size_measured", "lock_since", "last_activity"):
+        for key in ("last_backup", "size_measured", "lock_since", "last_activity",
+                    "repokey_changed"):
             data[key] = data[key].isoformat() if data[key] is not None else None
         if data["age_seconds"] is not None:
             data["age_seconds"] = round(data["age_seconds"])
@@ -142,7 +145,7 @@ def evaluate(config: HiveConfig, repository: str, disk: Disk, recorded: Recorded
         lock_since=_ts(state.lock_since) if state is not None else None,
         problem=state.problem if state is not None else None,
         last_activity=activity,
-        url=config.client_url(repository))
+        url=config.client_url(repository), repokey_changed=recorded.repokey_changed)
 
 
 def look(path: str) -> Disk:
@@ -168,7 +171,8 @@ def look(path: str) -> Disk:
 
 
 def recorded_by_path(con: Any, host: str) -> dict[str, Recorded]:
-    """The last backup event, last snapshot and watcher state per repository path."""
+    """The last backup event, last snapshot, watcher state and key change per repository
+    path."""
     found: dict[str, Recorded] = {}
     # `backup` is true for commits classified as backups (and, in events recorded before
     # classification existed, for every commit after borg init's).
@@ -178,6 +182,10 @@ def recorded_by_path(con: Any, host: str) -> dict[str, Recorded]:
             [host]).fetchall():
         entry = found.setdefault(path, Recorded())
         entry.last_backup, entry.last_activity = last, activity
+    for path, when in con.execute(
+            "SELECT path, max(time) FROM events WHERE host = $1 AND kind = 'repokey_changed' "
+            "GROUP BY path", [host]).fetchall():
+        found.setdefault(path, Recorded()).repokey_changed = when
     for path, size, when in con.execute(
             "SELECT path, arg_max(size_bytes, time), max(time) FROM snapshots "
             "WHERE host = $1 AND present GROUP BY path", [host]).fetchall():
