@@ -54,11 +54,14 @@ def paths_to_observe(config: HiveConfig, inventory: Inventory) -> tuple[set[str]
                 contents.add(before)         # empty?
                 paths.update((before, os.path.dirname(before)))
             continue
-        # gone from the file: its data and user folder are kept, and read before a prune
+        # gone from the file: its data and user folder are kept, and read before a prune,
+        # both where it was applied and where the file now puts it (repos_root moved with
+        # its tree: the data is there)
         made = config.repo_folder(entry["repository"], user)
         path = before or made
-        contents.update((path, os.path.dirname(path)))
-        paths.update((path, os.path.dirname(path), made, os.path.dirname(made)))
+        for where in (path, os.path.dirname(path), made, os.path.dirname(made)):
+            contents.add(where)
+            add(where)
     paths.update(inventory.directories)
     return paths, contents
 
@@ -325,17 +328,31 @@ def removed_repository(config: HiveConfig, user: str, known: dict[str, Any], fac
         return Removal(error=f"repository {name} removed from the file: besides Hive's user "
                              f"{user}, another account or group of that name exists. Hive "
                              "will not touch either; remove or rename the other one")
-    # where its data really is
+    # where its data really is: where it was applied, or where the file now puts it (a
+    # repos_root moved with its tree); the user, and so its uid, stays while either holds
+    # anything, else the next new repository would get the uid that owns these backups
     path = Path(known.get("path") or config.repo_path(name, user))
     home = path.parent
-    repo_dir = facts.directories.get(str(path))
-    user_dir = facts.directories.get(str(home))
-    data_gone = not _holds_data(repo_dir)
-    held = _content(user_dir)
-    home_clear = user_dir is None or (held is not None and set(held) <= {name})
+    seen = facts.directories
+    places = [path, config.repo_path(name, user)]
+    full = next((p for p in places if _holds_data(seen.get(str(p)))), None)
+    if full is not None:
+        path, home = full, full.parent
+    data_gone = full is None
+    held: tuple[str, ...] | None = ()
+    for folder in dict.fromkeys(p.parent for p in places):
+        user_dir = seen.get(str(folder))
+        content = _content(user_dir)
+        if user_dir is None:
+            continue
+        if content is None or not set(content) <= {name}:
+            home, held = folder, content
+            break
+    home_clear = held is not None and set(held) <= {name}
     if prune and data_gone and home_clear:
         remove: set[Key] = {("account", user)}
-        remove.update(("directory", str(p)) for p in (path, home) if str(p) in made)
+        remove.update(("directory", str(d)) for p in places for d in (p, p.parent)
+                      if str(d) in made)
         return Removal(remove=remove, note=f"repository {name} removed from the file: "
                                            "--prune deletes its user, group and empty folders")
     out = Removal(account=Resource("account", user, _account(

@@ -1,0 +1,91 @@
+"""Ways an operator's ordinary steps could lose backup data or hand it to another user:
+each test walks one such path with real applies, real borg repositories and real uids."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import hive, requires_root, write_config
+
+pytestmark = requires_root
+
+
+def body(pubkeys: dict[str, str], repositories: str) -> str:
+    return (f"owners: {{alice: {{}}, bob: {{}}}}\n"
+            f"keys:\n  ka: {{owner: alice, public_key: {pubkeys['a']}}}\n"
+            f"  kb: {{owner: bob, public_key: {pubkeys['b']}}}\n"
+            f"repositories:\n{repositories}")
+
+
+def borg_repository(path: Path, uid: int, base: Path) -> None:
+    """A real borg 1.x repository with one archive at `path`, owned by `uid` as a client
+    writing through `borg serve` would leave it."""
+    env = {**os.environ, "BORG_BASE_DIR": str(base),
+           "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
+    source = base / "source"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "precious.txt").write_text("the only copy\n")
+    subprocess.run(["borg", "init", "-e", "none", str(path)], env=env, check=True,
+                   capture_output=True)
+    subprocess.run(["borg", "create", f"{path}::one", str(source)], env=env, check=True,
+                   capture_output=True)
+    subprocess.run(["chown", "-R", f"{uid}:{uid}", str(path)], check=True)
+
+
+def reads_as(uid: int, path: Path) -> bool:
+    """Whether a process with this uid and gid (and no other group) can read `path`."""
+    done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                           "cat", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def passwd_uids(tmp_path: Path) -> dict[str, int]:
+    return {line.split(":")[0]: int(line.split(":")[2])
+            for line in (tmp_path / "extrausers" / "passwd").read_text().splitlines()}
+
+
+def test_prune_after_repos_root_moved_keeps_the_owner_of_a_removed_repositorys_data(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """repos_root changed and the tree moved with `mv` (what the plan's own error message
+    asks for): a repository removed from the file earlier still has its data, now under
+    the new repos_root. `--prune` must not delete its user (and free its uid for the next
+    repository) while that data exists, and `hive purge` must still reach it."""
+    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
+    phone = "  phone: {owner: bob, keys: [kb]}\n"
+    cfg = write_config(sysroot, body(pubkeys, laptop + phone))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    uid = passwd_uids(sysroot)["bh-phone"]
+    borg_repository(sysroot / "repos" / "bh-phone" / "phone", uid, sysroot / "borg")
+
+    write_config(sysroot, body(pubkeys, laptop))      # phone removed: locked, data kept
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+
+    (sysroot / "repos").rename(sysroot / "store")   # repos_root moved, tree and all
+    cfg.write_text(cfg.read_text().replace("repos_root: ./repos", "repos_root: ./store"))
+    moved = hive("apply", "-f", str(cfg))
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    data = sysroot / "store" / "bh-phone" / "phone"
+    segment = data / "data" / "0" / "1"
+    assert segment.is_file()
+
+    pruned = hive("apply", "-f", str(cfg), "--prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert segment.is_file()
+    assert "bh-phone" in passwd_uids(sysroot), pruned.stdout   # its data is still there
+
+    # A new repository must not get the uid that still owns phone's data.
+    write_config(sysroot, body(pubkeys, laptop + "  tablet: {owner: alice, keys: [ka]}\n"))
+    cfg.write_text(cfg.read_text().replace("repos_root: ./repos", "repos_root: ./store"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    assert passwd_uids(sysroot)["bh-tablet"] != uid
+    assert not reads_as(passwd_uids(sysroot)["bh-tablet"], data / "config")
+
+    # and the data can still be purged on request.
+    purged = hive("purge", "phone", "-f", str(cfg), "--confirm", "phone")
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert not data.exists()
+    inventory = json.loads((sysroot / "state" / "inventory.json").read_text())
+    assert "bh-phone" in inventory["accounts"]
