@@ -53,6 +53,8 @@ def paths_to_observe(config: HiveConfig, inventory: Inventory) -> tuple[set[str]
             if before and before != now_at:  # moved (repos_root changed?): is the old place
                 contents.add(before)         # empty?
                 paths.update((before, os.path.dirname(before)))
+            if entry.get("removed"):  # back in the file: does it hold the old one's data?
+                contents.add(before or now_at)
             continue
         # gone from the file: its data and user folder are kept, and read before a prune,
         # both where it was applied and where the file now puts it (repos_root moved with
@@ -268,6 +270,14 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         return Wanted(error=f"repository {name} was at {before} and would now be at {path} "
                             "(server.repos_root changed?). Hive never moves backups: move "
                             f"the folder yourself (mv {before} {path}) or set repos_root back")
+    owner = known.get("owner") if known and known.get("removed") else None
+    where = before or path
+    if owner is not None and owner != repo.owner and _holds_data(seen.get(where)):
+        return Wanted(error=f"repository {name} was removed from the file and its data kept "
+                            f"at {where} (owner {owner}); adding it again under owner "
+                            f"{repo.owner} would give {repo.owner}'s keys that data. Purge it "
+                            f"first ('hive purge {name}'), or add it back with owner {owner} "
+                            "and change the owner in a change of its own")
     server = config.server
     try:
         maker = maker or keylines.LineMaker(config)
@@ -289,7 +299,8 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         resources.append(Resource("authorized_keys", user, _as_seen(
             facts.authorized_keys.get(user), {"keys": lines}), meta))
     return Wanted(resources, {"repository": name, "uid": uid, "protected": repo.protected,
-                              "path": path}, [maker.repos_root, home, path], expired)
+                              "path": path, "owner": repo.owner},
+                  [maker.repos_root, home, path], expired)
 
 
 def expired_note(expired: dict[str, dt.datetime]) -> str | None:
@@ -430,7 +441,9 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
             out.notes.append(removal.note)
         if removal.account:
             out.add(removal.account)
-            out.inventory.accounts.setdefault(user, dict(entry))
+            # marked removed: a repository of that name added later is checked against the
+            # owner whose data this is (wanted_repository)
+            out.inventory.accounts[user] = {**entry, "removed": True}
 
     # 4. The cache directory belongs to Hive: any file in it that is not wanted goes.
     out.remove |= stray_key_files(facts, out.resources)

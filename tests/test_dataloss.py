@@ -89,3 +89,37 @@ def test_prune_after_repos_root_moved_keeps_the_owner_of_a_removed_repositorys_d
     assert not data.exists()
     inventory = json.loads((sysroot / "state" / "inventory.json").read_text())
     assert "bh-phone" in inventory["accounts"]
+
+
+def test_readding_a_removed_repository_under_another_owner_does_not_hand_over_its_data(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """A repository removed from the file keeps its data for a later purge. A repository of
+    the same name added later by someone else (another team's file) must not get that
+    data and the uid that owns it without saying so: the plan refuses."""
+    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
+    cfg = write_config(sysroot, body(pubkeys, laptop + "  db: {owner: alice, keys: [ka]}\n"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    uid = passwd_uids(sysroot)["bh-db"]
+    data = sysroot / "repos" / "bh-db" / "db"
+    borg_repository(data, uid, sysroot / "borg")
+    write_config(sysroot, body(pubkeys, laptop))            # db removed: data kept
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+
+    write_config(sysroot, body(pubkeys, laptop + "  db: {owner: bob, keys: [kb]}\n"))
+    applied = hive("apply", "-f", str(cfg))
+    keys = sysroot / "state" / "authorized_keys" / "bh-db"
+    assert applied.returncode == 1 and not keys.exists(), applied.stdout
+    assert "(owner alice); adding it again under owner bob" in applied.stderr
+    assert "hive purge db" in applied.stderr
+
+    # Given back to its owner it comes back as it was; purged first, bob gets a new one.
+    write_config(sysroot, body(pubkeys, laptop + "  db: {owner: alice, keys: [ka]}\n"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    assert "hive:ka" in keys.read_text() and (data / "data" / "0" / "1").is_file()
+    write_config(sysroot, body(pubkeys, laptop))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    assert hive("purge", "db", "-f", str(cfg), "--confirm", "db").returncode == 0
+    write_config(sysroot, body(pubkeys, laptop + "  db: {owner: bob, keys: [kb]}\n"))
+    again = hive("apply", "-f", str(cfg))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "hive:kb" in keys.read_text() and not (data / "data").exists()

@@ -193,7 +193,7 @@ def test_wanted_repository_resources_and_claim() -> None:
         ("authorized_keys", "bh-a")]
     assert got.resources[0].meta == {"repository": "a"}
     assert got.claim == {"repository": "a", "uid": 20000, "protected": False,
-                         "path": f"{ROOT}/bh-a/a"}
+                         "path": f"{ROOT}/bh-a/a", "owner": "alice"}
     assert got.paths == [ROOT, f"{ROOT}/bh-a", f"{ROOT}/bh-a/a"]
     assert list(got.expired) == ["k2"]
 
