@@ -408,9 +408,22 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     resources, claims, made = out.resources, out.inventory.accounts, inventory.directories
     claimed_paths = out.inventory.directories
     uids, refused = assigned.uids, assigned.refused
+    # a repository of the file that Hive made under another user (server.users.prefix
+    # changed): its backups stay with that user, so a new user would start it empty
+    earlier = {entry["repository"]: (u, entry) for u, entry in known.items() if u not in users}
     for user, name in users.items():
         if user not in uids or user in refused:
             continue
+        if name in earlier:
+            was, entry = earlier[name]
+            at = entry.get("path") or config.repo_folder(name, was)
+            if _holds_data(seen.get(at)):
+                out.errors.append(
+                    f"repository {name} was made as user {was} (its data is at {at}) and "
+                    f"would now be user {user} with a new, empty folder (server.users.prefix "
+                    "changed?). Hive never renames users or moves backups: set the prefix "
+                    "back")
+                continue
         wanted = wanted_repository(config, name, uids[user], known.get(user), facts, now,
                                    maker)
         if wanted.error:

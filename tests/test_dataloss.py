@@ -123,3 +123,29 @@ def test_readding_a_removed_repository_under_another_owner_does_not_hand_over_it
     again = hive("apply", "-f", str(cfg))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "hive:kb" in keys.read_text() and not (data / "data").exists()
+
+
+def test_a_changed_user_prefix_does_not_start_repositories_that_hold_data_afresh(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """server.users.prefix changed: every repository would get a new user and a new, empty
+    folder while its backups stay locked away under the old user (clients lose their
+    history; the plan even calls them removed). Refused like a changed repos_root; an
+    empty repository may move to the new prefix."""
+    repos = "  laptop: {owner: alice, keys: [ka]}\n  phone: {owner: bob, keys: [kb]}\n"
+    cfg = write_config(sysroot, body(pubkeys, repos))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    data = sysroot / "repos" / "bh-phone" / "phone"
+    borg_repository(data, passwd_uids(sysroot)["bh-phone"], sysroot / "borg")
+
+    write_config(sysroot, body(pubkeys, repos), prefix="bk-")
+    refused = hive("apply", "-f", str(cfg), "--prune")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert (f"repository phone was made as user bh-phone (its data is at {data})"
+            in refused.stderr)
+    assert "laptop" not in refused.stderr          # empty: nothing to keep it from moving
+    assert set(passwd_uids(sysroot)) == {"bh-laptop", "bh-phone"}
+    keys = sysroot / "state" / "authorized_keys" / "bh-phone"
+    assert "hive:kb" in keys.read_text()            # nothing was changed
+
+    write_config(sysroot, body(pubkeys, repos))     # the prefix set back: as it was
+    assert hive("plan", "-f", str(cfg), "--detailed-exitcode").returncode == 0
