@@ -339,8 +339,12 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
     if repo is not None and repo.mode != "disabled":
         return _refuse(f"repository {repository!r} is still active in {path}; remove it or "
                        "set 'mode: disabled', run 'hive apply', then purge")
+    # where the file puts it, else where it was last applied (repos_root changed since)
     target = config.repo_path(repository)
-    if not target.exists():
+    recorded = Path(known.get("path") or target)
+    if not os.path.lexists(target) and os.path.lexists(recorded):
+        target = recorded
+    if not os.path.lexists(target):
         click.echo(f"{target} does not exist: nothing to purge.")
         return EXIT_OK
     if target.is_symlink():

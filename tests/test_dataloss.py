@@ -149,3 +149,29 @@ def test_a_changed_user_prefix_does_not_start_repositories_that_hold_data_afresh
 
     write_config(sysroot, body(pubkeys, repos))     # the prefix set back: as it was
     assert hive("plan", "-f", str(cfg), "--detailed-exitcode").returncode == 0
+
+
+def test_purge_finds_a_removed_repository_left_under_an_earlier_repos_root(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """repos_root changed after a repository was removed, its data left where it was:
+    prune says to purge it, so purge must delete it there (it said "nothing to purge" and
+    exited 0 while the backups stayed)."""
+    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
+    cfg = write_config(sysroot, body(pubkeys, laptop + "  phone: {owner: bob, keys: [kb]}\n"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    data = sysroot / "repos" / "bh-phone" / "phone"
+    borg_repository(data, passwd_uids(sysroot)["bh-phone"], sysroot / "borg")
+    write_config(sysroot, body(pubkeys, laptop))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    (sysroot / "repos" / "bh-laptop").rename(sysroot / "bh-laptop")
+    cfg.write_text(cfg.read_text().replace("repos_root: ./repos", "repos_root: ./"))
+    pruned = hive("apply", "-f", str(cfg), "--prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert f"its data at {data} is kept; run 'hive purge phone'" in pruned.stdout
+
+    purged = hive("purge", "phone", "-f", str(cfg), "--confirm", "phone")
+    assert purged.returncode == 0 and f"Deleted {data}." in purged.stdout, purged.stdout
+    assert not data.exists()
+    pruned = hive("apply", "-f", str(cfg), "--prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "bh-phone" not in passwd_uids(sysroot)
