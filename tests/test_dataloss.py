@@ -175,3 +175,21 @@ def test_purge_finds_a_removed_repository_left_under_an_earlier_repos_root(
     pruned = hive("apply", "-f", str(cfg), "--prune")
     assert pruned.returncode == 0, pruned.stdout + pruned.stderr
     assert "bh-phone" not in passwd_uids(sysroot)
+
+
+def test_purge_waits_until_an_apply_revoked_the_repositorys_keys(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """Removed from the file but not applied yet, a repository's keys still log in: purge
+    (given a file without it) must not delete backups a client may be writing."""
+    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
+    cfg = write_config(sysroot, body(pubkeys, laptop + "  phone: {owner: bob, keys: [kb]}\n"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    data = sysroot / "repos" / "bh-phone" / "phone"
+    borg_repository(data, passwd_uids(sysroot)["bh-phone"], sysroot / "borg")
+    write_config(sysroot, body(pubkeys, laptop))
+    early = hive("purge", "phone", "-f", str(cfg), "--confirm", "phone")
+    assert early.returncode == 1 and "run 'hive apply' first" in early.stderr, early.stdout
+    assert (data / "data" / "0" / "1").is_file()
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    purged = hive("purge", "phone", "-f", str(cfg), "--confirm", "phone")
+    assert purged.returncode == 0 and not data.exists(), purged.stdout + purged.stderr
