@@ -450,6 +450,11 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
             out.errors.append(removal.error)
             continue
         out.remove |= removal.remove
+        if ("account", user) in removal.remove and user not in facts.accounts \
+                and entry["uid"] not in facts.ids_in_use:
+            # pruned by an apply killed before it trimmed the inventory: forgotten now,
+            # else every later apply would make it again as a locked account
+            del out.inventory.accounts[user]
         if removal.note:
             out.notes.append(removal.note)
         if removal.account:

@@ -193,3 +193,27 @@ def test_purge_waits_until_an_apply_revoked_the_repositorys_keys(
     assert hive("apply", "-f", str(cfg)).returncode == 0
     purged = hive("purge", "phone", "-f", str(cfg), "--confirm", "phone")
     assert purged.returncode == 0 and not data.exists(), purged.stdout + purged.stderr
+
+
+def test_a_prune_killed_after_deleting_the_user_is_finished_by_the_next_one(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """An apply --prune killed after the account files were rewritten, before the inventory
+    was trimmed: the next prune forgets the user (it used to keep it for ever, and every
+    plain apply made it again as a locked account)."""
+    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
+    cfg = write_config(sysroot, body(pubkeys, laptop + "  phone: {owner: bob, keys: [kb]}\n"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    write_config(sysroot, body(pubkeys, laptop))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    for name in ("group", "passwd", "shadow"):      # what the killed prune had done
+        path = sysroot / "extrausers" / name
+        path.write_text("".join(f"{line}\n" for line in path.read_text().splitlines()
+                                if not line.startswith("bh-phone:")))
+    pruned = hive("apply", "-f", str(cfg), "--prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert not (sysroot / "repos" / "bh-phone").exists()
+    inventory = json.loads((sysroot / "state" / "inventory.json").read_text())
+    assert list(inventory["accounts"]) == ["bh-laptop"]
+    plain = hive("apply", "-f", str(cfg), "--detailed-exitcode")
+    assert plain.returncode == 0, plain.stdout
+    assert "bh-phone" not in passwd_uids(sysroot)
