@@ -429,6 +429,18 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
         if wanted.error:
             out.errors.append(wanted.error)
             continue
+        path = wanted.claim["path"]
+        found = seen.get(path)
+        if type(found) is dict and path not in made and found.get("type") == "directory" \
+                and found.get("uid") not in (uids[user], (known.get(user) or {}).get("uid")):
+            # a folder Hive did not make, of someone else: adopting it would chown all that
+            # someone's files in it to this repository's user
+            out.errors.append(
+                f"{path} exists, Hive did not make it, and it belongs to uid {found['uid']}: "
+                f"Hive will not give what it holds to {user}. Move it away; or, if it is "
+                f"this repository's data, 'chown -R {uids[user]}:{uids[user]} {path}' "
+                "yourself, then apply")
+            continue
         for resource in wanted.resources:
             resources[(resource.kind, resource.name)] = resource
         if wanted.expired:

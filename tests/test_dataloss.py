@@ -217,3 +217,26 @@ def test_a_prune_killed_after_deleting_the_user_is_finished_by_the_next_one(
     plain = hive("apply", "-f", str(cfg), "--detailed-exitcode")
     assert plain.returncode == 0, plain.stdout
     assert "bh-phone" not in passwd_uids(sysroot)
+
+
+def test_a_folder_hive_did_not_make_is_not_given_to_a_new_repository(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """A folder already where a new repository goes (an operator's copy, another tool's),
+    owned by someone else: adopting it chowned everything of that owner inside (root's
+    0600 files included) to the repository's user, shown in the plan as one folder's
+    owner. Refused; a folder already owned by the repository's uid is taken as its own."""
+    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
+    foreign = sysroot / "repos" / "bh-old" / "old"
+    foreign.mkdir(parents=True)
+    secret = foreign / "secret"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    cfg = write_config(sysroot, body(pubkeys, laptop + "  old: {owner: bob, keys: [kb]}\n"))
+    refused = hive("apply", "-f", str(cfg))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"{foreign} exists, Hive did not make it, and it belongs to uid 0" in refused.stderr
+    assert os.stat(secret).st_uid == 0
+    subprocess.run(["chown", "-R", "20001:20001", str(foreign)], check=True)  # "it is ours"
+    adopted = hive("apply", "-f", str(cfg))
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert passwd_uids(sysroot)["bh-old"] == 20001 and secret.read_text() == "root's\n"
