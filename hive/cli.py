@@ -339,8 +339,18 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
     if repo is not None and repo.mode != "disabled":
         return _refuse(f"repository {repository!r} is still active in {path}; remove it or "
                        "set 'mode: disabled', run 'hive apply', then purge")
+    from reconciler.targets.authorized_keys import cache_dir
+
+    keys = cache_dir(config.server.state_dir) / user
+    if os.path.lexists(keys):  # the file says so, but the server was not told yet
+        return _refuse(f"repository {repository!r} still has keys sshd accepts ({keys}): "
+                       "run 'hive apply' first, so no client writes while its data goes")
+    # where the file puts it, else where it was last applied (repos_root changed since)
     target = config.repo_path(repository)
-    if not target.exists():
+    recorded = Path(known.get("path") or target)
+    if not os.path.lexists(target) and os.path.lexists(recorded):
+        target = recorded
+    if not os.path.lexists(target):
         click.echo(f"{target} does not exist: nothing to purge.")
         return EXIT_OK
     if target.is_symlink():

@@ -53,12 +53,17 @@ def paths_to_observe(config: HiveConfig, inventory: Inventory) -> tuple[set[str]
             if before and before != now_at:  # moved (repos_root changed?): is the old place
                 contents.add(before)         # empty?
                 paths.update((before, os.path.dirname(before)))
+            if entry.get("removed"):  # back in the file: does it hold the old one's data?
+                contents.add(before or now_at)
             continue
-        # gone from the file: its data and user folder are kept, and read before a prune
+        # gone from the file: its data and user folder are kept, and read before a prune,
+        # both where it was applied and where the file now puts it (repos_root moved with
+        # its tree: the data is there)
         made = config.repo_folder(entry["repository"], user)
         path = before or made
-        contents.update((path, os.path.dirname(path)))
-        paths.update((path, os.path.dirname(path), made, os.path.dirname(made)))
+        for where in (path, os.path.dirname(path), made, os.path.dirname(made)):
+            contents.add(where)
+            add(where)
     paths.update(inventory.directories)
     return paths, contents
 
@@ -265,6 +270,14 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         return Wanted(error=f"repository {name} was at {before} and would now be at {path} "
                             "(server.repos_root changed?). Hive never moves backups: move "
                             f"the folder yourself (mv {before} {path}) or set repos_root back")
+    owner = known.get("owner") if known and known.get("removed") else None
+    where = before or path
+    if owner is not None and owner != repo.owner and _holds_data(seen.get(where)):
+        return Wanted(error=f"repository {name} was removed from the file and its data kept "
+                            f"at {where} (owner {owner}); adding it again under owner "
+                            f"{repo.owner} would give {repo.owner}'s keys that data. Purge it "
+                            f"first ('hive purge {name}'), or add it back with owner {owner} "
+                            "and change the owner in a change of its own")
     server = config.server
     try:
         maker = maker or keylines.LineMaker(config)
@@ -286,7 +299,8 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         resources.append(Resource("authorized_keys", user, _as_seen(
             facts.authorized_keys.get(user), {"keys": lines}), meta))
     return Wanted(resources, {"repository": name, "uid": uid, "protected": repo.protected,
-                              "path": path}, [maker.repos_root, home, path], expired)
+                              "path": path, "owner": repo.owner},
+                  [maker.repos_root, home, path], expired)
 
 
 def expired_note(expired: dict[str, dt.datetime]) -> str | None:
@@ -325,17 +339,31 @@ def removed_repository(config: HiveConfig, user: str, known: dict[str, Any], fac
         return Removal(error=f"repository {name} removed from the file: besides Hive's user "
                              f"{user}, another account or group of that name exists. Hive "
                              "will not touch either; remove or rename the other one")
-    # where its data really is
+    # where its data really is: where it was applied, or where the file now puts it (a
+    # repos_root moved with its tree); the user, and so its uid, stays while either holds
+    # anything, else the next new repository would get the uid that owns these backups
     path = Path(known.get("path") or config.repo_path(name, user))
     home = path.parent
-    repo_dir = facts.directories.get(str(path))
-    user_dir = facts.directories.get(str(home))
-    data_gone = not _holds_data(repo_dir)
-    held = _content(user_dir)
-    home_clear = user_dir is None or (held is not None and set(held) <= {name})
+    seen = facts.directories
+    places = [path, config.repo_path(name, user)]
+    full = next((p for p in places if _holds_data(seen.get(str(p)))), None)
+    if full is not None:
+        path, home = full, full.parent
+    data_gone = full is None
+    held: tuple[str, ...] | None = ()
+    for folder in dict.fromkeys(p.parent for p in places):
+        user_dir = seen.get(str(folder))
+        content = _content(user_dir)
+        if user_dir is None:
+            continue
+        if content is None or not set(content) <= {name}:
+            home, held = folder, content
+            break
+    home_clear = held is not None and set(held) <= {name}
     if prune and data_gone and home_clear:
         remove: set[Key] = {("account", user)}
-        remove.update(("directory", str(p)) for p in (path, home) if str(p) in made)
+        remove.update(("directory", str(d)) for p in places for d in (p, p.parent)
+                      if str(d) in made)
         return Removal(remove=remove, note=f"repository {name} removed from the file: "
                                            "--prune deletes its user, group and empty folders")
     out = Removal(account=Resource("account", user, _account(
@@ -380,13 +408,38 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
     resources, claims, made = out.resources, out.inventory.accounts, inventory.directories
     claimed_paths = out.inventory.directories
     uids, refused = assigned.uids, assigned.refused
+    # a repository of the file that Hive made under another user (server.users.prefix
+    # changed): its backups stay with that user, so a new user would start it empty
+    earlier = {entry["repository"]: (u, entry) for u, entry in known.items() if u not in users}
     for user, name in users.items():
         if user not in uids or user in refused:
             continue
+        if name in earlier:
+            was, entry = earlier[name]
+            at = entry.get("path") or config.repo_folder(name, was)
+            if _holds_data(seen.get(at)):
+                out.errors.append(
+                    f"repository {name} was made as user {was} (its data is at {at}) and "
+                    f"would now be user {user} with a new, empty folder (server.users.prefix "
+                    "changed?). Hive never renames users or moves backups: set the prefix "
+                    "back")
+                continue
         wanted = wanted_repository(config, name, uids[user], known.get(user), facts, now,
                                    maker)
         if wanted.error:
             out.errors.append(wanted.error)
+            continue
+        path = wanted.claim["path"]
+        found = seen.get(path)
+        if type(found) is dict and path not in made and found.get("type") == "directory" \
+                and found.get("uid") not in (uids[user], (known.get(user) or {}).get("uid")):
+            # a folder Hive did not make, of someone else: adopting it would chown all that
+            # someone's files in it to this repository's user
+            out.errors.append(
+                f"{path} exists, Hive did not make it, and it belongs to uid {found['uid']}: "
+                f"Hive will not give what it holds to {user}. Move it away; or, if it is "
+                f"this repository's data, 'chown -R {uids[user]}:{uids[user]} {path}' "
+                "yourself, then apply")
             continue
         for resource in wanted.resources:
             resources[(resource.kind, resource.name)] = resource
@@ -409,11 +462,18 @@ def desired_state(config: HiveConfig, inventory: Inventory, facts: Facts, now: d
             out.errors.append(removal.error)
             continue
         out.remove |= removal.remove
+        if ("account", user) in removal.remove and user not in facts.accounts \
+                and entry["uid"] not in facts.ids_in_use:
+            # pruned by an apply killed before it trimmed the inventory: forgotten now,
+            # else every later apply would make it again as a locked account
+            del out.inventory.accounts[user]
         if removal.note:
             out.notes.append(removal.note)
         if removal.account:
             out.add(removal.account)
-            out.inventory.accounts.setdefault(user, dict(entry))
+            # marked removed: a repository of that name added later is checked against the
+            # owner whose data this is (wanted_repository)
+            out.inventory.accounts[user] = {**entry, "removed": True}
 
     # 4. The cache directory belongs to Hive: any file in it that is not wanted goes.
     out.remove |= stray_key_files(facts, out.resources)

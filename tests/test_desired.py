@@ -193,7 +193,7 @@ def test_wanted_repository_resources_and_claim() -> None:
         ("authorized_keys", "bh-a")]
     assert got.resources[0].meta == {"repository": "a"}
     assert got.claim == {"repository": "a", "uid": 20000, "protected": False,
-                         "path": f"{ROOT}/bh-a/a"}
+                         "path": f"{ROOT}/bh-a/a", "owner": "alice"}
     assert got.paths == [ROOT, f"{ROOT}/bh-a", f"{ROOT}/bh-a/a"]
     assert list(got.expired) == ["k2"]
 
@@ -329,7 +329,7 @@ def test_stray_key_files(files: list[str], wanted: list[str], expected: set[Any]
      {"/old/bh-a/a", "/old/bh-a"}, {"/old/bh-a/a"}),
     ({"old-z": {"repository": "z", "uid": 1, "path": "/elsewhere/old-z/z"}},  # gone
      {f"{ROOT}/old-z", f"{ROOT}/old-z/z", "/elsewhere/old-z/z", "/elsewhere/old-z"},
-     {"/elsewhere/old-z/z", "/elsewhere/old-z"}),
+     {"/elsewhere/old-z/z", "/elsewhere/old-z", f"{ROOT}/old-z", f"{ROOT}/old-z/z"}),
     ({"old-z": {"repository": "z", "uid": 1}}, {f"{ROOT}/old-z", f"{ROOT}/old-z/z"},
      {f"{ROOT}/old-z", f"{ROOT}/old-z/z"}),
 ])
