@@ -109,3 +109,28 @@ def test_readers_over_a_merged_file_keep_the_hosts_apart(tmp_path: Path) -> None
     page = (tmp_path / "site" / "repos" / "r1.html").read_text()
     assert "east-only-change" in page and "west-only-change" not in page
     assert page.count("<td>watch</td>") == HOSTS["east"][2]  # west's 25 events not shown
+
+
+def test_the_report_shows_the_alerts_hive_notify_sent_on_this_host(tmp_path: Path) -> None:
+    """`hive notify` logs into `notify_attempts` (notifications/state.py, its own writer);
+    the repository page lists those of this host, never another host's."""
+    from notifications.alerts import Delivery
+
+    for host in HOSTS:
+        (tmp_path / host).mkdir()
+    cfg = host_config(tmp_path / "east", "east")
+    state_dir = tmp_path / "east" / "state"
+    record_host(state_dir, "east", "/srv/hive-multi/repos/bh-r1/r1")
+    sent = [notify_state.Attempt("mail", "alert", [Delivery("ops", "mail", "r1", "stale",
+                                                            "new", None)], None)]
+    notify_state.record(state_dir, "east", NOW - timedelta(hours=1), sent, [])
+    failed = [notify_state.Attempt("chat", "alert", [Delivery("ops", "chat", "r1",
+                                                              "never_backed_up", "new",
+                                                              None)], "refused")]
+    notify_state.record(state_dir, "west", NOW, failed, [])  # another host's row
+    report = hive("report", "-f", str(cfg), "-d", str(tmp_path / "site"))
+    assert report.returncode == 0, report.stdout + report.stderr
+    page = (tmp_path / "site" / "repos" / "r1.html").read_text()
+    assert "<h2>Alerts sent</h2>" in page
+    assert "<td>stale</td>" in page and "<td>mail</td>" in page and "<td>sent</td>" in page
+    assert "never_backed_up" not in page and "<td>chat</td>" not in page
