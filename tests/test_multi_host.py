@@ -90,6 +90,9 @@ def test_readers_over_a_merged_file_keep_the_hosts_apart(tmp_path: Path) -> None
     status = hive("status", "-f", str(cfg), "-o", "json")
     assert status.returncode in (0, 2), status.stdout + status.stderr
     (row,) = json.loads(status.stdout)
+    assert row["host"] == "east", row
+    text = hive("status", "-f", str(cfg))
+    assert "1 repositories on east: " in text.stdout, text.stdout + text.stderr
     assert row["size_bytes"] == HOSTS["east"][0], row
     assert datetime.fromisoformat(row["last_backup"]) == NOW - timedelta(hours=2), row
 
