@@ -111,3 +111,18 @@ def test_a_host_reusing_another_hosts_name_does_not_lock_its_users(
     before = slapd.entries(PEOPLE)[f"uid=bh-ra,{PEOPLE}"]
     result = hive("apply", "-f", str(cfg_west), env=ENV)
     assert slapd.entries(PEOPLE)[f"uid=bh-ra,{PEOPLE}"] == before, result.stdout
+
+
+def test_a_name_another_host_holds_is_refused_naming_that_host(
+        tmp_path: Path, slapd: Slapd) -> None:
+    """The same repository name on two hosts: one user name in the directory. The refusal
+    says which Hive server holds it (before: "was not created by Hive")."""
+    cfg_east = host_config(tmp_path / "east", slapd, "east", "  ra: {owner: alice}\n")
+    cfg_west = host_config(tmp_path / "west", slapd, "west", "  ra: {owner: alice}\n")
+    assert hive("apply", "-f", str(cfg_east), env=ENV).returncode == 0
+    before = slapd.entries(PEOPLE)
+    clash = hive("apply", "-f", str(cfg_west), env=ENV)
+    assert clash.returncode == 1, clash.stdout + clash.stderr
+    assert ("user bh-ra (repository ra) already exists, made by the Hive of server east"
+            in clash.stderr), clash.stderr
+    assert slapd.entries(PEOPLE) == before
