@@ -168,7 +168,12 @@ def taken_names(users: dict[str, str], known: dict[str, Any], facts: Facts) -> d
     refusals = {}
     accounts = facts.accounts
     for user, name in users.items():
-        if user not in known and (user in accounts or user in facts.system_names):
+        if user not in known and user in facts.other_servers:
+            refusals[user] = (f"user {user} (repository {name}) already exists, made by the "
+                              f"Hive of server {facts.other_servers[user]} that shares this "
+                              "directory; Hive will not take it over. Rename the repository "
+                              "(user names are one namespace for every server)")
+        elif user not in known and (user in accounts or user in facts.system_names):
             refusals[user] = (f"user {user} (repository {name}) already exists and was not "
                               "created by Hive; Hive will not take it over. Remove that user "
                               "or rename the repository")

@@ -86,6 +86,9 @@ class Facts:
     # unix user -> repository, for accounts that carry Hive's own mark in the backend
     # (LDAP entries); they are Hive's even if this host's inventory was lost
     marked: dict[str, str] = field(default_factory=dict)
+    # unix user -> server.name of ANOTHER Hive whose mark its entry carries (a directory
+    # several Hive servers share): foreign here, named so refusals can say whose it is
+    other_servers: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def hold(self, number: int, name: str) -> None:

@@ -70,7 +70,7 @@ class RepoPage:
     keys: list[KeyRow]
     projection: Projection | None  # None: no quota
     timeline: Timeline
-    alerts: list[dict[str, Any]] | None  # None: no notifications table
+    alerts: list[dict[str, Any]] | None  # None: no notify_attempts table
 
 
 @dataclass

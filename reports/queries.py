@@ -26,9 +26,8 @@ SPARK_W, SPARK_H = 100, 24
 CHART_W, CHART_H = 600, 200
 TIMELINE = 20     # newest timeline rows per repository page
 ALERTS = 20       # newest alerts per repository page
-#: Columns of a notifications table that are safe to show (never a channel's URL).
-ALERT_COLUMNS = ("kind", "event", "state", "channel", "status", "outcome")
-ALERT_TIME_COLUMNS = ("time", "sent_at", "created_at")
+#: What the report shows of each message `hive notify` sent (never a channel's URL).
+ALERT_COLUMNS = ("time", "alert", "kind", "channel", "result")
 
 
 @dataclass
@@ -182,25 +181,21 @@ def timelines(con: Any, host: str, names: list[str], paths: list[str],
 
 def alerts(con: Any, host: str, names: list[str],
            limit: int = ALERTS) -> dict[str, list[dict[str, Any]]] | None:
-    """Alerts sent per repository, from `hive notify`'s `notifications` table; None when
-    this database has no such table (yet). Only columns that cannot hold a secret."""
-    columns = {c for (c,) in con.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_name = 'notifications'").fetchall()}
-    when = next((c for c in ALERT_TIME_COLUMNS if c in columns), None)
-    if "repository" not in columns or when is None:
+    """The newest messages `hive notify` tried to send about each repository from this
+    host (its `notify_attempts` log: one row per message, rule and alert, listing the
+    repositories); None when this database has no such table. Only columns that cannot
+    hold a secret: never the error text (it may quote a channel's answer)."""
+    if not con.execute("SELECT 1 FROM information_schema.tables "
+                       "WHERE table_name = 'notify_attempts'").fetchall():
         return None
-    shown = [c for c in ALERT_COLUMNS if c in columns]
-    select = ", ".join([f'"{when}"', *(f'CAST("{c}" AS VARCHAR)' for c in shown)])
-    where = "repository IN (SELECT unnest($names::VARCHAR[]))"
-    params: dict[str, Any] = {"names": names, "limit": limit}
-    if "host" in columns:
-        where += " AND host = $host"
-        params["host"] = host
     found: dict[str, list[dict[str, Any]]] = {}
-    for row in con.execute(
-            f"SELECT repository, {select} FROM notifications WHERE {where} "
-            f'QUALIFY row_number() OVER (PARTITION BY repository ORDER BY "{when}" DESC) '
-            f'<= $limit ORDER BY repository, "{when}" DESC', params).fetchall():
-        found.setdefault(row[0], []).append(dict(zip(["time", *shown], row[1:], strict=True)))
+    for repository, *row in con.execute(
+            "SELECT repository, time, alert, kind, channel, result FROM ("
+            "  SELECT unnest(repositories) AS repository, time, alert, kind, channel, result"
+            "  FROM notify_attempts WHERE host = $host AND kind <> 'test')"
+            " WHERE repository IN (SELECT unnest($names::VARCHAR[]))"
+            " QUALIFY row_number() OVER (PARTITION BY repository ORDER BY time DESC) <= $limit"
+            " ORDER BY repository, time DESC",
+            {"host": host, "names": names, "limit": limit}).fetchall():
+        found.setdefault(repository, []).append(dict(zip(ALERT_COLUMNS, row, strict=True)))
     return found

@@ -292,7 +292,7 @@ def test_the_repository_page(site: Site) -> None:
     assert about["Quota full"].startswith("not enough data")
     assert about["Host"] == "test1" and about["Owner"] == "alice"
     assert "Family photos" in text
-    assert "Alerts sent" not in text  # this database has no notifications table
+    assert "No alerts sent for this repository" in text  # hive notify sent none
     assert facts(parse(site.report / "repos" / "fresh.html"))["Last backup"] == "never"
     gone = " ".join(parse(site.report / "repos" / "gone.html").text().split())
     assert "No measurements yet" in gone
@@ -572,28 +572,32 @@ def test_a_link_can_sort_and_filter_the_table(site: Site, tmp_path: Path) -> Non
 
 
 def test_alerts_show_only_columns_without_secrets() -> None:
-    """`hive notify`'s table, when present: the newest alerts per repository, and never a
-    column such as a channel's URL. A real DuckDB, with no such table first."""
+    """`hive notify`'s log (`notify_attempts`), when present: the newest messages per
+    repository of this host, and never a column such as the error (a channel's answer).
+    A real DuckDB, with no such table first."""
     import duckdb
 
     from reports import queries
+    from watcher.store import MIGRATIONS
 
     con = duckdb.connect()
     assert queries.alerts(con, "h1", ["r"]) is None  # no table: the section is left out
-    con.execute("CREATE TABLE notifications (time TIMESTAMPTZ, host VARCHAR, "
-                "repository VARCHAR, kind VARCHAR, channel VARCHAR, status VARCHAR, "
-                "url VARCHAR, message VARCHAR)")
+    con.execute(MIGRATIONS[1][0])
     base = datetime(2026, 11, 1, tzinfo=UTC)
-    rows = [(base + timedelta(hours=i), "h1", "r", "stale", "mail", "sent",
-             "mailto://user:password@example.org", "secret body") for i in range(30)]
-    rows += [(base, "h2", "r", "stale", "mail", "sent", "x", "y"),
-             (base, "h1", "other", "stale", "mail", "sent", "x", "y")]
-    con.executemany("INSERT INTO notifications VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    rows = [(base + timedelta(hours=i), "h1", "run", "ops", "mail", "stale", "alert",
+             ["other", "r"], "failed", "mailto://user:password@example.org said no")
+            for i in range(30)]
+    rows += [(base + timedelta(days=9), "h2", "run", "ops", "mail", "stale", "alert", ["r"],
+              "sent", None),
+             (base + timedelta(days=9), "h1", "run", None, "mail", None, "test", [], "sent",
+              None)]
+    con.executemany("INSERT INTO notify_attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     found = queries.alerts(con, "h1", ["r"])
     assert found is not None and list(found) == ["r"]
     assert len(found["r"]) == queries.ALERTS
-    assert list(found["r"][0]) == ["time", "kind", "channel", "status"]
-    assert found["r"][0]["time"] == base + timedelta(hours=29)  # newest first
+    assert list(found["r"][0]) == ["time", "alert", "kind", "channel", "result"]
+    assert found["r"][0]["time"] == base + timedelta(hours=29)  # newest first, h1's only
+    assert "password" not in str(found)
 
 
 def _contrast(a: str, b: str) -> float:

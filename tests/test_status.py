@@ -195,7 +195,7 @@ def test_status_table_and_sizes_after_stats(server: Path) -> None:
     good = next(line for line in lines if line.startswith("good "))
     assert " ok " in good and " kB " in good and "% of 1.0 GB" in good
     assert "never backed up" in next(line for line in lines if line.startswith("fresh "))
-    assert lines[-1] == ("5 repositories: 1 ok, 1 stale, 1 never backed up, 1 disabled, "
+    assert lines[-1] == ("5 repositories on test1: 1 ok, 1 stale, 1 never backed up, 1 disabled, "
                          "1 missing on disk.")
 
 

@@ -253,7 +253,8 @@ def status(repositories: tuple[str, ...], config_file: str | None, owner: tuple[
         found = [s for s in found if s.state in states]
     trouble = any(s.state in status_mod.TROUBLE for s in found)
     if fmt == "json":
-        click.echo(json.dumps([s.as_json() for s in found], indent=2))
+        host = config.server.name  # each object names it: hosts' lists may be merged
+        click.echo(json.dumps([{"host": host, **s.as_json()} for s in found], indent=2))
         return EXIT_TROUBLE if trouble else EXIT_OK
     rows = []
     for s in found:
@@ -280,7 +281,7 @@ def status(repositories: tuple[str, ...], config_file: str | None, owner: tuple[
             click.echo(click.style("Warning: ", fg="yellow")
                        + f"{s.repository} ({s.path}): {s.problem}", err=True)
     counts = {state: sum(s.state == state for s in found) for state in _STATES}
-    click.echo("\n" + f"{len(found)} repositories: "
+    click.echo("\n" + f"{len(found)} repositories on {config.server.name}: "
                + ", ".join(f"{n} {state}" for state, n in counts.items() if n) + ".")
     for s in found if repositories else []:
         click.echo(f"\n{s.repository} ({s.mode}), as unix user {s.unix_user}:\n  URL: {s.url}")

@@ -113,6 +113,17 @@ def _marked(attrs: dict[str, Any], server: str) -> str | None:
     return None
 
 
+def _marking_server(attrs: dict[str, Any]) -> str | None:
+    """The `server=` of a Hive mark on the entry, whichever server wrote it."""
+    values = attrs.get("description") or []
+    for value in values if isinstance(values, list) else [values]:
+        if isinstance(value, str) and value.startswith(MARKER + " "):
+            fields = dict(p.split("=", 1) for p in value.split()[1:] if "=" in p)
+            if fields.get("server"):
+                return fields["server"]
+    return None
+
+
 def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, server: str,
                   facts: Facts) -> None:
     """Fill facts from search results. Pure, so it is tested without a server.
@@ -142,6 +153,9 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, serve
                 users[name] = {"attrs": attrs, "marked": repository}
             elif name:
                 facts.system_names.add(name)
+                other = _marking_server(attrs)
+                if other is not None and other != server:
+                    facts.other_servers[name] = other
         if "posixgroup" in classes:
             name = _first(attrs, "cn")
             if gid_number is not None:
