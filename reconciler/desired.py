@@ -135,16 +135,21 @@ def known_accounts(config: HiveConfig, inventory: Inventory,
     entry the inventory does not remember is taken as Hive's only with a uid Hive could
     have given it: one in server.users.uid_range, or the file's pin for that repository.
     Any other uid (0, a local user's) would hand that uid a repository's folder and keys;
-    such an entry stays foreign, and a repository of that name is refused."""
+    such an entry stays foreign, and a repository of that name is refused.
+
+    Nor is one taken whose repository is not in this file: it is no proof that this host
+    made it (a copied hive.yaml keeps the same server.name on another host), and taking
+    it would lock, or with --prune delete, that host's user. Left alone, it keeps its uid
+    taken; it has no keys here (the key cache is this host's)."""
     known = dict(inventory.accounts)
     low, high = config.server.users.uid_range
     repositories = config.repositories
     for user, repository in facts.marked.items():
         account = facts.accounts.get(user)
-        if user in known or not isinstance(account, dict):
+        if user in known or not isinstance(account, dict) or repository not in repositories:
             continue
         uid = account["uid"]
-        pinned = repositories[repository].uid if repository in repositories else None
+        pinned = repositories[repository].uid
         if low <= uid <= high or uid == pinned:
             known[user] = {"repository": repository, "uid": uid, "protected": False}
     return known

@@ -71,11 +71,14 @@ def folder(*children: str) -> dict[str, Any]:
     # the inventory remembers what Hive gave, whatever the range says now
     ({"bh-b": {"repository": "b", "uid": 7}}, {"bh-b": "b"}, {"bh-b": {"uid": 7}},
      {"bh-b": {"repository": "b", "uid": 7}}),
+    # a marked entry of a repository not in this file: no proof that this host made it
+    # (another host with a copied server.name may have); left alone, not locked or pruned
+    ({}, {"bh-z": "z"}, {"bh-z": {"uid": 20001}}, {}),
 ])
 def test_known_accounts(remembered: dict[str, Any], marked: dict[str, str],
                         accounts: dict[str, Any], expected: dict[str, Any]) -> None:
     facts = Facts(observed={"account": accounts}, marked=marked)
-    cfg = config("a: {owner: alice, uid: 25000}")
+    cfg = config("a: {owner: alice, uid: 25000}\nb: {owner: alice}")
     assert desired.known_accounts(cfg, Inventory(accounts=remembered), facts) == expected
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -94,33 +95,40 @@ def marker(server: str, repository: str) -> str:
     return f"{MARKER} server={server} repository={repository}"
 
 
+def _marks(attrs: dict[str, Any]) -> Iterator[list[str]]:
+    """The words of each Hive mark in an entry's `description` (what marker() writes)."""
+    values = attrs.get("description") or []
+    for value in values if isinstance(values, list) else [values]:
+        if isinstance(value, str) and value.startswith(MARKER + " "):
+            yield value.split()
+
+
+def _fields(words: list[str]) -> dict[str, str]:
+    return dict(word.split("=", 1) for word in words[1:] if "=" in word)
+
+
 def _marked(attrs: dict[str, Any], server: str) -> str | None:
     """The repository name if this server's Hive made the entry, else None.
 
     Entries made by another server's Hive sharing the directory are foreign here: their
     ids are taken and their names blocked, but they are never changed or pruned.
     """
-    values = attrs.get("description") or []
-    for value in values if isinstance(values, list) else [values]:
-        if isinstance(value, str) and value.startswith(MARKER + " "):
-            parts = value.split()
-            if (len(parts) == 3 and parts[1] == "server=" + server
-                    and parts[2].startswith("repository=") and len(parts[2]) > 11):
-                return parts[2][11:]  # what marker() writes; the loop below reads any order
-            fields = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
-            if fields.get("server") == server and fields.get("repository"):
-                return fields["repository"]
+    for parts in _marks(attrs):
+        if (len(parts) == 3 and parts[1] == "server=" + server
+                and parts[2].startswith("repository=") and len(parts[2]) > 11):
+            return parts[2][11:]  # what marker() writes; _fields reads any order
+        fields = _fields(parts)
+        if fields.get("server") == server and fields.get("repository"):
+            return fields["repository"]
     return None
 
 
 def _marking_server(attrs: dict[str, Any]) -> str | None:
     """The `server=` of a Hive mark on the entry, whichever server wrote it."""
-    values = attrs.get("description") or []
-    for value in values if isinstance(values, list) else [values]:
-        if isinstance(value, str) and value.startswith(MARKER + " "):
-            fields = dict(p.split("=", 1) for p in value.split()[1:] if "=" in p)
-            if fields.get("server"):
-                return fields["server"]
+    for parts in _marks(attrs):
+        other = _fields(parts).get("server")
+        if other:
+            return other
     return None
 
 
