@@ -150,6 +150,15 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
             if change.action == "delete" and error is None and forget:
                 forget(claimed, change.name)
                 forgotten = True
+            elif (change.kind == "account" and change.action == "create"
+                  and error is not None and forget
+                  and change.name not in planned.inventory.accounts):
+                # a new account the server refused (another Hive server sharing the
+                # directory took that uid a moment before: slapo-unique): its claim
+                # would stop every later plan at "uid N is already used"; the next plan
+                # picks a free uid (or finds the entry, should it exist after all)
+                forget(claimed, change.name)
+                forgotten = True
         if forgotten:  # else the claim saved above is already the inventory
             inventory_mod.save(state_dir, claimed)
         journal.write(journal.record("finish", error=outcome.error,

@@ -204,9 +204,6 @@ def test_unique_ldif_refuses_the_uid_two_hive_servers_both_picked(
     assert _uids(deployed) == {"bh-ra": "20000"}  # not a second holder of 20000
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the refused create leaves its uid claimed "
-                   "in west's inventory.json, and every later plan stops at 'uid 20000 is "
-                   "already used by bh-ra'")
 def test_the_host_that_lost_the_uid_race_converges_on_its_next_apply(
         tmp_path: Path, deployed: str, monkeypatch: pytest.MonkeyPatch) -> None:
     configs, _ = _race(tmp_path, deployed, monkeypatch)
