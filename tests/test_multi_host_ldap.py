@@ -42,8 +42,9 @@ def uid_numbers(slapd: Slapd) -> dict[str, int]:
             for dn, attrs in slapd.entries(PEOPLE).items() if "uidNumber" in attrs}
 
 
-@pytest.mark.xfail(strict=True, reason="defect: two hosts applying at once both take the "
-                   "lowest free uid; nothing in Hive or deploy/ldap (no slapo-unique) stops it")
+@pytest.mark.xfail(strict=True, reason="open: two hosts applying at once both take the "
+                   "lowest free uid; only slapd stops it, with deploy/ldap/unique.ldif "
+                   "loaded (test_ldap_deploy.py), which this plain slapd has not")
 def test_two_hosts_applying_at_the_same_time_get_different_uids(
         tmp_path: Path, slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> None:
     """West plans (observes the directory), east applies meanwhile, west applies its plan:
