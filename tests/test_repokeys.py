@@ -16,7 +16,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_watcher_support import Borg, hive_cli, make_config, query, repo_path
+from test_watcher_support import (
+    Borg,
+    barrier,
+    hive_cli,
+    make_config,
+    query,
+    repo_path,
+    wait_for,
+    watching,
+)
 
 from borgrepo.config import parse_key, read_key
 from watcher import repokeys
@@ -88,6 +97,27 @@ def test_stats_keeps_each_key_reports_a_change_and_the_copy_restores_it(
     _borg(borg, "key", "import", str(repo), str(copy))
     listed = borg("list", repo)
     assert "first" in listed.stdout
+
+
+def test_the_watcher_keeps_a_key_as_soon_as_borg_writes_it(tmp_path: Path) -> None:
+    """`hive watch` sees `config` written (init, a key change) and keeps the key then, not
+    an hour later at the next `hive stats`: a key replaced right after init is not the
+    only one there is."""
+    config = make_config(tmp_path, {"w": "owner: alice"})
+    state, repo = tmp_path / "state", repo_path(tmp_path, "w")
+    borg = Borg(tmp_path / "borg-base")
+    with watching(config) as watcher:
+        borg("init", repo)
+        [copy] = wait_for(lambda: _kept(state, "w"), what="the key kept after init")
+        exported = tmp_path / "exported"
+        _borg(borg, "key", "export", str(repo), str(exported))
+        assert copy.read_text() == exported.read_text()
+        _borg(borg, "key", "change-passphrase", str(repo), BORG_NEW_PASSPHRASE="other")
+        wait_for(lambda: len(_kept(state, "w")) == 2, what="the new key kept")
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0
+    assert query(state, "SELECT kind, source FROM events WHERE repository = 'w' AND kind "
+                        "= 'repokey_changed'") == [("repokey_changed", "inotify")]
 
 
 def test_no_record_keeps_nothing(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ from inotify_simple import INotify, flags
 
 from borgrepo import layout as borg_layout
 from borgrepo import locks as borg_locks
-from watcher import commits, journal_rows, store
+from borgrepo.config import read_key
+from watcher import commits, journal_rows, repokeys, store
 from watcher import events as ev
 
 log = logging.getLogger("hive.watch")
@@ -269,6 +270,24 @@ class Watcher:
         if new != old:
             self._set(key, new)
 
+    def _keep_key(self, key: str, path: str) -> None:
+        """borg wrote the repository's `config` (init, a key change, a check): keep its key
+        at once (watcher/repokeys.py), not only at the next `hive stats`, so that a key
+        replaced by an append-only client soon after `borg init` is not the only one."""
+        found = read_key(path)
+        if found is None:
+            return
+        try:
+            kept = repokeys.keep(self.state_dir, key.partition("/")[2], found)
+        except OSError as exc:
+            log.warning("cannot keep a copy of the key of %s: %s", key, exc)
+            return
+        if kept.changed:
+            log.warning("the key in the config of %s changed; every key it had is kept in "
+                        "%s", key, kept.copy.parent)
+            self._record(key, [ev.RepoEvent(time.time(), "repokey_changed",
+                                            {"copy": str(kept.copy)})])
+
     def _repo_gone(self, key: str, how: str) -> None:
         self._rm_watches(self.repo_wds.pop(key, set()))
         if key in self.states:
@@ -341,6 +360,8 @@ class Watcher:
         self._record(key, found, new.layout)
         if new != state:
             self._set(key, new)
+        if name == "config" and added and not is_dir and new.layout == ev.BORG1:
+            self._keep_key(key, watch.path)
         if (watch.role == "repo" and is_dir and added and event.name in BORG2_SUBDIRS
                 and new.layout == ev.BORG2):
             # watch first, then look: what was written before the watch is not missed

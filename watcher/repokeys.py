@@ -1,14 +1,15 @@
-"""Keep every repository key `hive stats` sees, where no repository user can reach it.
+"""Keep every repository key `hive watch` and `hive stats` see, out of any client's reach.
 
 An append-only key can still replace a borg 1.x repository's key (borgrepo/config.py says
-how); with the key gone, so is every archive. So each key `hive stats` reads is copied to
+how); with the key gone, so is every archive. So each key read (by `hive watch` when borg
+writes `config`, by `hive stats` every hour) is copied to
 
     <state_dir>/repokeys/<repository>/<repository id>-<key digest>.key
 
 root's, mode 0600, in folders only root may enter, in the format `borg key export`
 writes. A copy is written once and never changed or removed by Hive, so whatever a
-client later writes into `config`, every key the repository had when `hive stats` looked
-is still here; the owner puts one back with `borg key import URL FILE` (README, "What the
+client later writes into `config`, every key the repository had when Hive looked is
+still here; the owner puts one back with `borg key import URL FILE` (README, "What the
 server enforces"). A new key beside an older one of the same repository id is a change,
 which the caller reports: either the owner changed the passphrase, or a client that
 should not have replaced it.
