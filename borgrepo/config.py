@@ -9,8 +9,9 @@ Why the key matters: borg 1.2's `borg serve --append-only` still serves `save_ke
 client holding only an append-only key can overwrite the key here (`borg key
 change-passphrase`, `borg key import`, or a modified client), and borg erases the previous
 `config` as it does so. In repokey mode that key is the only way to read any archive, so
-`hive watch` and `hive stats` keep a copy of every key they see (watcher/repokeys.py), in the format `borg
-key export` writes; an owner puts one back with `borg key import URL FILE`.
+`hive watch` and `hive stats` keep a copy of every key they see (watcher/repokeys.py), in
+the format `borg key export` writes; an owner puts one back with `borg key import URL
+FILE`.
 """
 
 from __future__ import annotations
