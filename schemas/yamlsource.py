@@ -342,6 +342,25 @@ def _check_depth(text: str) -> None:
         loader.dispose()
 
 
+# Invisible characters that reorder how a line is displayed: U+202A..U+202E (embeddings and
+# overrides) and U+2066..U+2069 (isolates). In a comment or a plain value they make the
+# reviewer of a hive.yaml change read another text than the one Hive applies ("Trojan
+# Source", CVE-2021-42574). str.find per character: free for an ASCII or Latin-1 text.
+BIDI_CONTROLS = tuple(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def _refuse_bidi_controls(text: str) -> None:
+    found = [i for i in (text.find(c) for c in BIDI_CONTROLS) if i >= 0]
+    if not found:
+        return
+    at = min(found)
+    before = text[:at]
+    where = Mark(before.count("\n") + 1, at - (before.rfind("\n") + 1) + 1)
+    raise YamlSyntaxError(where, f"the invisible character U+{ord(text[at]):04X} changes how "
+                                 "this line is displayed, so a review of the file would "
+                                 "show another text than the one Hive reads; remove it")
+
+
 class YamlSyntaxError(Exception):
     """The text is not YAML at all; carries the position the parser stopped at."""
 
@@ -362,6 +381,7 @@ def parse(text: str) -> Document:
     # file is in the parse cache parses nothing.
     from schemas import fastyaml
 
+    _refuse_bidi_controls(text)
     with no_cycle_collection():
         try:
             return Document(fastyaml.scan(text), None, [], text)

@@ -320,3 +320,23 @@ def test_a_dn_holds_no_line_break(tmp_path: Path) -> None:
                 "state_dir: /old\", bind_dn: 'cn=h,dc=x', bind_password_env: PW}}")
     found = problems(tmp_path, "owners: {}\n", identity=identity)
     assert [p for p in found if "server.identity.ldap.base_dn" in p], found
+
+
+@pytest.mark.parametrize("where", ["comment", "value"])
+def test_a_bidi_control_character_is_refused_where_it_stands(tmp_path: Path,
+                                                              where: str) -> None:
+    """U+202E in a comment or a plain value makes a review show other text than Hive
+    reads (Trojan Source): refused at its line and column, like any YAML error."""
+    rlo = "\u202e"
+    owner = (f"  alice: {{}}  # ok {rlo}\n" if where == "comment"
+             else f"  alice: {{description: x{rlo}y}}\n")
+    path = write_config(tmp_path, "owners:\n" + owner + "repositories: {}\n")
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    [problem] = info.value.problems
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if rlo in text)
+    column = path.read_text().splitlines()[line - 1].index(rlo) + 1
+    assert (problem.line, problem.column) == (line, column), str(problem)
+    assert "U+202E" in str(problem) and "review" in str(problem)
+    path.write_text(path.read_text().replace(rlo, ""))
+    assert schemas.load(path).owners["alice"] is not None
