@@ -118,10 +118,10 @@ def watch(config_file: str | None, flush_interval: float, rescan_interval: float
 # ----------------------------------------------------------------------------- stats
 
 
-_KEY_CHANGED = ("the key in the config of repository {repo} changed since the last 'hive "
-                "stats'. If its owner did not change the passphrase, a client replaced it "
-                "(an append-only key can): every key it had is kept in {copy}; put the right "
-                "one back with 'borg key import URL FILE'")
+_KEY_CHANGED = ("the key in the config of repository {repo} changed since Hive last kept "
+                "it. If its owner did not change the passphrase, a client replaced it (an "
+                "append-only key can): every key it had is kept in {copy}; put the right one "
+                "back with 'borg key import URL FILE'")
 
 
 @click.command()
