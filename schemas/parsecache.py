@@ -124,15 +124,6 @@ def _open() -> int | None:
     return fd
 
 
-def folder() -> Path | None:
-    """The cache folder, made if needed; None when there is none this user alone owns."""
-    fd = _open()
-    if fd is None:
-        return None
-    os.close(fd)
-    return _configured()
-
-
 def _key(text: str) -> str:
     global _CODE
     if _CODE is None:
