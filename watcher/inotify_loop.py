@@ -35,7 +35,6 @@ from inotify_simple import INotify, flags
 
 from borgrepo import layout as borg_layout
 from borgrepo import locks as borg_locks
-from borgrepo.config import read_key
 from watcher import commits, journal_rows, repokeys, store
 from watcher import events as ev
 
@@ -274,15 +273,12 @@ class Watcher:
         """borg wrote the repository's `config` (init, a key change, a check): keep its key
         at once (watcher/repokeys.py), not only at the next `hive stats`, so that a key
         replaced by an append-only client soon after `borg init` is not the only one."""
-        found = read_key(path)
-        if found is None:
-            return
         try:
-            kept = repokeys.keep(self.state_dir, key.partition("/")[2], found)
+            kept = repokeys.keep_key_of(self.state_dir, key.partition("/")[2], path)
         except OSError as exc:
             log.warning("cannot keep a copy of the key of %s: %s", key, exc)
             return
-        if kept.changed:
+        if kept is not None and kept.changed:
             log.warning("the key in the config of %s changed; every key it had is kept in "
                         "%s", key, kept.copy.parent)
             self._record(key, [ev.RepoEvent(time.time(), "repokey_changed",

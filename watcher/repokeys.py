@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from borgrepo.config import RepoKey
+from borgrepo.config import RepoKey, read_key
 from reconciler.fsutil import atomic_write
 
 FOLDER = "repokeys"
@@ -39,6 +39,7 @@ class Kept:
     """What keeping one repository's key did."""
 
     repository: str
+    digest: str                  # the key's (RepoKey.digest)
     copy: Path                   # the file holding this key (new or from an earlier run)
     new: bool                    # written just now
     earlier: tuple[Path, ...]    # copies of the repository's other keys (same id)
@@ -64,7 +65,15 @@ def keep(state_dir: Path, repository: str, key: RepoKey) -> Kept:
         atomic_write(copy, key.exported(), mode=0o600)
     earlier = tuple(sorted(
         p for p in folder.glob(f"{key.repo_id}-*{SUFFIX}") if p.name != copy.name))
-    return Kept(repository, copy, new, earlier)
+    return Kept(repository, key.digest, copy, new, earlier)
+
+
+def keep_key_of(state_dir: Path, repository: str, path: str) -> Kept | None:
+    """Keep the key in the `config` of the borg 1.x repository at `path`; None when it
+    holds none (keyfile mode, no encryption, a file borg did not write). OSError when
+    the copy cannot be written safely."""
+    key = read_key(path)
+    return None if key is None else keep(state_dir, repository, key)
 
 
 def _private_folder(path: Path) -> Path:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from borgrepo import layout as borg_layout
-from borgrepo.config import read_key
 from reconciler import treewalk
 from schemas.models import HiveConfig
 from watcher.events import BORG2
@@ -155,15 +154,14 @@ def keep_repokeys(state_dir: Path, results: list[RepositoryStats]) -> None:
     for r in results:
         if not r.present or r.layout != borg_layout.BORG1:
             continue
-        key = read_key(r.path)
-        if key is None:  # keyfile or no encryption: the key does not live here
-            continue
         try:
-            kept = repokeys.keep(state_dir, r.repository, key)
+            kept = repokeys.keep_key_of(state_dir, r.repository, r.path)
         except OSError as exc:
             r.errors.append(f"cannot keep a copy of the key of {r.path}: {exc}")
             continue
-        r.repokey, r.repokey_copy = key.digest, str(kept.copy)
+        if kept is None:  # keyfile or no encryption: the key does not live here
+            continue
+        r.repokey, r.repokey_copy = kept.digest, str(kept.copy)
         r.repokey_changed = kept.changed
 
 
