@@ -67,23 +67,24 @@ def duration(_ctx: Any, param: Any, value: str) -> float:
 
 
 def default_config(fmt: str = "text") -> str:
-    """-f's default (FILE_HELP). As root, ./hive.yaml counts only when it is root's in a
-    folder that only root may change: in /tmp, or in another user's folder, anyone could
-    have left a hive.yaml for root to apply. Else SystemExit, asking for -f."""
+    """-f's default (FILE_HELP). As root, ./hive.yaml counts only when only root may
+    change it and its folder (fsutil.others_may_change): in /tmp, or in another user's
+    folder, anyone could have left a hive.yaml for root to apply. Else SystemExit, asking
+    for -f."""
     if os.environ.get("HIVE_CONFIG"):
         return os.environ["HIVE_CONFIG"]
     if not Path("hive.yaml").exists():
         return "/etc/hive/hive.yaml"
-    if os.geteuid() == 0 and not _root_alone(os.stat("."), os.stat("hive.yaml")):
+    from reconciler.fsutil import others_may_change
+
+    if os.geteuid() == 0 and (others_may_change(os.stat("."))
+                              or others_may_change(os.stat("hive.yaml"))):
         raise SystemExit(fail(
-            f"{Path.cwd() / 'hive.yaml'} belongs to another user or lies in a folder others "
-            "may write; as root, Hive does not pick it up by itself. Give it with -f if you "
+            f"{Path.cwd() / 'hive.yaml'} or its folder may be changed by users other than "
+            "root; as root, Hive does not pick it up by itself. Give it with -f if you "
             "mean it", fmt, errors=1))
     return "hive.yaml"
 
-
-def _root_alone(folder: os.stat_result, file: os.stat_result) -> bool:
-    return folder.st_uid == 0 and not folder.st_mode & 0o022 and file.st_uid == 0
 
 
 def file_option(f: Any) -> Any:

@@ -19,6 +19,12 @@ _TEMP_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def others_may_change(info: os.stat_result) -> bool:
+    """True unless only root may change the file or folder `info` describes (root's,
+    not group- or world-writable): what root reads to decide what it may touch."""
+    return info.st_uid != 0 or bool(info.st_mode & 0o022)
+
+
 def atomic_write(path: Path, content: str, mode: int = 0o644, uid: int = 0,
                  gid: int = 0) -> None:
     """Write a file so readers see the old content or the new, never a mix.

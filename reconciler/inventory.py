@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.fsutil import atomic_write
+from reconciler.fsutil import atomic_write, others_may_change
 
 FILE_NAME = "inventory.json"
 VERSION = 1
@@ -49,12 +49,8 @@ class Inventory:
                 and self.directories == other.directories)
 
 
-def _others_may_change(info: os.stat_result) -> bool:
-    return info.st_uid != 0 or bool(info.st_mode & 0o022)
-
-
 def _refuse_others(where: Path, info: os.stat_result) -> None:
-    if _others_may_change(info):
+    if others_may_change(info):
         raise InventoryError(
             f"{where} may be changed by users other than root (owner uid {info.st_uid}, "
             f"mode {stat.S_IMODE(info.st_mode):04o}), and the inventory decides what Hive "
