@@ -151,17 +151,27 @@ def test_a_changed_user_prefix_does_not_start_repositories_that_hold_data_afresh
     assert hive("plan", "-f", str(cfg), "--detailed-exitcode").returncode == 0
 
 
+def _phone_with_data_removed_from_the_file(sysroot: Path, pubkeys: dict[str, str]
+                                           ) -> tuple[Path, Path]:
+    """Repositories laptop and phone applied, a real borg repository in phone's folder,
+    then phone removed from the file (not applied yet): the file and phone's folder."""
+    cfg = write_config(sysroot, body(pubkeys, LAPTOP + "  phone: {owner: bob, keys: [kb]}\n"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    data = sysroot / "repos" / "bh-phone" / "phone"
+    borg_repository(data, passwd_uids(sysroot)["bh-phone"], sysroot / "borg")
+    write_config(sysroot, body(pubkeys, LAPTOP))
+    return cfg, data
+
+
+LAPTOP = "  laptop: {owner: alice, keys: [ka]}\n"
+
+
 def test_purge_finds_a_removed_repository_left_under_an_earlier_repos_root(
         sysroot: Path, pubkeys: dict[str, str]) -> None:
     """repos_root changed after a repository was removed, its data left where it was:
     prune says to purge it, so purge must delete it there (it said "nothing to purge" and
     exited 0 while the backups stayed)."""
-    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
-    cfg = write_config(sysroot, body(pubkeys, laptop + "  phone: {owner: bob, keys: [kb]}\n"))
-    assert hive("apply", "-f", str(cfg)).returncode == 0
-    data = sysroot / "repos" / "bh-phone" / "phone"
-    borg_repository(data, passwd_uids(sysroot)["bh-phone"], sysroot / "borg")
-    write_config(sysroot, body(pubkeys, laptop))
+    cfg, data = _phone_with_data_removed_from_the_file(sysroot, pubkeys)
     assert hive("apply", "-f", str(cfg)).returncode == 0
     (sysroot / "repos" / "bh-laptop").rename(sysroot / "bh-laptop")
     cfg.write_text(cfg.read_text().replace("repos_root: ./repos", "repos_root: ./"))
@@ -181,12 +191,7 @@ def test_purge_waits_until_an_apply_revoked_the_repositorys_keys(
         sysroot: Path, pubkeys: dict[str, str]) -> None:
     """Removed from the file but not applied yet, a repository's keys still log in: purge
     (given a file without it) must not delete backups a client may be writing."""
-    laptop = "  laptop: {owner: alice, keys: [ka]}\n"
-    cfg = write_config(sysroot, body(pubkeys, laptop + "  phone: {owner: bob, keys: [kb]}\n"))
-    assert hive("apply", "-f", str(cfg)).returncode == 0
-    data = sysroot / "repos" / "bh-phone" / "phone"
-    borg_repository(data, passwd_uids(sysroot)["bh-phone"], sysroot / "borg")
-    write_config(sysroot, body(pubkeys, laptop))
+    cfg, data = _phone_with_data_removed_from_the_file(sysroot, pubkeys)
     early = hive("purge", "phone", "-f", str(cfg), "--confirm", "phone")
     assert early.returncode == 1 and "run 'hive apply' first" in early.stderr, early.stdout
     assert (data / "data" / "0" / "1").is_file()
