@@ -53,8 +53,10 @@ def paths_to_observe(config: HiveConfig, inventory: Inventory) -> tuple[set[str]
             if before and before != now_at:  # moved (repos_root changed?): is the old place
                 contents.add(before)         # empty?
                 paths.update((before, os.path.dirname(before)))
-            if entry.get("removed"):  # back in the file: does it hold the old one's data?
-                contents.add(before or now_at)
+            if entry.get("removed"):  # back in the file: does it hold the old one's data,
+                contents.add(now_at)      # where it was or where the file puts it (the tree
+                if before:                # moved with repos_root)?
+                    contents.add(before)
             continue
         # gone from the file: its data and user folder are kept, and read before a prune,
         # both where it was applied and where the file now puts it (repos_root moved with
@@ -281,8 +283,10 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
                             "(server.repos_root changed?). Hive never moves backups: move "
                             f"the folder yourself (mv {before} {path}) or set repos_root back")
     owner = known.get("owner") if known and known.get("removed") else None
-    where = before or path
-    if owner is not None and owner != repo.owner and _holds_data(seen.get(where)):
+    # the kept data: where it was applied, or here (repos_root moved with its tree)
+    where = next((p for p in dict.fromkeys((before or path, path))
+                  if _holds_data(seen.get(p))), None)
+    if owner is not None and owner != repo.owner and where is not None:
         return Wanted(error=f"repository {name} was removed from the file and its data kept "
                             f"at {where} (owner {owner}); adding it again under owner "
                             f"{repo.owner} would give {repo.owner}'s keys that data. Purge it "

@@ -245,3 +245,25 @@ def test_a_folder_hive_did_not_make_is_not_given_to_a_new_repository(
     adopted = hive("apply", "-f", str(cfg))
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
     assert passwd_uids(sysroot)["bh-old"] == 20001 and secret.read_text() == "root's\n"
+
+
+def test_readding_a_removed_repository_under_another_owner_after_repos_root_moved(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """The two earlier paths together: a repository removed (data kept), then repos_root
+    moved with its tree (`mv`, as the plan asks), then the same name added by another
+    owner. The kept data is now where the file puts the new repository, not where it was
+    last applied: the new owner's keys must not get it."""
+    cfg, _ = _phone_with_data_removed_from_the_file(sysroot, pubkeys)
+    assert hive("apply", "-f", str(cfg)).returncode == 0       # phone: locked, data kept
+    (sysroot / "repos").rename(sysroot / "store")
+    cfg.write_text(cfg.read_text().replace("repos_root: ./repos", "repos_root: ./store"))
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+
+    cfg.write_text(cfg.read_text() + "  phone: {owner: alice, keys: [ka]}\n")
+    applied = hive("apply", "-f", str(cfg))
+    moved = sysroot / "store" / "bh-phone" / "phone"
+    keys = sysroot / "state" / "authorized_keys" / "bh-phone"
+    assert applied.returncode == 1 and not keys.exists(), applied.stdout + applied.stderr
+    assert f"its data kept at {moved} (owner bob); adding it again under owner alice" \
+        in applied.stderr
+    assert (moved / "data" / "0" / "1").is_file()
