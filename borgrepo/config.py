@@ -93,10 +93,16 @@ def parse_key(text: str) -> RepoKey | None:
     return RepoKey(repo_id, blob)
 
 
+def read_text(path: str | Path) -> str | None:
+    """The `config` text of the repository at `path`; None when it is missing or is no
+    config borg wrote (not a regular file, larger than borg writes, unreadable)."""
+    try:
+        return read_regular(Path(path, "config"), MAX_CONFIG_BYTES)
+    except RepositoryError:
+        return None
+
+
 def read_key(path: str | Path) -> RepoKey | None:
     """The key of the borg 1.x repository at `path`, or None (see parse_key)."""
-    try:
-        text = read_regular(Path(path, "config"), MAX_CONFIG_BYTES)
-    except RepositoryError:  # not a regular file, larger than borg writes, unreadable
-        return None
+    text = read_text(path)
     return parse_key(text) if text is not None else None

@@ -199,3 +199,74 @@ def test_keep_writes_each_key_once(tmp_path: Path) -> None:
     assert other.changed and other.earlier == (first.copy,)
     back = repokeys.keep(tmp_path, "r", one)   # put back: nothing new to report
     assert not back.new and not back.changed
+
+
+@pytest.mark.parametrize("blob", ["not*a*key\n", "", "QUJD" * 17_000 + "\n"],
+                         ids=["not-base64", "empty", "larger-than-read"])
+def test_a_key_replaced_by_one_hive_cannot_read_is_reported(tmp_path: Path,
+                                                             blob: str) -> None:
+    """`borg key import` (which an append-only key may run) stores whatever follows the
+    file's first line as the key: text that is no base64, nothing at all, or more than
+    Hive reads. Every archive is then as unreadable as after any other replacement, so it
+    is reported like one (it went unreported: only keys Hive could parse counted), for
+    as long as it lasts; the kept key still brings the repository back."""
+    config = make_config(tmp_path, {"r": "owner: alice"})
+    state, repo = tmp_path / "state", repo_path(tmp_path, "r")
+    borg = Borg(tmp_path / "borg-base")
+    borg("init", repo)
+    assert hive_cli("stats", "-f", str(config)).returncode == 0
+    [copy] = _kept(state, "r")
+    repo_id = copy.read_text().split()[1]
+    junk = tmp_path / "junk"
+    junk.write_text(f"BORG_KEY {repo_id}\n{blob}")
+    _borg(borg, "key", "import", str(repo), str(junk))
+
+    for _ in range(2):   # while it lasts, not once
+        after = hive_cli("stats", "-f", str(config))
+        assert after.returncode == 0, after.stderr
+        assert "the key in the config of repository r changed" in after.stderr
+    assert query(state, "SELECT kind, source FROM events") == [
+        ("repokey_changed", "stats")] * 2
+    assert _kept(state, "r") == [copy]
+    _borg(borg, "key", "import", str(repo), str(copy))
+    assert hive_cli("stats", "-f", str(config)).stderr == ""
+
+
+def test_a_client_replacing_the_key_again_and_again_cannot_fill_roots_disk(
+        tmp_path: Path) -> None:
+    """Each new key is a new copy in root's state_dir, outside any quota, and a client
+    can replace the key in a loop (up to 60 KB each): the copies of one repository stop
+    at MAX_KEPT with an error saying why; the first keys stay, a kept one is still seen."""
+    keys = [parse_key(f"[repository]\nid = {REPO_ID}\nkey = {i:08d}QUJD\n")
+            for i in range(repokeys.MAX_KEPT + 1)]
+    assert all(keys)
+    for key in keys[:-1]:
+        assert key is not None and repokeys.keep(tmp_path, "r", key).new
+    last = keys[-1]
+    assert last is not None
+    with pytest.raises(repokeys.KeeperError, match="keeps replacing its key"):
+        repokeys.keep(tmp_path, "r", last)
+    assert len(_kept(tmp_path, "r")) == repokeys.MAX_KEPT
+    first = keys[0]
+    assert first is not None and not repokeys.keep(tmp_path, "r", first).new
+
+
+def test_the_watcher_reports_a_key_it_cannot_read_once_an_hour(tmp_path: Path) -> None:
+    """Under `hive watch` a key replaced by text Hive cannot read is an event too, but a
+    client writing such text in a loop makes one event an hour, not one a write."""
+    config = make_config(tmp_path, {"w": "owner: alice"})
+    state, repo = tmp_path / "state", repo_path(tmp_path, "w")
+    borg = Borg(tmp_path / "borg-base")
+    with watching(config) as watcher:
+        borg("init", repo)
+        [copy] = wait_for(lambda: _kept(state, "w"), what="the key kept after init")
+        repo_id = copy.read_text().split()[1]
+        for n in range(3):
+            junk = tmp_path / f"junk{n}"
+            junk.write_text(f"BORG_KEY {repo_id}\nnot*a*key*{n}\n")
+            _borg(borg, "key", "import", str(repo), str(junk))
+        barrier(tmp_path, state)
+        assert watcher.stop() == 0
+    assert query(state, "SELECT kind, source FROM events WHERE kind = 'repokey_changed'"
+                 ) == [("repokey_changed", "inotify")]
+    assert _kept(state, "w") == [copy]

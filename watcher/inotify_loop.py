@@ -44,6 +44,9 @@ DIR_MASK = (flags.CREATE | flags.MOVED_TO | flags.DELETE | flags.MOVED_FROM
             | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW)
 BORG2_SUBDIRS = ("config", "locks", "archives")
 _REPO_NAME = borg_layout.REPO_NAME  # what is a repository folder (see borgrepo/layout.py)
+# A key problem a client can repeat at will (a key Hive cannot read, no room for more
+# copies) is logged and recorded at most this often per repository (seconds).
+KEY_WARN_EVERY = 3600.0
 MAX_BUFFER = 200_000  # events held while the database cannot be written (~100 MB)
 STATE_COLUMNS = ("host", "path", "repository", "unix_user", "layout", "layout_version",
                  "transaction", "commit_time", "archives", "locks", "lock_since",
@@ -128,6 +131,7 @@ class Watcher:
         self.user_wds: dict[str, int] = {}
         self.states: dict[str, ev.RepoState] = {}
         self.growth: dict[str, Any] = {}  # key -> bytes_added of its last backups
+        self._key_warned: dict[str, float] = {}  # key -> when its key problem was last told
         self.dirty: set[str] = set()
         self.buffer: list[tuple[Any, ...]] = []
         self.log_rows: list[tuple[Any, ...]] = []
@@ -273,11 +277,20 @@ class Watcher:
         """borg wrote the repository's `config` (init, a key change, a check): keep its key
         at once (watcher/repokeys.py), not only at the next `hive stats`, so that a key
         replaced by an append-only client soon after `borg init` is not the only one."""
+        now = time.monotonic()
         try:
             kept = repokeys.keep_key_of(self.state_dir, key.partition("/")[2], path)
         except OSError as exc:
-            log.warning("cannot keep a copy of the key of %s: %s", key, exc)
+            if self._key_warned.get(key, -KEY_WARN_EVERY) + KEY_WARN_EVERY <= now:
+                self._key_warned[key] = now
+                log.warning("cannot keep a copy of the key of %s: %s", key, exc)
             return
+        if kept is not None and kept.digest is None:
+            # no key Hive can read: a client may write one as often as it likes, and
+            # `hive stats` reports it again each run while it lasts
+            if self._key_warned.get(key, -KEY_WARN_EVERY) + KEY_WARN_EVERY > now:
+                return
+            self._key_warned[key] = now
         if kept is not None and kept.changed:
             log.warning("the key in the config of %s changed; every key it had is kept in "
                         "%s", key, kept.copy.parent)

@@ -12,7 +12,14 @@ client later writes into `config`, every key the repository had when Hive looked
 still here; the owner puts one back with `borg key import URL FILE` (README, "What the
 server enforces"). A new key beside an older one of the same repository id is a change,
 which the caller reports: either the owner changed the passphrase, or a client that
-should not have replaced it.
+should not have replaced it. So is a `config` that holds no key Hive can read where a key
+was kept: `borg key import` stores whatever text it is given (no base64, nothing, more
+than Hive reads), and every archive is then as unreadable as after any other replacement.
+
+A client can replace the key as often as it likes, so at most MAX_KEPT copies are kept
+for one repository: the first ones, which hold the key its archives were made with
+(a passphrase change re-encrypts the same key). Beyond that nothing more is written, and
+each try is an error (KeeperError), not another file in root's state_dir.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from borgrepo.config import RepoKey, read_key
+from borgrepo.config import RepoKey, parse_key, read_config, read_text
 from reconciler.fsutil import atomic_write
 
 FOLDER = "repokeys"
 SUFFIX = ".key"
+MAX_KEPT = 100   # copies of one repository's keys; its owner changes it a few times at most
 
 
 class KeeperError(OSError):
@@ -39,8 +47,9 @@ class Kept:
     """What keeping one repository's key did."""
 
     repository: str
-    digest: str                  # the key's (RepoKey.digest)
-    copy: Path                   # the file holding this key (new or from an earlier run)
+    digest: str | None           # the key's (RepoKey.digest); None: none Hive can read
+    copy: Path                   # the file holding this key (new or from an earlier run);
+                                 # without one, the last kept key of the repository
     new: bool                    # written just now
     earlier: tuple[Path, ...]    # copies of the repository's other keys (same id)
 
@@ -62,6 +71,12 @@ def keep(state_dir: Path, repository: str, key: RepoKey) -> Kept:
     copy = folder / f"{key.repo_id}-{key.digest}{SUFFIX}"
     new = not copy.exists()
     if new:
+        kept = sum(1 for _ in folder.glob(f"*{SUFFIX}"))
+        if kept >= MAX_KEPT:
+            raise KeeperError(f"{folder} already holds {kept} keys of repository "
+                              f"{repository}: a client keeps replacing its key, and Hive "
+                              f"keeps no more than {MAX_KEPT} (the first ones are the keys "
+                              "its archives were made with); see 'hive history'")
         atomic_write(copy, key.exported(), mode=0o600)
     earlier = tuple(sorted(
         p for p in folder.glob(f"{key.repo_id}-*{SUFFIX}") if p.name != copy.name))
@@ -70,10 +85,21 @@ def keep(state_dir: Path, repository: str, key: RepoKey) -> Kept:
 
 def keep_key_of(state_dir: Path, repository: str, path: str) -> Kept | None:
     """Keep the key in the `config` of the borg 1.x repository at `path`; None when it
-    holds none (keyfile mode, no encryption, a file borg did not write). OSError when
-    the copy cannot be written safely."""
-    key = read_key(path)
-    return None if key is None else keep(state_dir, repository, key)
+    holds none (keyfile mode, no encryption, a file borg did not write) and none was kept
+    before; a change without a copy when one was. OSError when the copy cannot be
+    written safely (or MAX_KEPT are kept)."""
+    text = read_text(path)
+    key = parse_key(text) if text is not None else None
+    if key is not None:
+        return keep(state_dir, repository, key)
+    # none Hive can read: a change where a key of this repository (of this id, when
+    # config still names one) was kept; nothing is written
+    repo_id = read_config(text)[1] if text is not None else None
+    folder = keys_folder(state_dir) / repository
+    earlier = tuple(sorted(folder.glob(f"{repo_id or '*'}-*{SUFFIX}")))
+    if not earlier:
+        return None
+    return Kept(repository, None, earlier[-1], True, earlier)
 
 
 def _private_folder(path: Path) -> Path:
