@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import hive, requires_root, write_config
 
 pytestmark = requires_root
@@ -267,3 +268,24 @@ def test_readding_a_removed_repository_under_another_owner_after_repos_root_move
     assert f"its data kept at {moved} (owner bob); adding it again under owner alice" \
         in applied.stderr
     assert (moved / "data" / "0" / "1").is_file()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "design decision: an inventory written before owners were recorded (8fd2afb and "
+    "earlier) cannot say whose data a removed repository holds; failing closed needs a "
+    "way for the operator to name the owner"))
+def test_readding_a_repository_removed_before_owners_were_recorded(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """phone (bob) applied by a Hive that did not record owners, then removed (data
+    kept); after the upgrade it is added again under alice: bob's backups must not go to
+    alice's keys unasked, as they may not for a removal the inventory knows the owner of."""
+    cfg, _ = _phone_with_data_removed_from_the_file(sysroot, pubkeys)
+    state = sysroot / "state" / "inventory.json"
+    inventory = json.loads(state.read_text())
+    del inventory["accounts"]["bh-phone"]["owner"]       # as the older Hive wrote it
+    state.write_text(json.dumps(inventory))
+    assert hive("apply", "-f", str(cfg)).returncode == 0      # removed: locked, data kept
+    cfg.write_text(cfg.read_text() + "  phone: {owner: alice, keys: [ka]}\n")
+    applied = hive("apply", "-f", str(cfg))
+    assert applied.returncode == 1, applied.stdout
+    assert not (sysroot / "state" / "authorized_keys" / "bh-phone").exists()
