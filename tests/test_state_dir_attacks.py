@@ -109,3 +109,33 @@ def test_root_does_not_pick_up_a_hive_yaml_others_could_have_left(place: Path) -
     assert hive("validate", cwd=own, env={"HIVE_CONFIG": ""}).returncode == 0
     os.chown(mine, NOBODY, NOBODY)   # root's folder, but nobody's file
     assert hive("validate", cwd=own, env={"HIVE_CONFIG": ""}).returncode == 1
+
+
+def test_stats_does_not_create_a_file_through_a_link_in_a_state_dir_others_may_write(
+        place: Path) -> None:
+    """`hive stats` (root, an hourly timer) opens events.lock with O_CREAT: through a
+    dangling link nobody planted there it made any file root may make, such as
+    /etc/nologin, which locks every borg client out. Refused like apply refuses it."""
+    state = place / "state"
+    state.mkdir()
+    os.chown(state, NOBODY, NOBODY)
+    made = place / "nologin"        # a stand-in for /etc/nologin
+    pid = os.fork()
+    if pid == 0:   # the attacker, as nobody
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.symlink(made, state / "events.lock")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    path = write_config(place, BODY)
+    (place / "repos" / "bh-r1" / "r1").mkdir(parents=True)
+    subprocess.run(["borg", "init", "-e", "repokey", str(place / "repos" / "bh-r1" / "r1")],
+                   env={**os.environ, "BORG_PASSPHRASE": "p", "BORG_BASE_DIR": str(place)},
+                   check=True, capture_output=True)
+    ran = hive("stats", "-f", str(path))
+    assert not made.exists(), "root's stats created a file through nobody's link"
+    assert not (state / "repokeys").exists()   # nor a folder of key copies in it
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "other" in ran.stderr, ran.stderr

@@ -99,15 +99,29 @@ def _schema_too_new(path: Path, found: int, known: int) -> StoreError:
 
 @contextmanager
 def _flock(path: Path, exclusive: bool, timeout: float) -> Iterator[bool]:
-    """Yields False when the lock file does not exist and a reader cannot create it."""
+    """Yields False when the lock file does not exist and a reader cannot create it.
+
+    As root, a state_dir others may change is refused first, as apply refuses it: a link
+    planted there would make root create a file of that user's choosing (/etc/nologin)."""
+    from reconciler.fsutil import others_may_change
+
+    if os.geteuid() == 0:
+        try:
+            info = os.stat(path.parent)
+        except FileNotFoundError:
+            info = None
+        if info is not None and others_may_change(info):
+            raise StoreError(f"{path.parent} may be changed by users other than root (owner "
+                             f"uid {info.st_uid}, mode {info.st_mode & 0o7777:04o}): chown "
+                             "root and chmod go-w it; until then Hive records nothing there")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except PermissionError as exc:
         if exclusive:
             raise StoreError(f"cannot write {path}: {exc.strerror}; hive watch and hive "
                              "stats need write access to the state dir") from None
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             yield False
             return
