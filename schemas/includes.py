@@ -55,6 +55,9 @@ def expand(pattern: str, main: Path, label_dir: str) -> tuple[list[Match], str |
         return [], (f"{pattern!r} makes Hive look at more than {MAX_LOOKS:,} names in "
                     f"{folder} (a deep tree, several '**', folders linked to their "
                     "parents); give a narrower pattern, such as 'teams/*.yaml'")
+    except _TooDeep:
+        return [], (f"{pattern!r} leads through folders nested more than {MAX_DEPTH} deep "
+                    f"in {folder}; give a narrower pattern, such as 'teams/*.yaml'")
     found: list[Match] = []
     for path in paths:
         if not path.is_file() or path.resolve() == main.resolve():
@@ -74,9 +77,16 @@ def expand(pattern: str, main: Path, label_dir: str) -> tuple[list[Match], str |
 # chain of 200 nested folders (a pull request's tree), or `*/*/*/*` through folders linked
 # to their parents, would look at billions. Teams' files are hundreds of names.
 MAX_LOOKS = 200_000
+# Folders below the main file's a pattern may lead through: the walk recurses per folder,
+# and a chain of 1,500 (well within PATH_MAX) ran Python's recursion out.
+MAX_DEPTH = 256
 
 
 class _TooMany(Exception):
+    pass
+
+
+class _TooDeep(Exception):
     pass
 
 
@@ -99,16 +109,18 @@ def _glob(folder: Path, parts: tuple[str, ...]) -> list[Path]:
             raise _TooMany
         return entries
 
-    def walk(where: Path, i: int) -> None:
+    def walk(where: Path, i: int, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise _TooDeep
         if i == len(parts):
             found.add(where)
             return
         part, last = parts[i], i == len(parts) - 1
         if part == "**":
-            walk(where, i + 1)
+            walk(where, i + 1, depth)
             for entry in names(where):
                 if entry.is_dir(follow_symlinks=False):
-                    walk(Path(entry.path), i)
+                    walk(Path(entry.path), i, depth + 1)
             return
         if not glob.has_magic(part):
             budget[0] -= 1
@@ -116,12 +128,12 @@ def _glob(folder: Path, parts: tuple[str, ...]) -> list[Path]:
                 raise _TooMany
             step = where / part
             if step.is_dir() or (last and step.exists()):
-                walk(step, i + 1)
+                walk(step, i + 1, depth + 1)
             return
         match = re.compile(fnmatch.translate(part)).match
         for entry in names(where):
             if match(entry.name) and (last or entry.is_dir()):
-                walk(Path(entry.path), i + 1)
+                walk(Path(entry.path), i + 1, depth + 1)
 
     walk(folder, 0)
     return sorted(found)

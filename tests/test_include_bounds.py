@@ -45,3 +45,20 @@ def test_a_plain_recursive_pattern_still_finds_its_files(tmp_path: Path) -> None
     ran = hive("validate", "-f", str(path))
     assert ran.returncode == 0, ran.stderr
     assert "1 repositories, 0 keys, 3 owners" in ran.stdout, ran.stdout
+
+
+def test_a_pattern_over_a_very_deep_tree_is_a_located_problem(tmp_path: Path) -> None:
+    """`**` over 1,500 nested folders (a path well within PATH_MAX) ran Python's
+    recursion out: "unexpected error: RecursionError", no file, no line."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    path = write_config(tmp_path, "include: ['**/t.yaml']\n" + BODY)
+    ran = hive("validate", "-f", str(path), timeout=60)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert f"{path}:9:11: include[0]: '**/t.yaml' leads through folders nested" \
+        in ran.stderr, ran.stderr
