@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -132,6 +133,35 @@ def hive_install() -> Iterator[Any]:
         except InstallUnavailable as why:
             yield str(why)
 
+
+
+#: Test modules that use the sshd harness share host-wide paths with each other (/run/sshd,
+#: the /var/lib/extrausers and /run/nslcd mount points, which the harness creates while a
+#: server runs and removes after; host_state() compares them before and after). Tests run
+#: in pytest-xdist workers (pyproject addopts: -n auto --dist loadfile, a module per
+#: worker), so such a module holds a lock while its servers live, and a second one waits;
+#: every other test has only its own tmp_path, ports and processes and runs beside them.
+HOST_WIDE_HELPERS = frozenset({"sshd_harness", "hive_install"})
+
+
+def _uses_host_paths(module: Any) -> bool:
+    """Whether the test module uses a helper of HOST_WIDE_HELPERS (imports it, or anything
+    defined in it)."""
+    return any((getattr(value, "__module__", None) or getattr(value, "__name__", None))
+               in HOST_WIDE_HELPERS for value in vars(module).values())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _host_wide_paths_one_module_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Held for the whole module (autouse: set up before the module's own sshd fixtures,
+    torn down after them). flock on this very file: nothing is created, and the lock
+    goes with the process."""
+    if not _uses_host_paths(request.module):
+        yield
+        return
+    with open(__file__, "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # CI's gate on unexpected skips (tests/skip_gate.py); hooks are found as conftest names.

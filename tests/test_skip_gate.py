@@ -8,12 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from skip_gate import ALLOWED_SKIPS, unexpected
 
 HERE = Path(__file__).resolve().parent
 
 
-def run_pytest(folder: Path, ci: bool) -> subprocess.CompletedProcess[str]:
+def run_pytest(folder: Path, ci: bool, *options: str) -> subprocess.CompletedProcess[str]:
     (folder / "test_sample.py").write_text(textwrap.dedent("""\
         import pytest
 
@@ -33,12 +34,15 @@ def run_pytest(folder: Path, ci: bool) -> subprocess.CompletedProcess[str]:
     if ci:
         env["CI"] = "true"
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "skip_gate",
-                           "-p", "no:cacheprovider", "test_sample.py"],
+                           "-p", "no:cacheprovider", *options, "test_sample.py"],
                           capture_output=True, text=True, cwd=folder, env=env, timeout=120)
 
 
-def test_an_unlisted_skip_fails_ci_and_is_named(tmp_path: Path) -> None:
-    result = run_pytest(tmp_path, ci=True)
+@pytest.mark.parametrize("options", [(), ("-n", "2")], ids=["plain", "xdist"])
+def test_an_unlisted_skip_fails_ci_and_is_named(tmp_path: Path, options: tuple[str, ...]
+                                                ) -> None:
+    """Also when the skip happens in a pytest-xdist worker, as in the project's own runs."""
+    result = run_pytest(tmp_path, True, *options)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 skipped test(s) not in ALLOWED_SKIPS" in result.stdout
     assert "test_sample.py::test_skipped: no frobnicator here" in result.stdout
