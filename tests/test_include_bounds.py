@@ -5,6 +5,7 @@ a located problem, instead of keeping root's `hive plan` busy until it is killed
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,10 @@ def test_a_pattern_over_a_very_deep_tree_is_a_located_problem(tmp_path: Path) ->
         fd = inner
     os.close(fd)
     path = write_config(tmp_path, "include: ['**/t.yaml']\n" + BODY)
-    ran = hive("validate", "-f", str(path), timeout=60)
+    try:
+        ran = hive("validate", "-f", str(path), timeout=60)
+    finally:  # GNU rm walks any depth; pytest's own cleanup (shutil.rmtree) recurses
+        subprocess.run(["rm", "-rf", "--", str(tmp_path / "d")], check=True)
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert f"{path}:9:11: include[0]: '**/t.yaml' leads through folders nested" \
         in ran.stderr, ran.stderr
