@@ -9,15 +9,18 @@ copy and no hang. Real borg 1.x repositories, real DuckDB.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_watcher_support import (
     Borg,
+    WatchProcess,
     barrier,
     hive_cli,
     make_config,
@@ -99,16 +102,25 @@ def test_stats_keeps_each_key_reports_a_change_and_the_copy_restores_it(
     assert "first" in listed.stdout
 
 
-def test_the_watcher_keeps_a_key_as_soon_as_borg_writes_it(tmp_path: Path) -> None:
-    """`hive watch` sees `config` written (init, a key change) and keeps the key then, not
-    an hour later at the next `hive stats`: a key replaced right after init is not the
-    only one there is."""
+@contextlib.contextmanager
+def _watched_after_init(tmp_path: Path
+                        ) -> Iterator[tuple[WatchProcess, Borg, Path, Path, Path]]:
+    """Repository w under `hive watch`, just made by `borg init`, and the copy of its key
+    the watcher kept then: (watcher, borg, state_dir, repository, copy)."""
     config = make_config(tmp_path, {"w": "owner: alice"})
     state, repo = tmp_path / "state", repo_path(tmp_path, "w")
     borg = Borg(tmp_path / "borg-base")
     with watching(config) as watcher:
         borg("init", repo)
         [copy] = wait_for(lambda: _kept(state, "w"), what="the key kept after init")
+        yield watcher, borg, state, repo, copy
+
+
+def test_the_watcher_keeps_a_key_as_soon_as_borg_writes_it(tmp_path: Path) -> None:
+    """`hive watch` sees `config` written (init, a key change) and keeps the key then, not
+    an hour later at the next `hive stats`: a key replaced right after init is not the
+    only one there is."""
+    with _watched_after_init(tmp_path) as (watcher, borg, state, repo, copy):
         exported = tmp_path / "exported"
         _borg(borg, "key", "export", str(repo), str(exported))
         assert copy.read_text() == exported.read_text()
@@ -254,12 +266,7 @@ def test_a_client_replacing_the_key_again_and_again_cannot_fill_roots_disk(
 def test_the_watcher_reports_a_key_it_cannot_read_once_an_hour(tmp_path: Path) -> None:
     """Under `hive watch` a key replaced by text Hive cannot read is an event too, but a
     client writing such text in a loop makes one event an hour, not one a write."""
-    config = make_config(tmp_path, {"w": "owner: alice"})
-    state, repo = tmp_path / "state", repo_path(tmp_path, "w")
-    borg = Borg(tmp_path / "borg-base")
-    with watching(config) as watcher:
-        borg("init", repo)
-        [copy] = wait_for(lambda: _kept(state, "w"), what="the key kept after init")
+    with _watched_after_init(tmp_path) as (watcher, borg, state, repo, copy):
         repo_id = copy.read_text().split()[1]
         for n in range(3):
             junk = tmp_path / f"junk{n}"
