@@ -118,6 +118,15 @@ def _dir(uid: int, gid: int, mode: int) -> dict[str, Any]:
             "mode": _MODE_TEXT.get(mode) or f"{mode:04o}"}
 
 
+def _removed_gecos(name: str) -> str:
+    """What the account of a repository removed from the file says (its data kept)."""
+    return f"Hive repository {name} (removed)"
+
+
+def _gecos_of(observed: Any) -> Any:
+    return observed.get("gecos") if type(observed) is dict else None
+
+
 def _as_seen(seen: Any, wanted: dict[str, Any]) -> dict[str, Any]:
     """`wanted`, or the equal attrs observed (the same values): a converged plan then holds
     one copy of 50,000 repositories' attributes and key lines, not two, and the diff
@@ -282,10 +291,20 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         return Wanted(error=f"repository {name} was at {before} and would now be at {path} "
                             "(server.repos_root changed?). Hive never moves backups: move "
                             f"the folder yourself (mv {before} {path}) or set repos_root back")
-    owner = known.get("owner") if known and known.get("removed") else None
     # the kept data: where it was applied, or here (repos_root moved with its tree)
     where = next((p for p in dict.fromkeys((before or path, path))
                   if _holds_data(seen.get(p))), None)
+    removed = known is not None and (known.get("removed") or (
+        "owner" not in known and _gecos_of(facts.accounts.get(user)) == _removed_gecos(name)))
+    owner = known.get("owner") if removed and known else None
+    if removed and where is not None and owner is None:
+        # removed by a Hive that did not record owners: whose backups these are is not
+        # known, so no owner's keys get them (the folder moved aside starts it empty)
+        return Wanted(error=f"repository {name} was removed from the file and its data kept "
+                            f"at {where}, by a Hive that did not record whose it is: adding "
+                            f"it again could give {repo.owner}'s keys another owner's "
+                            f"backups. Purge it first ('hive purge {name}'), or move the "
+                            f"folder aside (mv {where} {where}.kept) to start it empty")
     if owner is not None and owner != repo.owner and where is not None:
         return Wanted(error=f"repository {name} was removed from the file and its data kept "
                             f"at {where} (owner {owner}); adding it again under owner "
@@ -381,7 +400,7 @@ def removed_repository(config: HiveConfig, user: str, known: dict[str, Any], fac
         return Removal(remove=remove, note=f"repository {name} removed from the file: "
                                            "--prune deletes its user, group and empty folders")
     out = Removal(account=Resource("account", user, _account(
-        known["uid"], f"Hive repository {name} (removed)", home, config.server.users.shell,
+        known["uid"], _removed_gecos(name), home, config.server.users.shell,
         True), {"repository": name, **_dn(config, user)}))
     if prune and data_gone and held is not None:
         others = ", ".join(c for c in held if c != name)

@@ -270,22 +270,25 @@ def test_readding_a_removed_repository_under_another_owner_after_repos_root_move
     assert (moved / "data" / "0" / "1").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design decision: an inventory written before owners were recorded (8fd2afb and "
-    "earlier) cannot say whose data a removed repository holds; failing closed needs a "
-    "way for the operator to name the owner"))
+@pytest.mark.parametrize("unrecorded", [("owner",), ("owner", "removed")],
+                         ids=["marked-removed", "only-the-locked-account-says"])
 def test_readding_a_repository_removed_before_owners_were_recorded(
-        sysroot: Path, pubkeys: dict[str, str]) -> None:
-    """phone (bob) applied by a Hive that did not record owners, then removed (data
-    kept); after the upgrade it is added again under alice: bob's backups must not go to
-    alice's keys unasked, as they may not for a removal the inventory knows the owner of."""
-    cfg, _ = _phone_with_data_removed_from_the_file(sysroot, pubkeys)
+        sysroot: Path, pubkeys: dict[str, str], unrecorded: tuple[str, ...]) -> None:
+    """phone (bob) removed by a Hive that did not record owners (data kept); after the
+    upgrade it is added again under alice: whose backups these are is not known, so
+    nobody's keys get them (it went to alice's keys, an unlock in the plan). The older
+    inventory may also lack the removed mark: the locked account's gecos says it."""
+    cfg, data = _phone_with_data_removed_from_the_file(sysroot, pubkeys)
+    assert hive("apply", "-f", str(cfg)).returncode == 0      # removed: locked, data kept
     state = sysroot / "state" / "inventory.json"
     inventory = json.loads(state.read_text())
-    del inventory["accounts"]["bh-phone"]["owner"]       # as the older Hive wrote it
+    for field in unrecorded:                                   # as the older Hive wrote it
+        del inventory["accounts"]["bh-phone"][field]
     state.write_text(json.dumps(inventory))
-    assert hive("apply", "-f", str(cfg)).returncode == 0      # removed: locked, data kept
     cfg.write_text(cfg.read_text() + "  phone: {owner: alice, keys: [ka]}\n")
     applied = hive("apply", "-f", str(cfg))
     assert applied.returncode == 1, applied.stdout
+    assert (f"repository phone was removed from the file and its data kept at {data}, by "
+            "a Hive that did not record whose it is") in applied.stderr, applied.stderr
     assert not (sysroot / "state" / "authorized_keys" / "bh-phone").exists()
+    assert (data / "data" / "0" / "1").is_file()
