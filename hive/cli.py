@@ -328,11 +328,11 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
         inventory = inventory_mod.load(config.server.state_dir)
     except inventory_mod.InventoryError as exc:
         return _refuse(str(exc))
-    user = config.user_name(repository)
     repo = config.repositories.get(repository)
-    known = inventory.made(user, repository)
-    if known is None:
+    made = inventory.made_as(config.user_name(repository), repository)
+    if made is None or (repo is not None and made[0] != config.user_name(repository)):
         return _refuse(f"repository {repository!r} is not one Hive created on this server")
+    user, known = made
     if (repo is not None and repo.protected) or (repo is None and known.get("protected")):
         return _refuse(f"repository {repository!r} is protected; set 'protected: false' and "
                        "apply first")
@@ -346,7 +346,7 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
         return _refuse(f"repository {repository!r} still has keys sshd accepts ({keys}): "
                        "run 'hive apply' first, so no client writes while its data goes")
     # where the file puts it, else where it was last applied (repos_root changed since)
-    target = config.repo_path(repository)
+    target = config.repo_path(repository, user)
     recorded = Path(known.get("path") or target)
     if not os.path.lexists(target) and os.path.lexists(recorded):
         target = recorded

@@ -41,6 +41,16 @@ class Inventory:
         entry = self.accounts.get(user)
         return entry if entry is not None and entry.get("repository") == repository else None
 
+    def made_as(self, user: str, repository: str) -> tuple[str, dict[str, Any]] | None:
+        """(user, entry) as `made`, else the one entry Hive made for `repository` under
+        another user: one removed before server.users.prefix changed keeps the user it
+        was made as (its data is that user's)."""
+        entry = self.made(user, repository)
+        if entry is not None:
+            return user, entry
+        others = [(u, e) for u, e in self.accounts.items() if e.get("repository") == repository]
+        return others[0] if len(others) == 1 else None
+
     def copy(self) -> Inventory:
         return Inventory({k: dict(v) for k, v in self.accounts.items()}, set(self.directories))
 

@@ -188,6 +188,26 @@ def test_purge_finds_a_removed_repository_left_under_an_earlier_repos_root(
     assert "bh-phone" not in passwd_uids(sysroot)
 
 
+def test_purge_finds_a_removed_repository_after_the_user_prefix_changed(
+        sysroot: Path, pubkeys: dict[str, str]) -> None:
+    """server.users.prefix changed after a repository was removed: prune says to purge
+    it, so purge must find it under the user it was made as (it refused: "not one Hive
+    created on this server")."""
+    cfg, data = _phone_with_data_removed_from_the_file(sysroot, pubkeys)
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    write_config(sysroot, body(pubkeys, LAPTOP), prefix="bk-")
+    pruned = hive("apply", "-f", str(cfg), "--prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert f"its data at {data} is kept; run 'hive purge phone'" in pruned.stdout
+
+    purged = hive("purge", "phone", "-f", str(cfg), "--confirm", "phone")
+    assert purged.returncode == 0 and f"Deleted {data}." in purged.stdout, \
+        purged.stdout + purged.stderr
+    assert not data.exists()
+    assert hive("apply", "-f", str(cfg), "--prune").returncode == 0
+    assert set(passwd_uids(sysroot)) == {"bk-laptop"}
+
+
 def test_purge_waits_until_an_apply_revoked_the_repositorys_keys(
         sysroot: Path, pubkeys: dict[str, str]) -> None:
     """Removed from the file but not applied yet, a repository's keys still log in: purge
