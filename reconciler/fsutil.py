@@ -7,6 +7,7 @@ import ctypes
 import os
 import random
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +24,29 @@ def others_may_change(info: os.stat_result) -> bool:
     """True unless only root may change the file or folder `info` describes (root's,
     not group- or world-writable): what root reads to decide what it may touch."""
     return info.st_uid != 0 or bool(info.st_mode & 0o022)
+
+
+def untrusted(where: Path | str, info: os.stat_result) -> str | None:
+    """Why root must not trust `where` (others_may_change), as the start of an error
+    message; None when only root may change it."""
+    if not others_may_change(info):
+        return None
+    return (f"{where} may be changed by users other than root (owner uid {info.st_uid}, "
+            f"mode {stat.S_IMODE(info.st_mode):04o}): chown root and chmod go-w it")
+
+
+def untrusted_state_dir(state_dir: Path) -> str | None:
+    """As root, why the state_dir must not be used (None when not root, when it does not
+    exist yet, or when only root may change it). Everything in it is opened by root: a
+    link another user planted there would make root truncate, append to or create any
+    file (apply's lock and journal, the watcher's and stats' lock, the key copies)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(state_dir)
+    except FileNotFoundError:
+        return None
+    return untrusted(state_dir, info)
 
 
 def atomic_write(path: Path, content: str, mode: int = 0o644, uid: int = 0,

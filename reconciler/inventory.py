@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.fsutil import atomic_write, others_may_change
+from reconciler.fsutil import atomic_write, untrusted, untrusted_state_dir
 
 FILE_NAME = "inventory.json"
 VERSION = 1
@@ -59,21 +58,16 @@ class Inventory:
                 and self.directories == other.directories)
 
 
-def _refuse_others(where: Path, info: os.stat_result) -> None:
-    if others_may_change(info):
-        raise InventoryError(
-            f"{where} may be changed by users other than root (owner uid {info.st_uid}, "
-            f"mode {stat.S_IMODE(info.st_mode):04o}), and the inventory decides what Hive "
-            "may touch: chown root and chmod go-w it (check its content too)")
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise InventoryError(f"{problem}; the inventory decides what Hive may touch, so "
+                             "check its content too")
 
 
 def check_state_dir(state_dir: Path) -> None:
-    """As root, refuse a state_dir others may change before anything in it is opened:
-    its lock is truncated and its journal appended to, and a link another user planted
-    there would make root truncate or append to any file (even before the first
-    inventory exists to be refused)."""
-    if os.geteuid() == 0:
-        _refuse_others(state_dir, os.stat(state_dir))
+    """As root, refuse a state_dir others may change before anything in it is opened
+    (fsutil.untrusted_state_dir), even before the first inventory exists to be refused."""
+    _refuse(untrusted_state_dir(state_dir))
 
 
 def load(state_dir: Path) -> Inventory:
@@ -91,7 +85,7 @@ def load(state_dir: Path) -> Inventory:
     try:
         if os.geteuid() == 0:
             for where, info in ((state_dir, os.stat(state_dir)), (path, os.fstat(fd))):
-                _refuse_others(where, info)
+                _refuse(untrusted(where, info))
         with os.fdopen(os.dup(fd), encoding="utf-8") as handle:
             data = json.loads(handle.read())
     except (OSError, ValueError) as exc:

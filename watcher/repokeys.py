@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from borgrepo.config import RepoKey, parse_key, read_config, read_text
-from reconciler.fsutil import atomic_write, others_may_change
+from reconciler.fsutil import atomic_write, untrusted_state_dir
 
 FOLDER = "repokeys"
 SUFFIX = ".key"
@@ -67,9 +67,9 @@ def keys_folder(state_dir: Path) -> Path:
 def keep(state_dir: Path, repository: str, key: RepoKey) -> Kept:
     """Copy `key` of `repository` (a name hive.yaml allows: one path component) unless a
     copy of it is already kept."""
-    if os.geteuid() == 0 and others_may_change(os.stat(state_dir)):
-        raise KeeperError(f"{state_dir} may be changed by users other than root: chown root "
-                          "and chmod go-w it (it holds copies of repository keys)")
+    problem = untrusted_state_dir(state_dir)
+    if problem is not None:
+        raise KeeperError(f"{problem} (it holds copies of repository keys)")
     folder = _private_folder(_private_folder(keys_folder(state_dir)) / repository)
     copy = folder / f"{key.repo_id}-{key.digest}{SUFFIX}"
     new = not copy.exists()

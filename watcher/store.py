@@ -103,17 +103,11 @@ def _flock(path: Path, exclusive: bool, timeout: float) -> Iterator[bool]:
 
     As root, a state_dir others may change is refused first, as apply refuses it: a link
     planted there would make root create a file of that user's choosing (/etc/nologin)."""
-    from reconciler.fsutil import others_may_change
+    from reconciler.fsutil import untrusted_state_dir
 
-    if os.geteuid() == 0:
-        try:
-            info = os.stat(path.parent)
-        except FileNotFoundError:
-            info = None
-        if info is not None and others_may_change(info):
-            raise StoreError(f"{path.parent} may be changed by users other than root (owner "
-                             f"uid {info.st_uid}, mode {info.st_mode & 0o7777:04o}): chown "
-                             "root and chmod go-w it; until then Hive records nothing there")
+    problem = untrusted_state_dir(path.parent)
+    if problem is not None:
+        raise StoreError(f"{problem}; until then Hive records nothing there")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except PermissionError as exc:
