@@ -123,10 +123,6 @@ def _removed_gecos(name: str) -> str:
     return f"Hive repository {name} (removed)"
 
 
-def _gecos_of(observed: Any) -> Any:
-    return observed.get("gecos") if type(observed) is dict else None
-
-
 def _as_seen(seen: Any, wanted: dict[str, Any]) -> dict[str, Any]:
     """`wanted`, or the equal attrs observed (the same values): a converged plan then holds
     one copy of 50,000 repositories' attributes and key lines, not two, and the diff
@@ -291,26 +287,10 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
         return Wanted(error=f"repository {name} was at {before} and would now be at {path} "
                             "(server.repos_root changed?). Hive never moves backups: move "
                             f"the folder yourself (mv {before} {path}) or set repos_root back")
-    # the kept data: where it was applied, or here (repos_root moved with its tree)
-    where = next((p for p in dict.fromkeys((before or path, path))
-                  if _holds_data(seen.get(p))), None)
-    removed = known is not None and (known.get("removed") or (
-        "owner" not in known and _gecos_of(facts.accounts.get(user)) == _removed_gecos(name)))
-    owner = known.get("owner") if removed and known else None
-    if removed and where is not None and owner is None:
-        # removed by a Hive that did not record owners: whose backups these are is not
-        # known, so no owner's keys get them (the folder moved aside starts it empty)
-        return Wanted(error=f"repository {name} was removed from the file and its data kept "
-                            f"at {where}, by a Hive that did not record whose it is: adding "
-                            f"it again could give {repo.owner}'s keys another owner's "
-                            f"backups. Purge it first ('hive purge {name}'), or move the "
-                            f"folder aside (mv {where} {where}.kept) to start it empty")
-    if owner is not None and owner != repo.owner and where is not None:
-        return Wanted(error=f"repository {name} was removed from the file and its data kept "
-                            f"at {where} (owner {owner}); adding it again under owner "
-                            f"{repo.owner} would give {repo.owner}'s keys that data. Purge it "
-                            f"first ('hive purge {name}'), or add it back with owner {owner} "
-                            "and change the owner in a change of its own")
+    if known is not None and _was_removed(known, facts.accounts.get(user), name):
+        error = _readded(name, repo.owner, known.get("owner"), (before or path, path), seen)
+        if error:
+            return Wanted(error=error)
     server = config.server
     try:
         maker = maker or keylines.LineMaker(config)
@@ -334,6 +314,35 @@ def wanted_repository(config: HiveConfig, name: str, uid: int, known: dict[str, 
     return Wanted(resources, {"repository": name, "uid": uid, "protected": repo.protected,
                               "path": path, "owner": repo.owner},
                   [maker.repos_root, home, path], expired)
+
+
+def _was_removed(known: dict[str, Any], account: Any, name: str) -> bool:
+    """Whether Hive removed this repository from its file earlier (its data kept). An
+    inventory of a Hive that did not record owners may lack the mark; the locked
+    account then says it."""
+    return bool(known.get("removed")) or (
+        "owner" not in known and type(account) is dict
+        and account.get("gecos") == _removed_gecos(name))
+
+
+def _readded(name: str, owner: str, was: str | None, places: tuple[str, str],
+             seen: dict[str, Any]) -> str | None:
+    """Why a removed repository cannot come back under `owner`: its data is kept, where it
+    was applied or where the file now puts it (repos_root moved with its tree), and is
+    `was`'s, or nobody knows whose (an older Hive did not record owners)."""
+    where = next((p for p in dict.fromkeys(places) if _holds_data(seen.get(p))), None)
+    if where is None or was == owner:
+        return None
+    if was is None:
+        return (f"repository {name} was removed from the file and its data kept at {where}, "
+                f"by a Hive that did not record whose it is: adding it again could give "
+                f"{owner}'s keys another owner's backups. Purge it first ('hive purge "
+                f"{name}'), or move the folder aside (mv {where} {where}.kept) to start it "
+                "empty")
+    return (f"repository {name} was removed from the file and its data kept at {where} "
+            f"(owner {was}); adding it again under owner {owner} would give {owner}'s keys "
+            f"that data. Purge it first ('hive purge {name}'), or add it back with owner "
+            f"{was} and change the owner in a change of its own")
 
 
 def expired_note(expired: dict[str, dt.datetime]) -> str | None:
