@@ -277,25 +277,29 @@ class Watcher:
         """borg wrote the repository's `config` (init, a key change, a check): keep its key
         at once (watcher/repokeys.py), not only at the next `hive stats`, so that a key
         replaced by an append-only client soon after `borg init` is not the only one."""
-        now = time.monotonic()
         try:
             kept = repokeys.keep_key_of(self.state_dir, key.partition("/")[2], path)
         except OSError as exc:
-            if self._key_warned.get(key, -KEY_WARN_EVERY) + KEY_WARN_EVERY <= now:
-                self._key_warned[key] = now
+            if self._key_problem_due(key):
                 log.warning("cannot keep a copy of the key of %s: %s", key, exc)
             return
-        if kept is not None and kept.digest is None:
-            # no key Hive can read: a client may write one as often as it likes, and
-            # `hive stats` reports it again each run while it lasts
-            if self._key_warned.get(key, -KEY_WARN_EVERY) + KEY_WARN_EVERY > now:
-                return
-            self._key_warned[key] = now
+        if kept is not None and kept.digest is None and not self._key_problem_due(key):
+            return  # no key Hive can read, told within the hour (`hive stats`: each run)
         if kept is not None and kept.changed:
             log.warning("the key in the config of %s changed; every key it had is kept in "
                         "%s", key, kept.copy.parent)
             self._record(key, [ev.RepoEvent(time.time(), "repokey_changed",
                                             {"copy": str(kept.copy)})])
+
+    def _key_problem_due(self, key: str) -> bool:
+        """Whether a key problem of this repository is told now: a client can repeat it
+        at will (write a key Hive cannot read, run into MAX_KEPT), so at most once every
+        KEY_WARN_EVERY seconds."""
+        now = time.monotonic()
+        if self._key_warned.get(key, -KEY_WARN_EVERY) + KEY_WARN_EVERY > now:
+            return False
+        self._key_warned[key] = now
+        return True
 
     def _repo_gone(self, key: str, how: str) -> None:
         self._rm_watches(self.repo_wds.pop(key, set()))
