@@ -25,7 +25,7 @@ import schemas
 from reconciler import keylines
 from reconciler.desired import Facts, desired_state
 from reconciler.inventory import Inventory
-from schemas.keyoptions import UnsafeKeyLine, check_key_line, from_entry_problem
+from schemas.keyoptions import UnsafeKeyLine, check_key_line, command_option, from_entry_problem
 from schemas.sshkeys import parse_public_key
 
 ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE025IREm0GtFJnL9BQ7kKfZEAot1lwEefHs0y9rRXaF a"
@@ -147,6 +147,31 @@ def test_check_key_line_is_an_allow_list() -> None:
                 good.replace("ssh-ed25519", "ssh-dss")):
         with pytest.raises(UnsafeKeyLine):
             check_key_line(bad)
+
+
+@pytest.mark.parametrize("words", [
+    [],
+    [""],
+    ["borg", ""],                                   # an empty word: two spaces in a row
+    ["", "serve"],
+    ["borg", "serve", "/srv/my repos"],             # one word that would read as two
+    ["borg serve", "--restrict-to-repository", "/r"],
+    ["borg", "serve", "/r\n"],
+    ["borg", "serve", '/r"'],
+    ["borg", "serve", "/r;sh"],
+    ["A=b", "serve"],                              # sh reads a leading A=b as an assignment
+    ["-borg", "serve"],
+])
+def test_command_option_refuses_every_word_outside_the_grammar(words: list[str]) -> None:
+    with pytest.raises(UnsafeKeyLine, match="command="):
+        command_option(words)
+
+
+def test_command_option_joins_the_words_it_accepts() -> None:
+    words = ["/usr/bin/borg", "serve", "--restrict-to-repository", "/r/bh-a/a",
+             "--storage-quota", "5G"]
+    assert command_option(words) == f'command="{" ".join(words)}"'
+    assert command_option(["rrsync"]) == 'command="rrsync"'
 
 
 # --------------------------------------------------------------------------- every line, read back
