@@ -483,8 +483,8 @@ def run() -> None:
                    "for the traceback, and please report it)", err=True)
         code = EXIT_ERROR
     code = code if isinstance(code, int) else EXIT_OK
-    if _HELD:
-        _exit(code)
+    if _HELD and sys.getprofile() is None and sys.gettrace() is None:
+        _exit(code)  # (a profiler or coverage writes its results at a normal exit)
     sys.exit(code)
 
 
