@@ -144,12 +144,14 @@ def render_file(lines: dict[str, str]) -> str:
 
 def parse_file(text: str) -> dict[str, str]:
     """Key name -> line, from a cache file; a line Hive did not write gets a name that no
-    desired key has, so the plan rewrites the file."""
+    desired key has, so the plan rewrites the file. Lines end where sshd ends them, at
+    "\n" only: str.splitlines also splits at "\r", "\x1c", U+2028 and more, and would
+    show two of Hive's lines where sshd reads one line (and only its first key)."""
     result: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        comment = line.rsplit(" ", 1)[-1]
+        comment = line.rpartition(" ")[2]
         name = (comment.removeprefix(COMMENT_PREFIX) if comment.startswith(COMMENT_PREFIX)
                 else f"(unmanaged line {number})")
         result[name] = line
