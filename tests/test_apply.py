@@ -101,6 +101,22 @@ def test_plan_json_is_a_stream_with_version_first_and_summary_last(
                                     "shell": "/bin/sh", "locked": False}}
 
 
+def test_foreign_extrausers_lines_are_kept_byte_for_byte(tmp_path: Path,
+                                                        pubkeys: dict[str, str]) -> None:
+    """glibc reads these files in lines ending at "\n" only; a line another tool wrote
+    with a "\r\n" ending or a U+0085 in its gecos is one line, and stays that one line
+    when Hive rewrites the file around it (str.splitlines split it in two)."""
+    cfg = write_config(tmp_path, body(pubkeys))
+    (tmp_path / "extrausers").mkdir()
+    foreign = ("snapuser:x:30000:30000:Snap\u0085User:/home/s:/bin/sh\n"
+               "other:x:30001:30001::/home/o:/bin/sh\r\n")
+    (tmp_path / "extrausers" / "passwd").write_bytes(foreign.encode())
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    written = (tmp_path / "extrausers" / "passwd").read_bytes().decode()
+    assert written.startswith(foreign), written[:200]
+    assert written.count("\n") == 4  # the two foreign lines, then laptop's and phone's
+
+
 def test_drift_is_repaired(tmp_path: Path, pubkeys: dict[str, str]) -> None:
     cfg = write_config(tmp_path, body(pubkeys))
     assert hive("apply", "-f", str(cfg)).returncode == 0

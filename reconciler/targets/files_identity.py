@@ -24,10 +24,19 @@ FILES = ("group", "passwd", "shadow")  # write order
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The file's lines as glibc reads them, ending at "\n" only (str.splitlines would
+    also split at "\r", U+0085 and more, and so rewrite other tools' lines)."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        text = _read_text(path)
     except FileNotFoundError:
         return []
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def _read_text(path: Path) -> str:
+    """The file's text exactly (no newline translation: a "\r\n" stays)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return handle.read()
 
 
 def _keyed(lines: list[str]) -> dict[Any, str]:
@@ -156,7 +165,7 @@ class FilesIdentity:
                 content = "".join(f"{line}\n" for line in files[name].values())
                 path = self.dir / name
                 try:
-                    if path.read_text(encoding="utf-8") == content:
+                    if _read_text(path) == content:
                         continue
                 except FileNotFoundError:
                     pass
