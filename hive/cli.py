@@ -493,7 +493,8 @@ def _exit(code: int) -> None:
     matters (wait for the parse cache's writer, flush the output), then os._exit."""
     from schemas import parsecache
 
-    parsecache.settle()  # the only exit handler plan and apply register
+    parsecache.settle()  # Hive's one exit handler (logging's, which ldap3 imports, has no
+    # handler to flush: Hive configures none for plan and apply)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
