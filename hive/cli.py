@@ -7,6 +7,7 @@ errors included), 2 changes pending or made, and only with --detailed-exitcode, 
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -22,10 +23,10 @@ from hive.common import load as _load
 
 EXIT_CHECKSUM = 3  # apply --checksum: the plan is not the reviewed one; nothing changed
 
-# What plan and apply built (the file's models, facts, desired state, plan): kept until the
-# process ends, which then skips freeing it (run, _exit). For 50,000 repositories that is
-# millions of objects Python would free one by one, 0.3 s after the last line is printed;
-# the kernel takes the whole heap back at once.
+# What validate, plan and apply built (the file's models, facts, desired state, plan): kept
+# until the process ends, which then skips freeing it (run, _exit). For 50,000 repositories
+# that is millions of objects Python would free one by one, 0.3 s after the last line is
+# printed; the kernel takes the whole heap back at once.
 _HELD: list[object] = []
 
 
@@ -68,6 +69,7 @@ def validate(config_file: str | None, fmt: str) -> int:
     from notifications.checks import apprise_problems_if_any
 
     config, path = _load(config_file, fmt, apprise_problems_if_any)
+    _HELD.append(config)
     if fmt == "json":
         output.emit("summary", valid=True, errors=0, repositories=len(config.repositories),
                     keys=len(config.keys))
@@ -489,12 +491,10 @@ def run() -> None:
 
 
 def _exit(code: int) -> None:
-    """End the process without freeing what it holds (_HELD): what sys.exit would do that
-    matters (wait for the parse cache's writer, flush the output), then os._exit."""
-    from schemas import parsecache
-
-    parsecache.settle()  # Hive's one exit handler (logging's, which ldap3 imports, has no
-    # handler to flush: Hive configures none for plan and apply)
+    """End the process without freeing what it holds (_HELD): what sys.exit does that
+    matters (the exit handlers: the parse cache's writer is waited for, logging flushed;
+    then the output flushed), then os._exit."""
+    atexit._run_exitfuncs()  # CPython's own, what a normal exit runs; kept under this name
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
