@@ -148,6 +148,29 @@ def test_the_command_waits_for_its_cache_writer(tmp_path: Path, cache: Path) -> 
     assert parsecache.get(path.read_text()) is not parsecache.MISS
 
 
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_the_cli_waits_for_its_cache_writer_too(tmp_path: Path, cache: Path,
+                                                command: str) -> None:
+    """validate, plan and apply end with os._exit (hive/cli.py _exit, which skips freeing
+    their state): the writer is still waited for."""
+    path = write_config(tmp_path, BODY)
+    script = textwrap.dedent(f"""\
+        import sys, time
+        from schemas import parsecache
+        parsecache.BACKGROUND_BYTES = 0
+        slow = parsecache._write
+        parsecache._write = lambda *a: (time.sleep(1.5), slow(*a))
+        sys.argv = ["hive", {command!r}, "-f", {str(path)!r}]
+        from hive.cli import run
+        run()
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(entries(cache)) == 1
+    assert parsecache.get(path.read_text()) is not parsecache.MISS
+
+
 def test_a_cached_file_needs_no_parser(tmp_path: Path, cache: Path) -> None:
     """The fast parser compiles its patterns when imported (about 50 ms of every command):
     a file found in the cache must load without it."""
