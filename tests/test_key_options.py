@@ -174,6 +174,47 @@ def test_command_option_joins_the_words_it_accepts() -> None:
     assert command_option(["rrsync"]) == 'command="rrsync"'
 
 
+def test_the_possessive_grammar_matches_exactly_what_the_plain_one_does() -> None:
+    """KEY_LINE's repetitions are possessive (they never give back), which is only right
+    because each repeats characters that cannot end it. Mutated lines near the grammar's
+    edges (quotes, commas, spaces, '=', line breaks) must be judged alike by the grammar
+    as written and the same grammar with ordinary repetitions."""
+    import re
+
+    from schemas import keyoptions
+
+    possessive = keyoptions.KEY_LINE
+    plain = re.compile(possessive.pattern.replace("]++", "]+").replace("]*+", "]*")
+                       .replace(")*+", ")*"))
+    assert plain.pattern != possessive.pattern
+    blob = ED.split()[1]
+    seeds = [f'restrict,command="borg serve --restrict-to-repository /r/bh-a/a" '
+             f"ssh-ed25519 {blob} hive:k",
+             f'restrict,from="10.0.0.0/8,!10.1.2.3,*.example.org",expiry-time='
+             f'"20270101000000Z",command="rrsync -wo -munge /r/bh-a/a" ssh-ed25519 {blob} '
+             "hive:k.2"]
+    alphabet = ' ",=:/+-.!*?a0Z_\n\r\t'
+    rng = random.Random(7)
+    agreed = matched = 0
+    for _ in range(20000):
+        line = list(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(line) + 1)
+            edit = rng.random()
+            if edit < 0.4 and at < len(line):
+                line[at] = rng.choice(alphabet)
+            elif edit < 0.7:
+                line.insert(at, rng.choice(alphabet))
+            elif at < len(line):
+                del line[at]
+        text = "".join(line)
+        verdict = possessive.fullmatch(text) is not None
+        assert verdict == (plain.fullmatch(text) is not None), text
+        agreed += 1
+        matched += verdict
+    assert agreed == 20000 and 100 < matched < 19900  # both verdicts were exercised
+
+
 # --------------------------------------------------------------------------- every line, read back
 
 
