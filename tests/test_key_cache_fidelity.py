@@ -37,3 +37,22 @@ def test_a_second_line_with_a_managed_name_is_not_hidden(tmp_path: Path,
     assert "~ authorized_keys bh-laptop" in plan.stdout
     assert hive("apply", "-f", str(cfg)).returncode == 0
     assert keys.read_text() == wanted
+
+
+def test_a_symlink_in_the_cache_folder_is_seen(tmp_path: Path, pubkeys: dict[str, str]) -> None:
+    """sshd opens <state_dir>/authorized_keys/%u following a symlink (StrictModes checks
+    the folders of the real path), so a link there is keys for that user, and the folder
+    is Hive's: a disabled repository's user must end up with no file at all."""
+    cfg = config(tmp_path, pubkeys, "  laptop: {owner: alice, keys: [ka], mode: disabled}")
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    folder = tmp_path / "state" / "authorized_keys"
+    assert not (folder / "bh-laptop").exists()
+    planted = tmp_path / "state" / "planted"
+    planted.write_text(f"{pubkeys['b']}\n")
+    folder.mkdir(exist_ok=True)
+    (folder / "bh-laptop").symlink_to(planted)
+    plan = hive("plan", "-f", str(cfg), "--detailed-exitcode")
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert "- authorized_keys bh-laptop" in plan.stdout, plan.stdout
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    assert not (folder / "bh-laptop").is_symlink() and planted.exists()
