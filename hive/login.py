@@ -184,10 +184,10 @@ def _leaves_open(line: str) -> bool:
             while i < end and line[i] not in " \t":
                 i += 1
             continue
-        start = False
-        if c in "\"'" and line[i - 1:i] in ("", " ", "\t", "[", "{", ","):
+        at_start, start = start, False
+        if c in "\"'" and at_start:
             quote = c
-        elif c in "[{" and (depth or line[i - 1:i] in ("", " ", "\t")):
+        elif c in "[{" and (at_start or depth):
             depth += 1
             start = True
         elif c in "]}" and depth:
