@@ -66,3 +66,26 @@ def test_the_plan_sees_the_account_line_glibc_returns(tmp_path: Path, pubkeys: d
                if line.lstrip().startswith("bh-laptop:")]
     assert len(entries) == 1, entries  # no second line for glibc to find after a delete
     assert hive("plan", "-f", str(cfg), "--detailed-exitcode").returncode == 0
+
+
+def test_a_line_glibc_cannot_read_is_skipped_not_a_crash(tmp_path: Path,
+                                                        pubkeys: dict[str, str]) -> None:
+    """glibc's strtoul reads ASCII digits only: a uid of '²' or '٣' (digits to Python's
+    str.isdigit) makes the line no entry, so the plan must not die on it or see a uid."""
+    cfg = write_config(tmp_path, f"""\
+        owners: {{alice: {{}}}}
+        keys:
+          ka: {{owner: alice, public_key: {pubkeys['a']}}}
+        repositories:
+          laptop: {{owner: alice, keys: [ka]}}
+        """)
+    files_dir = tmp_path / "extrausers"
+    files_dir.mkdir()
+    odd = "odd:x:\u00b2:1::/:/bin/sh\nodder:x:\u0663:1::/:/bin/sh\n"
+    (files_dir / "passwd").write_text(odd)
+    (files_dir / "group").write_text("odd:x:\u00b2:\n")
+    assert getent(files_dir, "odd") == getent(files_dir, "odder") == ""
+    plan = hive("plan", "-f", str(cfg), "--detailed-exitcode")
+    assert plan.returncode == 2 and "Traceback" not in plan.stderr, plan.stdout + plan.stderr
+    assert hive("apply", "-f", str(cfg)).returncode == 0
+    assert (files_dir / "passwd").read_text().startswith(odd)

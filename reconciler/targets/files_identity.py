@@ -49,6 +49,11 @@ def _fields(line: str) -> list[str]:
     return [] if not text or text[0] == "#" else text.split(":")
 
 
+def _is_id(text: str) -> bool:
+    """A uid or gid glibc reads: ASCII digits (str.isdigit also takes '²' and '٣')."""
+    return text.isascii() and text.isdigit()
+
+
 def _keyed(lines: list[str]) -> dict[Any, str]:
     """Lines by entry name, in file order. Lines that are not entries (comments, blanks) and
     repeated names keep their place under a key no name can have, so they survive as-is;
@@ -76,7 +81,7 @@ def parse_accounts(passwd: list[str], group: list[str],
     groups: dict[str, int] = {}
     for line in group:
         fields = _fields(line)
-        if len(fields) >= 3 and fields[2].isdigit():
+        if len(fields) >= 3 and _is_id(fields[2]):
             groups.setdefault(fields[0], int(fields[2]))
     locked: dict[str, bool] = {}
     for line in shadow or []:
@@ -86,8 +91,8 @@ def parse_accounts(passwd: list[str], group: list[str],
     accounts: dict[str, dict[str, Any]] = {}
     for line in passwd:
         fields = _fields(line)
-        if len(fields) != 7 or fields[0] in accounts or not fields[2].isdigit() \
-                or not fields[3].isdigit():
+        if len(fields) != 7 or fields[0] in accounts or not _is_id(fields[2]) \
+                or not _is_id(fields[3]):
             continue  # glibc skips a line it cannot read and looks further
         name = fields[0]
         accounts[name] = {
@@ -120,7 +125,7 @@ def observe_local_files(facts: Facts, etc: Path = Path("/etc")) -> None:
     for name, index in (("passwd", 2), ("group", 2)):
         for line in _read_lines(etc / name):
             fields = _fields(line)
-            if len(fields) > index and fields[index].isdigit():
+            if len(fields) > index and _is_id(fields[index]):
                 facts.hold(int(fields[index]), fields[0])
                 facts.system_names.add(fields[0])
 
@@ -148,7 +153,7 @@ class FilesIdentity:
             hold(attrs["uid"], name)
         for line in group:
             fields = _fields(line)
-            if len(fields) >= 3 and fields[2].isdigit():
+            if len(fields) >= 3 and _is_id(fields[2]):
                 hold(int(fields[2]), fields[0])
         # A group in this file for a user the inventory claims, without its passwd line, is
         # what an apply killed between writing group and passwd leaves: Hive's own, which
