@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ class RepoKey:
 def _parsed(text: str) -> configparser.RawConfigParser | None:
     parser = configparser.RawConfigParser(interpolation=None)  # strict: no duplicates
     try:
-        parser.read_string(text)
+        # Lines as borg's open() reads them: universal newlines ("\r" alone ends one too).
+        parser.read_file(io.StringIO(text, newline=None))
     except configparser.Error:
         return None
     return parser

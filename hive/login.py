@@ -146,11 +146,85 @@ def read_cache(state_dir: str, user: str) -> bytes | None:
         os.close(file_fd)
 
 
+# Line breaks to YAML 1.1 (PyYAML) that Python's readline does not end a line at.
+_YAML_ONLY_BREAKS = ("\x85", "\u2028", "\u2029")
+# What a state_dir may hold (schemas.models.ResolvedPath): such a value reads the same
+# plain or quoted, to YAML and to this reader.
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-")
+
+
+def _leaves_open(line: str) -> bool:
+    """Whether `line` opens a quoted scalar or a flow collection that it does not close.
+    YAML then reads on into the next lines as text of that value, where a line reader
+    would see keys: a `server:` and `state_dir:` inside a quoted description are not the
+    ones the loader (and so `hive apply`) reads. Errs towards True: a refusal only sends
+    the administrator to --state-dir."""
+    quote = ""
+    depth = 0
+    start = True  # where a node may begin (after indentation, `- `, `: `, `[`, `,` ...)
+    i, end = 0, len(line)
+    while i < end:
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 1
+            elif c == quote:
+                if quote == "'" and line[i + 1:i + 2] == "'":
+                    i += 1
+                else:
+                    quote = ""
+            i += 1
+            continue
+        if c in " \t":
+            i += 1
+            continue
+        if c == "#" and (i == 0 or line[i - 1] in " \t"):
+            break
+        if start and c in "&!":  # an anchor or a tag: the node itself comes after it
+            while i < end and line[i] not in " \t":
+                i += 1
+            continue
+        at_start, start = start, False
+        if c in "\"'" and at_start:
+            quote = c
+        elif c in "[{" and (at_start or depth):
+            depth += 1
+            start = True
+        elif c in "]}" and depth:
+            depth -= 1
+        elif (c in "-?:" and line[i + 1:i + 2] in ("", " ", "\t")) or (depth and c == ","):
+            start = True
+        i += 1
+    return bool(quote) or depth > 0
+
+
+def _path_value(text: str) -> str | None:
+    """The value of `state_dir: VALUE [# comment]` when YAML reads it as this reader does:
+    a path of the characters a state_dir may hold, plain or in quotes; None otherwise."""
+    rest = text.strip(" \t\r\n")
+    if rest[:1] in ("'", '"'):
+        close = rest.find(rest[0], 1)
+        if close < 0:
+            return None
+        value, tail = rest[1:close], rest[close + 1:]
+    else:
+        cut = next((i for i, c in enumerate(rest) if c in " \t"), len(rest))
+        value, tail = rest[:cut], rest[cut:]
+    if tail and (tail[0] not in " \t" or not tail.lstrip(" \t").startswith("#")):
+        return None
+    if not value or not _PATH_CHARS.issuperset(value):
+        return None
+    return value
+
+
 def state_dir_from_config(path: str) -> str | None:
     """Find `server.state_dir` in hive.yaml without a YAML parser (too slow for a login).
 
     Reads block-style YAML as `hive.yaml.example` writes it: the `state_dir:` line indented
-    under the top-level `server:` key. Relative paths are resolved against the real file's
+    under the top-level `server:` key, and nothing else: before it, no line may leave a
+    quoted text or flow collection open (a `server:` inside one is text to the loader) or
+    hold a line break only YAML sees; the value is a plain or quoted path of the characters
+    a state_dir may hold. Relative paths are resolved against the real file's
     folder (through symlinks), as the full loader does. Returns None when it cannot tell
     (including a FIFO or device instead of a file: opened without blocking, read only up to
     MAX_CONFIG_BYTES); the caller then denies.
@@ -176,8 +250,13 @@ def state_dir_from_config(path: str) -> str | None:
                 if not line:
                     return None
                 budget -= len(line)
+                if any(c in line for c in _YAML_ONLY_BREAKS):
+                    return None  # YAML sees more lines here than this reader does
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
+                if ('"' in line or "'" in line or "[" in line or "{" in line) \
+                        and _leaves_open(line):
+                    return None  # what follows is text of a value, not keys
                 if not line[0].isspace():
                     if in_server:
                         return None
@@ -189,8 +268,8 @@ def state_dir_from_config(path: str) -> str | None:
                 child = indent if child is None else child
                 # only server:'s own key: a deeper line may be text inside a block scalar
                 if indent == child and line.strip().startswith("state_dir:"):
-                    value = line.split(":", 1)[1].split(" #", 1)[0].strip().strip("'\"")
-                    if not value:
+                    value = _path_value(line.split(":", 1)[1])
+                    if value is None:
                         return None
                     folder = os.path.dirname(os.path.realpath(path))
                     return os.path.join(folder, value)

@@ -154,5 +154,7 @@ def parse_file(text: str) -> dict[str, str]:
         comment = line.rpartition(" ")[2]
         name = (comment.removeprefix(COMMENT_PREFIX) if comment.startswith(COMMENT_PREFIX)
                 else f"(unmanaged line {number})")
+        if name in result:  # sshd reads both lines: the second must show, not replace
+            name = f"(unmanaged line {number})"
         result[name] = line
     return result

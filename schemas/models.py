@@ -410,6 +410,17 @@ class Key(Strict):
                           "(sshd expiry-time=\"...\"); an expired key is left out.")
     description: Description | None = None
 
+    @field_validator("from_")
+    @classmethod
+    def _some_positive_entry(cls, value: list[str]) -> list[str]:
+        """sshd admits a key only from an address a positive entry matches: negations
+        alone read as "anywhere but" and admit it from nowhere."""
+        if value and all(entry.startswith("!") for entry in value):
+            raise ValueError("holds only negated ('!') entries, so sshd accepts the key "
+                             "from nowhere; to allow every address but these, put '*' "
+                             "first: ['*', " + repr(value[0]) + "]")
+        return value
+
     @field_validator("public_key")
     @classmethod
     def _key(cls, value: str) -> str:

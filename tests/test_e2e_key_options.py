@@ -162,3 +162,24 @@ def test_every_option_hive_writes_is_read_by_sshd_as_meant(deployment: Deploymen
     assert from_file and all(o == ["command", "expires"] for o in from_file), log
     assert all(set(logged_options(opts)) <= {"command", "expires"} for _, opts in rows), log
     d.server is not None and apply(d, "10.9.9.9")  # back to the limited key for other tests
+
+
+def test_a_from_of_only_negations_is_refused_and_star_first_works(
+        deployment: Deployment) -> None:
+    """sshd lets a key in only from an address that a positive from= entry matches
+    (match.c, match_host_and_ip): ['!10.9.9.9'] alone reads as "anywhere but 10.9.9.9"
+    and lets the key in from nowhere. Validation refuses it, saying to put '*' first,
+    which real sshd reads as meant."""
+    d = deployment
+    refused = apply(d, "!10.9.9.9")
+    assert refused.returncode == 1, describe(refused)
+    assert f"{d.config}:{FROM_LINE}:11: keys.limited.from: " in refused.stdout \
+        + refused.stderr, describe(refused)
+    assert "'*'" in refused.stdout + refused.stderr
+    for entries, logs_in in (("'*', '!10.9.9.9'", True), ("'*', '!127.0.0.1'", False)):
+        d.config.write_text(hive_yaml(d, "X").replace("from: ['X']", f"from: [{entries}]"))
+        applied = subprocess.run([sys.executable, "-m", "hive", "apply", "-f", str(d.config)],
+                                 capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+        assert applied.returncode == 0, describe(applied)
+        result, log = login(d)
+        assert (result.returncode == 0) is logs_in, (entries, describe(result, d.server), log)

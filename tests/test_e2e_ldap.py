@@ -240,6 +240,19 @@ def test_nslcd_resolves_the_users_hive_wrote(ldap_deployment: LdapDeployment) ->
     assert outside.returncode == 2, outside
 
 
+def test_nslcd_answers_for_every_uid_value_of_an_entry(ldap_deployment: LdapDeployment
+                                                       ) -> None:
+    """Why Hive blocks every uid and cn value of a foreign entry (parse_entries): nslcd
+    gives the entry, with its uidNumber, to a lookup of any of them."""
+    d = ldap_deployment
+    d.slapd.add(f"uid=dave,{PEOPLE}", objectClass=["account", "posixAccount"],
+                uid=["dave", "bh-second-name"], cn="dave", uidNumber=UID_RANGE[1] + 7,
+                gidNumber=UID_RANGE[1] + 7, homeDirectory="/home/dave")
+    found = _getent(d, "passwd", "bh-second-name")
+    assert (found[0], found[2], found[5]) == (
+        "bh-second-name", str(UID_RANGE[1] + 7), "/home/dave"), found
+
+
 def test_nslcd_and_sshd_share_the_namespace(ldap_deployment: LdapDeployment) -> None:
     """The daemon is really inside sshd's namespace, and the host does not see the mounts."""
     d = ldap_deployment

@@ -420,3 +420,24 @@ def test_two_hive_servers_sharing_a_directory_leave_each_other_alone(
     cfg_b.write_text(cfg_b.read_text().replace("name: test1", "name: test2"))
     clash = hive("plan", "-f", str(cfg_b), env=ENV)
     assert clash.returncode == 1 and "user bh-ra (repository ra) already exists" in clash.stderr
+
+
+def test_every_uid_value_of_a_foreign_entry_blocks_its_name(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    """uid is multi-valued, and nslcd answers getpwnam for each value (the search is
+    (uid=NAME)): an entry with uid carol and bh-r3 is user bh-r3 to sshd, with carol's
+    uidNumber. Hive must see the name as taken, as it does a first value; the same for
+    a group's cn values."""
+    slapd.add(f"uid=carol,{PEOPLE}", objectClass=["account", "posixAccount"],
+              uid=["carol", "bh-r3"], cn="carol", uidNumber=30000, gidNumber=30000,
+              homeDirectory="/home/carol")
+    slapd.add(f"cn=staff,{GROUPS}", objectClass=["posixGroup"], cn=["staff", "bh-r4"],
+              gidNumber=30001)
+    cfg = config(tmp_path, slapd, pubkeys, REPOS + "\n          r3: {owner: bob}"
+                                                   "\n          r4: {owner: bob}")
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 1, result.stdout + result.stderr
+    for user in ("bh-r3", "bh-r4"):
+        assert f"user {user} (repository r{user[-1]}) already exists and was not created " \
+               "by Hive" in result.stderr, result.stderr
+    assert set(users(slapd)) == {"carol"}

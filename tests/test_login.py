@@ -201,6 +201,54 @@ def test_only_servers_own_state_dir_key_counts(tmp_path: Path) -> None:
     assert state_dir_from_config(str(cfg)) is None
 
 
+# Text the full loader reads inside a quoted scalar or a flow collection that spans
+# lines, but which a line-by-line reader takes for a `server:` section of its own.
+HIDDEN_SERVER = {
+    "double-quoted": 'owners:\n  alice:\n    description: "Alice\'s team\nserver:\n'
+                     '  state_dir: ./old"\n',
+    "single-quoted": "owners:\n  alice:\n    description: 'It''s ours\nserver:\n"
+                     "  state_dir: ./old'\n",
+    "anchored and quoted": 'owners:\n  alice:\n    description: &d "x\nserver:\n'
+                           '  state_dir: ./old"\n',
+}
+
+
+@pytest.mark.parametrize("case", HIDDEN_SERVER)
+def test_a_server_section_inside_a_quoted_text_is_not_the_one_apply_reads(
+        sysroot: Path, cache: Path, case: str) -> None:
+    """The loader reads the second `server:` (the first is text in a description), so
+    apply writes ./state; the login path must not read ./old, which may hold a cache of
+    keys since revoked: it finds no state_dir it can be sure of, and denies."""
+    from schemas.loader import load
+
+    old = sysroot / "old" / "authorized_keys"
+    old.mkdir(parents=True)
+    (old / "bh-r1").write_text(LINE.replace("hive:k", "revoked"))
+    cfg = write_config(sysroot, "owners: {}\n")
+    server = cfg.read_text().split("owners:")[0].removeprefix("version: 1\n")
+    cfg.write_text("version: 1\n" + HIDDEN_SERVER[case] + server)
+    assert load(cfg).server.state_dir == cache  # what apply writes
+    result = hive("authorized-keys", "-f", str(cfg), "bh-r1")
+    assert "revoked" not in result.stdout
+    assert_refused(result, "use --state-dir")
+
+
+def test_lines_a_yaml_reader_breaks_elsewhere_deny(tmp_path: Path) -> None:
+    """A flow collection left open, or a line break YAML sees and a line reader does not
+    (U+2028, U+0085): the login path cannot tell what follows, so it finds nothing."""
+    from hive.login import state_dir_from_config
+
+    cfg = tmp_path / "hive.yaml"
+    for text in ("owners: {alice: {description: x,\nserver:\n  state_dir: /old}}\n",
+                 "groups: [a,\nserver:\n  state_dir: /old]\n",
+                 "server:\n  name: x\u2028  state_dir: /old\n  state_dir: /new\n"):
+        cfg.write_text(text, encoding="utf-8")
+        assert state_dir_from_config(str(cfg)) is None, text
+    cfg.write_text("owners:\n  alice:\n    description: \"Alice's 'team' [x] {y}\"\n"
+                   "    email: 'a@b.c' # it's\nserver:\n  state_dir: /new # \"x\n")
+    assert state_dir_from_config(str(cfg)) == "/new"
+
+
 def test_a_fifo_as_the_config_file_does_not_hang(sysroot: Path, cache: Path) -> None:
     fifo = sysroot / "hive.yaml"
     os.mkfifo(fifo)

@@ -277,3 +277,20 @@ def test_the_watcher_reports_a_key_it_cannot_read_once_an_hour(tmp_path: Path) -
     assert query(state, "SELECT kind, source FROM events WHERE kind = 'repokey_changed'"
                  ) == [("repokey_changed", "inotify")]
     assert _kept(state, "w") == [copy]
+
+
+def test_a_config_with_cr_line_ends_gives_the_key_borg_reads(tmp_path: Path) -> None:
+    """borg opens `config` with Python's universal newlines, so "\\r" alone ends a line
+    for it (as it does in a file an rsync import carried from elsewhere); Hive must keep
+    the key borg then uses, not read the file as one line and keep nothing."""
+    borg = Borg(tmp_path / "borg-base")
+    repo = tmp_path / "r"
+    borg("init", repo)
+    wanted = read_key(repo)
+    assert wanted is not None
+    config = repo / "config"
+    config.write_bytes(config.read_bytes().replace(b"\n", b"\r"))
+    exported = _borg(borg, "key", "export", str(repo), str(tmp_path / "borg.key"))
+    assert exported.returncode == 0  # borg reads it
+    assert (tmp_path / "borg.key").read_text() == wanted.exported()
+    assert read_key(repo) == wanted

@@ -19,6 +19,8 @@ from reconciler.targets import Kind, Result, Style
 from schemas.models import HiveConfig
 
 CACHE_DIR = "authorized_keys"
+#: What the plan shows for a symlink in the cache folder (no key can have this name).
+SYMLINK = "(a symlink, which sshd follows)"
 
 
 def cache_dir(state_dir: Path) -> Path:
@@ -39,10 +41,14 @@ class AuthorizedKeys:
         name = ""
         try:
             with os.scandir(dir_fd) as entries:
-                names = [e.name for e in entries
-                         if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+                names = {e.name: e.is_symlink() for e in entries
+                         if not e.name.startswith(".")
+                         and (e.is_file(follow_symlinks=False) or e.is_symlink())}
             found = facts.authorized_keys
-            for name in names:
+            for name, link in names.items():
+                if link:  # sshd follows it to whatever it names: never what Hive wants
+                    found[name] = {"keys": {SYMLINK: ""}}
+                    continue
                 text = _read(dir_fd, name).decode("utf-8", errors="replace")
                 found[name] = {"keys": keylines.parse_file(text)}
         except OSError as exc:

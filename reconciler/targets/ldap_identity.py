@@ -90,6 +90,14 @@ def _first(attrs: dict[str, Any], name: str) -> Any:
     return value
 
 
+def _all(attrs: dict[str, Any], name: str) -> list[Any]:
+    """Every value of an attribute, as nslcd sees them (uid and cn are multi-valued)."""
+    value = attrs.get(name)
+    if isinstance(value, list):
+        return [v for v in value if v]
+    return [value] if value else []
+
+
 def marker(server: str, repository: str) -> str:
     """What Hive writes into `description`: which Hive server made the entry, and why."""
     return f"{MARKER} server={server} repository={repository}"
@@ -153,25 +161,29 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, serve
         classes = {c.lower() for c in attrs.get("objectClass", [])}
         uid_number, gid_number = _first(attrs, "uidNumber"), _first(attrs, "gidNumber")
         if "posixaccount" in classes:
-            name = _first(attrs, "uid")
+            names = _all(attrs, "uid")  # nslcd answers getpwnam for every value
+            name = names[0] if names else None
             if uid_number is not None:
                 hold(int(uid_number), name or dn)
             repository = _marked(attrs, server)
             if name and repository is not None and dn.lower() == f"uid={name},{people_l}":
                 users[name] = {"attrs": attrs, "marked": repository}
+                facts.system_names.update(names[1:])
             elif name:
-                facts.system_names.add(name)
+                facts.system_names.update(names)
                 other = _marking_server(attrs)
                 if other is not None and other != server:
                     facts.other_servers[name] = other
         if "posixgroup" in classes:
-            name = _first(attrs, "cn")
+            names = _all(attrs, "cn")  # and getgrnam for every cn
+            name = names[0] if names else None
             if gid_number is not None:
                 hold(int(gid_number), name or dn)
             if name and _marked(attrs, server) and dn.lower() == f"cn={name},{groups_l}":
                 group_gids[name] = int(gid_number)
+                facts.system_names.update(names[1:])
             elif name:
-                facts.system_names.add(name)  # a foreign group blocks this name
+                facts.system_names.update(names)  # a foreign group blocks these names
     for name, user in users.items():
         attrs = user["attrs"]
         expire = _first(attrs, "shadowExpire")
