@@ -132,32 +132,6 @@ def test_drift_is_repaired(tmp_path: Path, pubkeys: dict[str, str]) -> None:
     assert "evil" not in (tmp_path / "state" / "authorized_keys" / "bh-laptop").read_text()
 
 
-@pytest.mark.parametrize("joint", ["\r", "\x1c", "\x85", "\u2028"])
-def test_a_key_file_is_read_in_lines_as_sshd_reads_it(tmp_path: Path, pubkeys: dict[str, str],
-                                                       joint: str) -> None:
-    """sshd ends a line at "\n" only: two of Hive's lines joined by another line break
-    (Python's splitlines splits there) are one line to sshd, which then knows only the
-    first key. The plan must see that file as changed, not as the two lines it wants."""
-    cfg = write_config(tmp_path, f"""\
-        owners: {{alice: {{}}}}
-        keys:
-          ka: {{owner: alice, public_key: {pubkeys['a']}}}
-          kc: {{owner: alice, public_key: {pubkeys['c']}}}
-        repositories:
-          laptop: {{owner: alice, keys: [ka, kc]}}
-        """)
-    assert hive("apply", "-f", str(cfg)).returncode == 0
-    keys = tmp_path / "state" / "authorized_keys" / "bh-laptop"
-    wanted = keys.read_text()
-    first, second = wanted.splitlines()
-    keys.write_text(f"{first}{joint}{second}\n")
-    plan = hive("plan", "-f", str(cfg), "--detailed-exitcode")
-    assert plan.returncode == 2, plan.stdout + plan.stderr
-    assert "~ authorized_keys bh-laptop" in plan.stdout
-    assert hive("apply", "-f", str(cfg)).returncode == 0
-    assert keys.read_text() == wanted
-
-
 def test_remove_lock_prune_purge_lifecycle(tmp_path: Path, pubkeys: dict[str, str]) -> None:
     cfg = write_config(tmp_path, body(pubkeys))
     assert hive("apply", "-f", str(cfg)).returncode == 0

@@ -18,6 +18,17 @@ from sshd_harness import EXTRAUSERS_DIR, NSCD_DIR, NSSWITCH_EXTRAUSERS, UNSHARE
 pytestmark = requires_root
 
 
+def laptop(tmp_path: Path, pubkeys: dict[str, str]) -> Path:
+    """hive.yaml of one repository, laptop (user bh-laptop), with one key."""
+    return write_config(tmp_path, f"""\
+        owners: {{alice: {{}}}}
+        keys:
+          ka: {{owner: alice, public_key: {pubkeys['a']}}}
+        repositories:
+          laptop: {{owner: alice, keys: [ka]}}
+        """)
+
+
 def getent(files_dir: Path, name: str) -> str:
     """`getent passwd NAME` as glibc answers it with `files_dir` as /var/lib/extrausers."""
     nss = files_dir.parent / "nsswitch.conf"
@@ -42,13 +53,7 @@ STALE = {
 @pytest.mark.parametrize("case", STALE)
 def test_the_plan_sees_the_account_line_glibc_returns(tmp_path: Path, pubkeys: dict[str, str],
                                                       case: str) -> None:
-    cfg = write_config(tmp_path, f"""\
-        owners: {{alice: {{}}}}
-        keys:
-          ka: {{owner: alice, public_key: {pubkeys['a']}}}
-        repositories:
-          laptop: {{owner: alice, keys: [ka]}}
-        """)
+    cfg = laptop(tmp_path, pubkeys)
     assert hive("apply", "-f", str(cfg)).returncode == 0
     files_dir = tmp_path / "extrausers"
     wanted = getent(files_dir, "bh-laptop")
@@ -72,13 +77,7 @@ def test_a_line_glibc_cannot_read_is_skipped_not_a_crash(tmp_path: Path,
                                                         pubkeys: dict[str, str]) -> None:
     """glibc's strtoul reads ASCII digits only: a uid of '²' or '٣' (digits to Python's
     str.isdigit) makes the line no entry, so the plan must not die on it or see a uid."""
-    cfg = write_config(tmp_path, f"""\
-        owners: {{alice: {{}}}}
-        keys:
-          ka: {{owner: alice, public_key: {pubkeys['a']}}}
-        repositories:
-          laptop: {{owner: alice, keys: [ka]}}
-        """)
+    cfg = laptop(tmp_path, pubkeys)
     files_dir = tmp_path / "extrausers"
     files_dir.mkdir()
     odd = "odd:x:\u00b2:1::/:/bin/sh\nodder:x:\u0663:1::/:/bin/sh\n"
