@@ -40,12 +40,14 @@ def _read_text(path: Path) -> str:
 
 
 _BLANKS = " \t\n\v\f\r"  # C's isspace(): glibc skips these at the start of a line
-_LEADS = frozenset(_BLANKS + "#")  # a line starting with one of these needs _fields
+_LEADS = frozenset(_BLANKS + "#")  # what makes a line more than a split at ":"
 
 
 def _fields(line: str) -> list[str]:
     """A line's fields as glibc's nss_files parser sees them: leading blanks skipped, a
     `#` line or an empty one no entry at all ([])."""
+    if line[:1] not in _LEADS:  # the usual line (and ""), split at once
+        return line.split(":") if line else []
     text = line.lstrip(_BLANKS)
     return [] if not text or text[0] == "#" else text.split(":")
 
@@ -62,8 +64,8 @@ def _keyed(lines: list[str]) -> dict[Any, str]:
     glibc returns for it: the first one, leading blanks skipped; a later one's is (i, name)."""
     keyed: dict[Any, str] = {}
     for i, line in enumerate(lines):
-        text = line if line[:1] not in _LEADS else line.lstrip(_BLANKS)
-        name = text.partition(":")[0] if ":" in text and text[:1] != "#" else None
+        fields = _fields(line)
+        name = fields[0] if len(fields) > 1 else None
         keyed[name if name is not None and name not in keyed else (i, name)] = line
     return keyed
 
@@ -75,30 +77,22 @@ def _drop_repeats(lines: dict[Any, str], names: set[str]) -> None:
         del lines[key]
 
 
-def _split(lines: list[str]) -> list[list[str]]:
-    """_fields of every line; the usual line (no leading blank, no '#') split at once."""
-    return [line.split(":") if line[:1] not in _LEADS else _fields(line) for line in lines]
-
-
 def parse_accounts(passwd: list[str], group: list[str],
                    shadow: list[str] | None) -> dict[str, dict[str, Any]]:
     """Account attrs per user name, as desired.py describes them. Pure. Where a name has
-    several lines, the first counts: getpwnam, getgrnam and getspnam return that one.
-    (Ids are ASCII digits, as _is_id says, written out: 50,000 calls.)"""
+    several lines, the first counts: getpwnam, getgrnam and getspnam return that one."""
     groups: dict[str, int] = {}
-    for fields in _split(group):
-        if len(fields) >= 3 and fields[0] not in groups and fields[2].isdigit() \
-                and fields[2].isascii():
+    for fields in map(_fields, group):
+        if len(fields) >= 3 and fields[0] not in groups and _is_id(fields[2]):
             groups[fields[0]] = int(fields[2])
     locked: dict[str, bool] = {}
-    for fields in _split(shadow or []):
+    for fields in map(_fields, shadow or []):
         if len(fields) >= 2 and fields[0] not in locked:
             locked[fields[0]] = fields[1].startswith("!")
     accounts: dict[str, dict[str, Any]] = {}
-    for fields in _split(passwd):
-        if len(fields) != 7 or fields[0] in accounts or not fields[2].isdigit() \
-                or not fields[3].isdigit() or not fields[2].isascii() \
-                or not fields[3].isascii():
+    for fields in map(_fields, passwd):
+        if len(fields) != 7 or fields[0] in accounts or not _is_id(fields[2]) \
+                or not _is_id(fields[3]):
             continue  # glibc skips a line it cannot read and looks further
         name = fields[0]
         accounts[name] = {
@@ -157,14 +151,15 @@ class FilesIdentity:
         hold = facts.hold
         for name, attrs in facts.accounts.items():
             hold(attrs["uid"], name)
-        for line in group:
-            fields = _fields(line)
+        group_names = set()
+        for fields in map(_fields, group):
+            if len(fields) > 1:
+                group_names.add(fields[0])
             if len(fields) >= 3 and _is_id(fields[2]):
                 hold(int(fields[2]), fields[0])
         # A group in this file for a user the inventory claims, without its passwd line, is
         # what an apply killed between writing group and passwd leaves: Hive's own, which
         # the next apply completes, not a foreign group blocking the name.
-        group_names = {fields[0] for fields in map(_fields, group) if len(fields) > 1}
         half_made = {name for name in group_names & inventory.accounts.keys()
                      if name not in facts.accounts}
         # The rest of the system (/etc/passwd, LDAP, ...) holds uids and names too.
