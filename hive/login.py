@@ -148,7 +148,8 @@ def read_cache(state_dir: str, user: str) -> bytes | None:
 
 # Line breaks to YAML 1.1 (PyYAML) that Python's readline does not end a line at.
 _YAML_ONLY_BREAKS = ("\x85", "\u2028", "\u2029")
-# What a state_dir may hold (schemas.models.ResolvedPath): such a value reads the same
+# What a state_dir may hold (schemas.models._SAFE_PATH, which the login path cannot import;
+# test_login.py keeps the two equal): such a value reads the same
 # plain or quoted, to YAML and to this reader.
 _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-")
 

@@ -201,6 +201,16 @@ def test_only_servers_own_state_dir_key_counts(tmp_path: Path) -> None:
     assert state_dir_from_config(str(cfg)) is None
 
 
+def test_the_login_reader_takes_the_path_characters_the_file_format_allows() -> None:
+    """hive/login.py cannot import the models (pydantic is far too slow for a login), so
+    it holds its own copy of the characters a state_dir may hold: the same set."""
+    from hive.login import _PATH_CHARS
+    from schemas.models import _SAFE_PATH
+
+    allowed = {chr(c) for c in range(32, 127) if _SAFE_PATH.fullmatch(chr(c))}
+    assert allowed == _PATH_CHARS
+
+
 # Text the full loader reads inside a quoted scalar or a flow collection that spans
 # lines, but which a line-by-line reader takes for a `server:` section of its own.
 HIDDEN_SERVER = {
