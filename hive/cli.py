@@ -340,8 +340,9 @@ def purge(repository: str, config_file: str | None, confirm: str | None,
     except inventory_mod.InventoryError as exc:
         return _refuse(str(exc))
     repo = config.repositories.get(repository)
-    made = inventory.made_as(config.user_name(repository), repository)
-    if made is None or (repo is not None and made[0] != config.user_name(repository)):
+    wanted_user = config.user_name(repository)
+    made = inventory.made_as(wanted_user, repository)
+    if made is None or (repo is not None and made[0] != wanted_user):
         return _refuse(f"repository {repository!r} is not one Hive created on this server")
     user, known = made
     if (repo is not None and repo.protected) or (repo is None and known.get("protected")):

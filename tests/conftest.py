@@ -134,7 +134,6 @@ def hive_install() -> Iterator[Any]:
             yield str(why)
 
 
-
 #: Test modules that use the sshd harness share host-wide paths with each other (/run/sshd,
 #: the /var/lib/extrausers and /run/nslcd mount points, which the harness creates while a
 #: server runs and removes after; host_state() compares them before and after). Tests run
