@@ -145,7 +145,9 @@ def apply(config_file: str | None, fmt: str, prune: bool, force: bool,
 
     Idempotent: a second run on an unchanged file changes nothing. Needs root. A repository
     removed from the file loses access (keys revoked, account locked) but keeps its data.
-    Every run is appended to the journal in state_dir ('hive history').
+    Open ssh connections that logged in with a key line this run removes or changes are
+    ended too, each one printed. Every run is appended to the journal in state_dir
+    ('hive history').
 
     \b
     Reviewed plans: 'hive plan' ends with 'Plan checksum: SUM'; 'hive apply --checksum SUM'
@@ -219,6 +221,8 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         output.emit_plan(plan_)
         for change, error in applied.results:
             output.emit("applied", **change.data, error=error)
+        for connection in applied.sessions:
+            output.emit("session", **engine.session_data(connection))
         output.emit("summary", **plan_.summary, applied=len(applied.results),
                     errors=int(applied.error is not None), checksum=plan_.checksum)
     elif not plan_.changes:
@@ -233,9 +237,21 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
         s = plan_.summary
         click.echo(click.style(f"\nApply complete: {s['add']} added, {s['change']} changed, "
                                f"{s['remove']} removed.", fg="green", bold=True))
+    if fmt == "text":
+        for connection in applied.sessions:
+            click.echo(_ended_line(connection), err=bool(applied.error))
     if applied.error:
         return EXIT_ERROR
     return changed_code if plan_.changes else EXIT_OK
+
+
+def _ended_line(connection: Any) -> str:
+    """What apply says about one open ssh connection it ended."""
+    keys = ", ".join(connection.key_names) or "not known (no ExposeAuthInfo)"
+    how = "killed" if connection.killed else "ended" if connection.ended else "already gone"
+    return (f"Open session of {connection.user} {how} (pid {connection.pid}, from "
+            f"{connection.client or 'unknown'}, key {keys}): the line it logged in with "
+            "was revoked")
 
 
 def _login_notes(state_dir: Path) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from reconciler import inventory as inventory_mod
 from reconciler import plan as planner
+from reconciler import sessions
 from reconciler.desired import Desired
 from reconciler.fsutil import remove_stale_temporaries
 from reconciler.journal import Journal, git_commit, who
@@ -58,6 +59,8 @@ class Planned:
 class Applied:
     planned: Planned
     results: list[tuple[Change, str | None]] = field(default_factory=list)
+    # open ssh connections ended because the line they logged in with was revoked
+    sessions: list[sessions.Connection] = field(default_factory=list)
 
     @property
     def error(self) -> str | None:
@@ -82,6 +85,48 @@ def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
         plan, desired = planner.compute(config, inventory, facts, now, prune=prune,
                                         force=force)
     return Planned(plan, desired, facts, inventory)
+
+
+def end_sessions(planned: Planned, done: list[Change]) -> list[sessions.Connection]:
+    """After key files were rewritten or removed (`done`): end the open ssh connections
+    that logged in with a line that is gone or changed (reconciler/sessions.py says why
+    this is not part of the plan). The user's uid is the one observed in the identity
+    backend, and the one the inventory remembers, should they differ; never 0."""
+    ended: list[sessions.Connection] = []
+    table = None
+    for change in done:
+        before = ((change.before or {}).get("keys") or {}).values()
+        after = ((change.after or {}).get("keys") or {}).values()
+        if change.action == "create" or not sessions.revoked(before, after):
+            continue
+        accounts = (planned.facts.accounts.get(change.name),
+                    planned.inventory.accounts.get(change.name))
+        uids = {a["uid"] for a in accounts if isinstance(a, dict)
+                and isinstance(a.get("uid"), int) and a["uid"] > 0}
+        if not uids:
+            continue
+        table = sessions.processes() if table is None else table
+        for connection in sessions.to_end(sessions.connections(change.name, uids, table),
+                                          before, after):
+            connection.key_names = sessions.key_names(before, connection.keys)
+            connection.repository = change.meta.get("repository") or \
+                next((a["repository"] for a in accounts if isinstance(a, dict)
+                      and "repository" in a), None)
+            ended.append(connection)
+    sessions.end(ended)
+    return ended
+
+
+def session_data(connection: sessions.Connection) -> dict[str, object]:
+    """A journal record's fields for an ended connection (a `change` of kind session, so
+    `hive history` lists it with the rest)."""
+    return {"action": "delete", "kind": "session",
+            "name": f"{connection.user} pid {connection.pid}",
+            "repository": connection.repository,
+            "before": {"keys": connection.key_names, "client": connection.client,
+                       "pids": [p.pid for p in connection.processes]},
+            "after": None, "killed": connection.killed,
+            "error": None if connection.ended or connection.killed else "already gone"}
 
 
 def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: bool = False,
@@ -142,6 +187,11 @@ def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: 
                 outcome.results.append((change, error))
                 if progress:
                     progress(len(outcome.results), total, change, error)
+            if registry.kind(kind).revokes:
+                ended = end_sessions(planned, [c for c, e in results if e is None])
+                outcome.sessions += ended
+                journal.write_all(journal.record("change", **data, time=journal.now())
+                                  for data in map(session_data, ended))
             if any(error for _, error in results) or len(results) < len(batch):
                 break
         forgotten = False

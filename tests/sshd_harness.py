@@ -235,6 +235,7 @@ HARDENING_OPTIONS: tuple[tuple[str, str], ...] = (
     ("PermitUserRC", "no"),
     ("ClientAliveInterval", "10"),
     ("ClientAliveCountMax", "3"),
+    ("ExposeAuthInfo", "yes"),
 )
 
 

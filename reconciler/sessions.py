@@ -1,0 +1,281 @@
+"""Open ssh sessions that outlive their key: found after a revocation, and ended.
+
+sshd reads a user's key lines when a client logs in, and never again for that
+connection. Removing a key line (or changing it: narrowing `from=`, making a key
+append-only) stops new logins, but a connection opened before keeps the rights of the
+line it logged in with, for as long as the client keeps it open; and one connection can
+open new session channels, each running the forced command again with those rights. A
+stolen key held open that way could still delete archives after `hive apply` revoked it.
+
+So after the authorized_keys files are written (not at plan time: a login between the
+plan and the write would be missed), apply ends every connection of that user whose key
+line the write removed or changed:
+
+- `connections(uids)` reads /proc: the processes of the repository user's uid, grouped
+  by connection (the topmost process of that uid above them is sshd's unprivileged child
+  for the connection, `sshd: bh-x@notty`), with the key each logged in with. A group
+  whose top is not sshd did not come through a key (a cron job, an admin's `su`) and is
+  none of this module's business. sshd names
+  that key when `ExposeAuthInfo yes` (deploy/sshd/hive.conf): the session's command gets
+  SSH_USER_AUTH, a file holding `publickey <type> <base64>`.
+- `to_end(connections, before, after)` is pure: a connection stays only when every key it
+  logged in with has its lines unchanged. A connection whose key cannot be told (no
+  ExposeAuthInfo, an unreadable file) stays only when no line was removed or changed:
+  when in doubt, no access.
+- `end(connections)` sends SIGTERM to each process through a pidfd, after checking it is
+  the same process that was read (pid and start time): a pid reused since cannot be hit.
+  sshd closes the connection, `borg serve` removes its lock. What is still there after
+  END_WAIT seconds gets SIGKILL.
+
+Linux only (/proc, pidfd); a host without /proc has no connections to find.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import stat
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from schemas.sshkeys import ACCEPTED_TYPES
+
+PROC = "/proc"
+AUTH_VARIABLE = b"SSH_USER_AUTH="
+CONNECTION_VARIABLE = b"SSH_CONNECTION="
+MAX_AUTH_FILE = 65536  # ExposeAuthInfo writes a line per method: a few hundred bytes
+END_WAIT = 5.0  # seconds between SIGTERM and SIGKILL
+SSHD = b"sshd"  # the name of sshd's process for a connection, once it runs as the user
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    uid: int
+    start: int  # clock ticks after boot (/proc/PID/stat field 22): pid + start is unique
+    name: bytes = b""  # the program's name (/proc/PID/comm), e.g. b"sshd"
+
+
+@dataclass
+class Connection:
+    """One ssh connection of a repository user: its processes, top first."""
+
+    user: str
+    processes: list[Process]
+    keys: frozenset[tuple[str, str]] | None = None  # (type, base64); None: not known
+    client: str | None = None  # "address port", from SSH_CONNECTION
+    key_names: list[str] = field(default_factory=list)  # its keys' names in hive.yaml
+    repository: str | None = None  # the repository the user is for, when known
+    ended: list[int] = field(default_factory=list)  # pids signalled
+    killed: list[int] = field(default_factory=list)  # pids that needed SIGKILL
+
+    @property
+    def pid(self) -> int:
+        return self.processes[0].pid
+
+
+# -- the pure part ---------------------------------------------------------------------
+
+
+def line_key(line: str) -> tuple[str, str] | None:
+    """(type, base64) of a line Hive wrote: `... <type> <base64> hive:<name>`."""
+    words = line.rsplit(" ", 3)
+    if len(words) == 4 and words[1] in ACCEPTED_TYPES:
+        return words[1], words[2]
+    return None
+
+
+def auth_keys(text: str) -> frozenset[tuple[str, str]] | None:
+    """The public keys an ExposeAuthInfo file names; None when it names none."""
+    keys = set()
+    for line in text.split("\n"):
+        words = line.split(" ")
+        if len(words) >= 3 and words[0] == "publickey":
+            keys.add((words[1], words[2]))
+    return frozenset(keys) or None
+
+
+def revoked(before: Collection[str], after: Collection[str]) -> list[str]:
+    """The lines of `before` that `after` does not hold as they are."""
+    kept = set(after)
+    return [line for line in before if line not in kept]
+
+
+def to_end(found: Iterable[Connection], before: Collection[str],
+           after: Collection[str]) -> list[Connection]:
+    """The connections whose rights the new lines (`after`) no longer give: a key's
+    connection stays only while every line with that key is unchanged; one whose key is
+    not known, or any connection when a line Hive cannot read was removed, only while no
+    line was removed or changed."""
+    gone = revoked(before, after)
+    if not gone:
+        return []
+    changed = {line_key(line) for line in gone}
+    return [connection for connection in found
+            if connection.keys is None or None in changed
+            or any(key in changed for key in connection.keys)]
+
+
+def key_names(lines: Iterable[str], keys: Collection[tuple[str, str]] | None) -> list[str]:
+    """The hive.yaml names of `keys`, from the `hive:<name>` comments of `lines`."""
+    if not keys:
+        return []
+    return sorted({line.rpartition(" ")[2].removeprefix("hive:") for line in lines
+                   if line_key(line) in keys})
+
+
+# -- reading /proc -----------------------------------------------------------------------
+
+
+def _process(pid: int) -> Process | None:
+    """pid, parent, real uid and start time; None for a process that has exited."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as handle:
+            stat_line = handle.read()
+        with open(f"{PROC}/{pid}/status", "rb") as handle:
+            status = handle.read()
+    except OSError:
+        return None
+    # the name (field 2) is in parentheses and may hold anything: read after the last ")"
+    fields = stat_line[stat_line.rfind(b")") + 2:].split()
+    uid = next((line.split()[1] for line in status.split(b"\n")
+                if line.startswith(b"Uid:")), None)
+    if uid is None or len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None  # (a zombie has exited: nothing to end, its pid is not yet free)
+    name = stat_line[stat_line.find(b"(") + 1:stat_line.rfind(b")")]
+    return Process(pid, int(fields[1]), int(uid), int(fields[19]), name)
+
+
+def processes() -> dict[int, Process]:
+    """Every process this host shows now."""
+    found: dict[int, Process] = {}
+    try:
+        names = os.listdir(PROC)
+    except OSError:
+        return found
+    for name in names:
+        if name.isdigit():
+            process = _process(int(name))
+            if process is not None:
+                found[process.pid] = process
+    return found
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        with open(f"{PROC}/{pid}/environ", "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def _auth_file(pid: int, path: bytes, uid: int) -> str | None:
+    """The ExposeAuthInfo file, read in the process's own view of the file system
+    (/proc/PID/root: a private /tmp too); only a regular file of the session's user,
+    not followed through a link, and small."""
+    if not path.startswith(b"/"):
+        return None
+    try:
+        fd = os.open(f"{PROC}/{pid}/root".encode() + path,
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid \
+                or info.st_size > MAX_AUTH_FILE:
+            return None
+        return os.read(fd, MAX_AUTH_FILE).decode("ascii", errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def connections(user: str, uids: Collection[int],
+                table: dict[int, Process] | None = None) -> list[Connection]:
+    """The open ssh connections of `user` (processes of one of `uids` below an sshd of
+    that uid), each with its key."""
+    table = processes() if table is None else table
+    mine = {pid: p for pid, p in table.items() if p.uid in uids}
+    groups: dict[int, list[Process]] = {}
+    for process in mine.values():
+        top, seen = process, {process.pid}
+        while top.ppid in mine and top.ppid not in seen:
+            top = mine[top.ppid]
+            seen.add(top.pid)
+        groups.setdefault(top.pid, []).append(process)
+    found = []
+    for top_pid, members in groups.items():
+        if mine[top_pid].name != SSHD:
+            continue
+        members.sort(key=lambda p: (p.pid != top_pid, p.pid))
+        connection = Connection(user, members)
+        for process in members:
+            for variable in _environ(process.pid):
+                if variable.startswith(AUTH_VARIABLE) and connection.keys is None:
+                    text = _auth_file(process.pid, variable[len(AUTH_VARIABLE):],
+                                      process.uid)
+                    connection.keys = auth_keys(text) if text is not None else None
+                elif variable.startswith(CONNECTION_VARIABLE) and connection.client is None:
+                    words = variable[len(CONNECTION_VARIABLE):].decode(errors="replace")
+                    connection.client = " ".join(words.split(" ")[:2])
+        found.append(connection)
+    return found
+
+
+# -- ending them ---------------------------------------------------------------------------
+
+
+def end(ended: list[Connection], wait: float = END_WAIT) -> None:
+    """SIGTERM every process of these connections, SIGKILL what is left after `wait`."""
+    handles: dict[int, tuple[int, Connection]] = {}
+    try:
+        for connection in ended:
+            for process in connection.processes:
+                fd = _open_same(process)
+                if fd is None:
+                    continue
+                handles[fd] = (process.pid, connection)
+                if _signal(fd, signal.SIGTERM):
+                    connection.ended.append(process.pid)
+        deadline = time.monotonic() + wait
+        poller = select.poll()
+        for fd in handles:
+            poller.register(fd, select.POLLIN)
+        alive = set(handles)
+        while alive and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                alive.discard(fd)
+                poller.unregister(fd)
+        for fd in alive:
+            pid, connection = handles[fd]
+            if _signal(fd, signal.SIGKILL):
+                connection.killed.append(pid)
+    finally:
+        for fd in handles:
+            os.close(fd)
+
+
+def _open_same(process: Process) -> int | None:
+    """A pidfd of `process`, or None when that pid is now another process (or none)."""
+    try:
+        fd = os.pidfd_open(process.pid)
+    except OSError:
+        return None
+    now = _process(process.pid)  # read after the pidfd is held: the pid cannot move on
+    if now is None or (now.uid, now.start) != (process.uid, process.start):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _signal(fd: int, signum: int) -> bool:
+    try:
+        signal.pidfd_send_signal(fd, signum)
+    except ProcessLookupError:
+        return False
+    return True
