@@ -93,16 +93,19 @@ def _checked_time(seconds: float, what: str, problems: list[str]) -> float | Non
     return None
 
 
-def read_small(path: str, limit: int = 4096, dir_fd: int | None = None) -> str | None:
-    """A small regular file's text; None for anything else (a FIFO, a device or a socket
-    in a repository must never block a scan: opened non-blocking, and never read)."""
+def read_small(path: str, limit: int = 4096, dir_fd: int | None = None,
+               owner: int | None = None) -> str | None:
+    """A small regular file's text (of `owner`'s, when given); None for anything else (a
+    FIFO, a device or a socket in a repository must never block a scan: opened
+    non-blocking, and never read). A link is not followed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or owner not in (None, info.st_uid):
             return None
         return os.read(fd, limit).decode("utf-8", errors="replace")
     except OSError:

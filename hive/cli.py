@@ -11,7 +11,7 @@ import atexit
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +20,9 @@ from hive.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Seconds, fail
 from hive.common import OUTPUT as _OUTPUT
 from hive.common import file_option as _file_option
 from hive.common import load as _load
+
+if TYPE_CHECKING:  # imported where used: a command pays only for what it runs
+    from reconciler.sessions import Connection
 
 EXIT_CHECKSUM = 3  # apply --checksum: the plan is not the reviewed one; nothing changed
 
@@ -245,7 +248,7 @@ def _plan_or_apply(config_file: str | None, fmt: str, prune: bool, force: bool,
     return changed_code if plan_.changes else EXIT_OK
 
 
-def _ended_line(connection: Any) -> str:
+def _ended_line(connection: Connection) -> str:
     """What apply says about one open ssh connection it ended."""
     keys = ", ".join(connection.key_names) or "not known (no ExposeAuthInfo)"
     how = "killed" if connection.killed else "ended" if connection.ended else "already gone"

@@ -95,9 +95,10 @@ def end_sessions(planned: Planned, done: list[Change]) -> list[sessions.Connecti
     ended: list[sessions.Connection] = []
     table = None
     for change in done:
-        before = ((change.before or {}).get("keys") or {}).values()
-        after = ((change.after or {}).get("keys") or {}).values()
-        if change.action == "create" or not sessions.revoked(before, after):
+        before = (change.before or {}).get("keys") or {}
+        gone = sessions.revoked(before.values(),
+                                ((change.after or {}).get("keys") or {}).values())
+        if not gone:  # (a create never revokes: it has no before)
             continue
         accounts = (planned.facts.accounts.get(change.name),
                     planned.inventory.accounts.get(change.name))
@@ -107,7 +108,7 @@ def end_sessions(planned: Planned, done: list[Change]) -> list[sessions.Connecti
             continue
         table = sessions.processes() if table is None else table
         for connection in sessions.to_end(sessions.connections(change.name, uids, table),
-                                          before, after):
+                                          gone):
             connection.key_names = sessions.key_names(before, connection.keys)
             connection.repository = change.meta.get("repository") or \
                 next((a["repository"] for a in accounts if isinstance(a, dict)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from schemas.keyoptions import UnsafeKeyLine, check_key_line, command_option, from_option
 from schemas.models import HiveConfig, Key, Repository
-from schemas.sshkeys import parse_public_key
+from schemas.sshkeys import ACCEPTED_TYPES, parse_public_key
 
 COMMENT_PREFIX = "hive:"
 
@@ -136,6 +136,15 @@ def repository_lines(config: HiveConfig, repo: Repository, path: Path,
                      now: dt.datetime) -> tuple[dict[str, str], dict[str, dt.datetime]]:
     """Key name -> line for one repository, and the keys left out because they expired."""
     return LineMaker(config).repository_lines(repo, path, now)
+
+
+def key_of(line: str) -> tuple[str, str] | None:
+    """(type, base64) of a line Hive wrote (`... <type> <base64> hive:<name>`); None for
+    any other line."""
+    words = line.rsplit(" ", 3)
+    if len(words) == 4 and words[1] in ACCEPTED_TYPES and words[3].startswith(COMMENT_PREFIX):
+        return words[1], words[2]
+    return None
 
 
 def render_file(lines: dict[str, str]) -> str:

@@ -18,8 +18,8 @@ line the write removed or changed:
   none of this module's business. sshd names
   that key when `ExposeAuthInfo yes` (deploy/sshd/hive.conf): the session's command gets
   SSH_USER_AUTH, a file holding `publickey <type> <base64>`.
-- `to_end(connections, before, after)` is pure: a connection stays only when every key it
-  logged in with has its lines unchanged. A connection whose key cannot be told (no
+- `to_end(connections, revoked(before, after))` is pure: a connection stays only when
+  every key it logged in with has its lines unchanged. A connection whose key cannot be told (no
   ExposeAuthInfo, an unreadable file) stays only when no line was removed or changed:
   when in doubt, no access.
 - `end(connections)` sends SIGTERM to each process through a pidfd, after checking it is
@@ -35,12 +35,12 @@ from __future__ import annotations
 import os
 import select
 import signal
-import stat
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from schemas.sshkeys import ACCEPTED_TYPES
+from borgrepo.layout import read_small
+from reconciler.keylines import key_of
 
 PROC = "/proc"
 AUTH_VARIABLE = b"SSH_USER_AUTH="
@@ -80,18 +80,11 @@ class Connection:
 # -- the pure part ---------------------------------------------------------------------
 
 
-def line_key(line: str) -> tuple[str, str] | None:
-    """(type, base64) of a line Hive wrote: `... <type> <base64> hive:<name>`."""
-    words = line.rsplit(" ", 3)
-    if len(words) == 4 and words[1] in ACCEPTED_TYPES:
-        return words[1], words[2]
-    return None
-
-
 def auth_keys(text: str) -> frozenset[tuple[str, str]] | None:
-    """The public keys an ExposeAuthInfo file names; None when it names none."""
+    """The public keys an ExposeAuthInfo file names (sshd ends each line with "\n"; a
+    line cut short is not read); None when it names none."""
     keys = set()
-    for line in text.split("\n"):
+    for line in text.split("\n")[:-1]:
         words = line.split(" ")
         if len(words) >= 3 and words[0] == "publickey":
             keys.add((words[1], words[2]))
@@ -104,27 +97,22 @@ def revoked(before: Collection[str], after: Collection[str]) -> list[str]:
     return [line for line in before if line not in kept]
 
 
-def to_end(found: Iterable[Connection], before: Collection[str],
-           after: Collection[str]) -> list[Connection]:
-    """The connections whose rights the new lines (`after`) no longer give: a key's
+def to_end(found: Iterable[Connection], gone: Collection[str]) -> list[Connection]:
+    """The connections that logged in with a line now `gone` (revoked): a key's
     connection stays only while every line with that key is unchanged; one whose key is
-    not known, or any connection when a line Hive cannot read was removed, only while no
-    line was removed or changed."""
-    gone = revoked(before, after)
+    not known, or any connection when a line Hive did not write is gone, only while no
+    line is."""
     if not gone:
         return []
-    changed = {line_key(line) for line in gone}
+    changed = {key_of(line) for line in gone}
     return [connection for connection in found
             if connection.keys is None or None in changed
             or any(key in changed for key in connection.keys)]
 
 
-def key_names(lines: Iterable[str], keys: Collection[tuple[str, str]] | None) -> list[str]:
-    """The hive.yaml names of `keys`, from the `hive:<name>` comments of `lines`."""
-    if not keys:
-        return []
-    return sorted({line.rpartition(" ")[2].removeprefix("hive:") for line in lines
-                   if line_key(line) in keys})
+def key_names(lines: dict[str, str], keys: Collection[tuple[str, str]] | None) -> list[str]:
+    """The names (key name -> line, as the plan holds a key file) of the lines of `keys`."""
+    return sorted(name for name, line in lines.items() if keys and key_of(line) in keys)
 
 
 # -- reading /proc -----------------------------------------------------------------------
@@ -175,24 +163,10 @@ def _environ(pid: int) -> list[bytes]:
 def _auth_file(pid: int, path: bytes, uid: int) -> str | None:
     """The ExposeAuthInfo file, read in the process's own view of the file system
     (/proc/PID/root: a private /tmp too); only a regular file of the session's user,
-    not followed through a link, and small."""
+    not followed through a link."""
     if not path.startswith(b"/"):
         return None
-    try:
-        fd = os.open(f"{PROC}/{pid}/root".encode() + path,
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid \
-                or info.st_size > MAX_AUTH_FILE:
-            return None
-        return os.read(fd, MAX_AUTH_FILE).decode("ascii", errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return read_small(f"{PROC}/{pid}/root{os.fsdecode(path)}", MAX_AUTH_FILE, owner=uid)
 
 
 def connections(user: str, uids: Collection[int],

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import requires_root
 
-from reconciler import sessions
+from reconciler import keylines, sessions
 from reconciler.sessions import Connection, Process
 
 K1 = ("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIK1")
@@ -53,12 +53,13 @@ ALL = [WITH_K1, WITH_K2, UNKNOWN]
 ])
 def test_which_connections_end(before: list[str], after: list[str],
                                ended: list[str]) -> None:
-    assert [c.client for c in sessions.to_end(ALL, before, after)] == ended
+    gone = sessions.revoked(before, after)
+    assert [c.client for c in sessions.to_end(ALL, gone)] == ended
 
 
 def test_a_connection_with_two_keys_ends_when_either_is_revoked() -> None:
     both = conn("both", frozenset({K1, K2}))
-    assert sessions.to_end([both], [LINE1, LINE2], [LINE1]) == [both]
+    assert sessions.to_end([both], sessions.revoked([LINE1, LINE2], [LINE1])) == [both]
 
 
 @pytest.mark.parametrize(("text", "keys"), [
@@ -68,17 +69,19 @@ def test_a_connection_with_two_keys_ends_when_either_is_revoked() -> None:
     ("password\n", None),
     ("", None),
     ("publickey\n", None),
+    (f"publickey {K1[0]} {K1[1]}", None),  # cut short: no line end
 ])
 def test_auth_info_files(text: str, keys: frozenset[tuple[str, str]] | None) -> None:
     assert sessions.auth_keys(text) == keys
 
 
 def test_line_keys_and_names() -> None:
-    assert sessions.line_key(LINE1) == K1
-    assert sessions.line_key(FOREIGN) is None
-    assert sessions.line_key("") is None
-    assert sessions.key_names([LINE1, LINE2, FOREIGN], {K2}) == ["k2"]
-    assert sessions.key_names([LINE1], None) == []
+    assert keylines.key_of(LINE1) == K1
+    assert keylines.key_of(FOREIGN) is None
+    assert keylines.key_of("") is None
+    lines = {"k1": LINE1, "k2": LINE2, "(unmanaged line 3)": FOREIGN}
+    assert sessions.key_names(lines, {K2}) == ["k2"]
+    assert sessions.key_names({"k1": LINE1}, None) == []
 
 
 # -- real processes ---------------------------------------------------------------------
