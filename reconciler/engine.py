@@ -126,8 +126,8 @@ def session_data(connection: sessions.Connection) -> dict[str, object]:
             "repository": connection.repository,
             "before": {"keys": connection.key_names, "client": connection.client,
                        "pids": [p.pid for p in connection.processes]},
-            "after": None, "killed": connection.killed,
-            "error": None if connection.ended or connection.killed else "already gone"}
+            "after": None, "ended": connection.ended, "killed": connection.killed,
+            "error": None}  # (one that exited before its signal is gone all the same)
 
 
 def apply(config: HiveConfig, config_file: Path, *, prune: bool = False, force: bool = False,

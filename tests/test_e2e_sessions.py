@@ -14,11 +14,18 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from sshd_harness import describe, e2e_marks, missing_prerequisites, root_owned_test_root
+from sshd_harness import (
+    REPO_ROOT,
+    describe,
+    e2e_marks,
+    missing_prerequisites,
+    root_owned_test_root,
+)
 from test_e2e_sshd import Deployment, _hive_server, hive_apply, hive_yaml, make_deployment
 
 from reconciler import sessions
@@ -118,7 +125,11 @@ def test_revoking_a_key_ends_its_connection_and_no_other(deployment: Deployment)
         assert recorded["name"] == f"bh-repob pid {recorded['before']['pids'][0]}"  # type: ignore[index]
         assert recorded["before"]["keys"] == ["carol-key"]  # type: ignore[index]
         assert recorded["repository"] == "repob"
-        assert recorded["error"] is None
+        assert recorded["error"] is None and recorded["ended"]
+        history = subprocess.run([sys.executable, "-m", "hive", "history", "-v", "-f",
+                                  str(d.root / "hive.yaml")], capture_output=True, text=True,
+                                 cwd=REPO_ROOT, timeout=60)
+        assert f"    - session {recorded['name']}\n" in history.stdout, history.stdout
 
 
 def test_making_a_key_append_only_ends_its_full_access_connection(
