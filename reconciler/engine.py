@@ -84,17 +84,23 @@ def make_plan(config: HiveConfig, *, prune: bool = False, force: bool = False,
                 raise TargetError(f"cannot read{where}: {exc.strerror or exc}") from None
         plan, desired = planner.compute(config, inventory, facts, now, prune=prune,
                                         force=force)
-    return Planned(plan, desired, facts, inventory)
+    planned = Planned(plan, desired, facts, inventory)
+    # who is connected is read after the diff, for the users whose lines it revokes
+    note = sessions_note(revoked_sessions(
+        planned, [c for c in plan.changes if registry.kind(c.kind).revokes]))
+    if note:
+        plan.notes.append(note)
+    return planned
 
 
-def end_sessions(planned: Planned, done: list[Change]) -> list[sessions.Connection]:
-    """After key files were rewritten or removed (`done`): end the open ssh connections
-    that logged in with a line that is gone or changed (reconciler/sessions.py says why
-    this is not part of the plan). The user's uid is the one observed in the identity
-    backend, and the one the inventory remembers, should they differ; never 0."""
-    ended: list[sessions.Connection] = []
+def revoked_sessions(planned: Planned, changes: list[Change]) -> list[sessions.Connection]:
+    """The open ssh connections that logged in with a key line `changes` (of a kind that
+    `revokes`) remove or change, each with its key names and repository. The user's uid
+    is the one observed in the identity backend, and the one the inventory remembers,
+    should they differ; never 0."""
+    found: list[sessions.Connection] = []
     table = None
-    for change in done:
+    for change in changes:
         before = (change.before or {}).get("keys") or {}
         gone = sessions.revoked(before.values(),
                                 ((change.after or {}).get("keys") or {}).values())
@@ -113,9 +119,35 @@ def end_sessions(planned: Planned, done: list[Change]) -> list[sessions.Connecti
             connection.repository = change.meta.get("repository") or \
                 next((a["repository"] for a in accounts if isinstance(a, dict)
                       and "repository" in a), None)
-            ended.append(connection)
+            found.append(connection)
+    return found
+
+
+def end_sessions(planned: Planned, done: list[Change]) -> list[sessions.Connection]:
+    """After key files were rewritten or removed (`done`): end the open ssh connections
+    that logged in with a line that is gone or changed (reconciler/sessions.py says why
+    this happens after the write, and not only as the plan's note)."""
+    ended = revoked_sessions(planned, done)
     sessions.end(ended)
     return ended
+
+
+def sessions_note(connections: list[sessions.Connection]) -> str | None:
+    """The plan's note naming the open connections an apply would end (the first ten).
+    Read as another user than root, /proc hides which key a connection used."""
+    if not connections:
+        return None
+    listed = "; ".join(
+        f"{c.user} pid {c.pid} from {c.client or 'unknown'}, key "
+        f"{', '.join(c.key_names) or 'unknown'}" for c in connections[:10])
+    more = f"; and {len(connections) - 10} more" if len(connections) > 10 else ""
+    unknown = any(not c.key_names for c in connections)
+    return (f"apply ends {len(connections)} open ssh connection"
+            f"{'s' if len(connections) > 1 else ''} logged in with a key line this plan "
+            f"revokes: {listed}{more}"
+            + (". A key is unknown when sshd runs without ExposeAuthInfo or the plan is "
+               "not run as root; such a connection ends on any revocation of its user"
+               if unknown else ""))
 
 
 def session_data(connection: sessions.Connection) -> dict[str, object]:

@@ -7,9 +7,10 @@ line it logged in with, for as long as the client keeps it open; and one connect
 open new session channels, each running the forced command again with those rights. A
 stolen key held open that way could still delete archives after `hive apply` revoked it.
 
-So after the authorized_keys files are written (not at plan time: a login between the
-plan and the write would be missed), apply ends every connection of that user whose key
-line the write removed or changed:
+So after the authorized_keys files are written, apply ends every connection of that
+user whose key line the write removed or changed. The plan names the ones open when it
+is made (engine.sessions_note), but only as a note: a login between the plan and the
+write would be missed, so apply reads them again after the write.
 
 - `connections(uids)` reads /proc: the processes of the repository user's uid, grouped
   by connection (the topmost process of that uid above them is sshd's unprivileged child

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sshd_harness import (
@@ -57,14 +59,28 @@ def uid(d: Deployment, repo: str) -> int:
     return (d.repos_root / d.user(repo) / repo).stat().st_uid
 
 
-def apply_with(d: Deployment, old: str, new: str) -> subprocess.CompletedProcess[str]:
-    """Apply the test's hive.yaml with `old` replaced by `new` (and the plain one first,
-    so each test starts from the same server)."""
+def edit(d: Deployment, old: str, new: str) -> Path:
+    """The test's hive.yaml with `old` replaced by `new` (with "" for both, the plain
+    one, so each test starts from the same server)."""
     config = d.root / "hive.yaml"
     text = config_text(d)
     assert old in text
     config.write_text(text.replace(old, new))
-    return hive_apply(config)
+    return config
+
+
+def apply_with(d: Deployment, old: str, new: str) -> subprocess.CompletedProcess[str]:
+    return hive_apply(edit(d, old, new))
+
+
+def plan_notes(config: Path) -> list[str]:
+    """The notes of `hive plan -o json`."""
+    result = subprocess.run([sys.executable, "-m", "hive", "plan", "-o", "json", "-f",
+                             str(config)], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=60)
+    assert result.returncode == 0, describe(result)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    return [r["message"] for r in records if r.get("type") == "note"]
 
 
 @contextlib.contextmanager
@@ -114,7 +130,14 @@ def test_revoking_a_key_ends_its_connection_and_no_other(deployment: Deployment)
     with open_connection(d, "carol-key", "repob") as carol, \
             open_connection(d, "bob-key", "repob") as bob, \
             open_connection(d, "alice-key", "repoa") as alice:
-        result = apply_with(d, "append_only_keys: [carol-key]", "append_only_keys: []")
+        config = edit(d, "append_only_keys: [carol-key]", "append_only_keys: []")
+        notes = [n for n in plan_notes(config) if "open ssh connection" in n]
+        assert len(notes) == 1 and "apply ends 1 open ssh connection " in notes[0], notes
+        listed = re.search(r": bh-repob pid (\d+) from 127\.0\.0\.1 \d+, key carol-key$",
+                           notes[0])
+        assert listed, notes
+        assert carol.poll() is None, "the plan ended a connection"
+        result = hive_apply(config)
         assert result.returncode == 0, describe(result, d.server)
         assert ends(carol), "carol's connection outlived the revocation of her key"
         assert bob.poll() is None and alice.poll() is None, "a connection with an " \
@@ -122,7 +145,8 @@ def test_revoking_a_key_ends_its_connection_and_no_other(deployment: Deployment)
         assert "Open session of bh-repob ended" in result.stdout, result.stdout
         assert "key carol-key" in result.stdout, result.stdout
         recorded = journal_sessions(d)[-1]
-        assert recorded["name"] == f"bh-repob pid {recorded['before']['pids'][0]}"  # type: ignore[index]
+        assert recorded["name"] == f"bh-repob pid {listed[1]}"  # the one the plan named
+        assert recorded["before"]["pids"][0] == int(listed[1])  # type: ignore[index]
         assert recorded["before"]["keys"] == ["carol-key"]  # type: ignore[index]
         assert recorded["repository"] == "repob"
         assert recorded["error"] is None and recorded["ended"]

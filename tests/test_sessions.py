@@ -84,6 +84,25 @@ def test_line_keys_and_names() -> None:
     assert sessions.key_names({"k1": LINE1}, None) == []
 
 
+def test_the_plan_note_names_each_connection_and_says_when_a_key_is_not_known() -> None:
+    from reconciler.engine import sessions_note
+
+    assert sessions_note([]) is None
+    known = Connection("bh-a", [Process(7, 1, 20000, 0)], frozenset({K1}),
+                       client="127.0.0.1 5000", key_names=["k1"])
+    assert sessions_note([known]) == (
+        "apply ends 1 open ssh connection logged in with a key line this plan revokes: "
+        "bh-a pid 7 from 127.0.0.1 5000, key k1")
+    unread = Connection("bh-b", [Process(8, 1, 20001, 0)])  # a plan run as another user
+    note = sessions_note([known, unread])
+    assert note is not None and note.startswith("apply ends 2 open ssh connections ")
+    assert "; bh-b pid 8 from unknown, key unknown. A key is unknown when " in note
+    many = sessions_note([Connection("bh-a", [Process(pid, 1, 20000, 0)], key_names=["k"])
+                          for pid in range(100, 112)])
+    assert many is not None and "bh-a pid 109 " in many and "bh-a pid 110 " not in many
+    assert many.endswith("; and 2 more")
+
+
 # -- real processes ---------------------------------------------------------------------
 
 SPARE_UID = 59977  # no account, in no test's uid_range; processes only
