@@ -3,6 +3,14 @@
 A public key in hive.yaml ends up on a line sshd trusts, so it is decoded, not just matched
 with a regex: the base64 blob must carry the same type name as the text, RSA keys are
 measured, and anything that could add options or a second line is refused.
+
+A key must also be in the one form OpenSSH writes it (`_check_standard_form`). sshd reads
+some other texts of a key as the same key (RSA numbers with leading zero bytes, an ECDSA
+point in compressed form, base64 with stray bits), but it names a connection's key in its
+own form (ExposeAuthInfo), and Hive compares texts: the blob decides which open
+connections a revocation ends (reconciler/sessions.py), whether a key is listed twice
+(schemas/checks.py) and the fingerprint the report shows. Another text of one key would
+slip past all three.
 """
 
 from __future__ import annotations
@@ -112,14 +120,50 @@ def parse_public_key(text: str) -> PublicKey:
                         f"but the line says {key_type!r}")
     bits = None
     if key_type == "ssh-rsa":
-        _exponent, offset = _read_string(blob, offset)
+        exponent, offset = _read_string(blob, offset)
         modulus, offset = _read_string(blob, offset)
+        if _mpint(exponent) != exponent or _mpint(modulus) != modulus:
+            raise BadKey("the RSA key's numbers are not written as OpenSSH writes them "
+                         "(extra leading zero bytes, or a negative number); "
+                         + _AS_WRITTEN)
         bits = int.from_bytes(modulus, "big").bit_length()
         if bits < MIN_RSA_BITS:
             raise BadKey(f"RSA key of {bits} bits is below the policy of {MIN_RSA_BITS}; "
                             "generate an ed25519 key (ssh-keygen -t ed25519)")
-    elif key_type == "ssh-ed25519":
+    elif key_type in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
         point, offset = _read_string(blob, offset)
         if len(point) != 32:
             raise BadKey("the ed25519 key data has the wrong length")
+    else:  # ecdsa-sha2-nistpN, sk-ecdsa-sha2-nistp256@openssh.com
+        curve, offset = _read_string(blob, offset)
+        point, offset = _read_string(blob, offset)
+        if curve != _EC_CURVES[key_type]:
+            raise BadKey(f"the key data names curve {curve.decode('ascii', 'replace')!r} "
+                         f"but the line says {key_type!r}")
+        if len(point) != _EC_POINT_SIZES[curve] or point[:1] != b"\x04":
+            raise BadKey("the ECDSA point is not in the uncompressed form OpenSSH writes; "
+                         + _AS_WRITTEN)
+    if key_type.startswith("sk-"):
+        _application, offset = _read_string(blob, offset)  # "ssh:" usually
+    if offset != len(blob):
+        raise BadKey(f"the key data has {len(blob) - offset} bytes after the key, which "
+                     f"sshd refuses; {_AS_WRITTEN}")
+    if base64.b64encode(blob).decode("ascii") != blob_text:
+        raise BadKey("the key's base64 is not in its standard form (stray bits at the "
+                     f"end); {_AS_WRITTEN}")
     return PublicKey(key_type, blob_text, parts[2] if len(parts) > 2 else "", bits)
+
+
+_AS_WRITTEN = "paste the .pub file's line as ssh-keygen wrote it"
+_EC_CURVES = {"ecdsa-sha2-nistp256": b"nistp256", "ecdsa-sha2-nistp384": b"nistp384",
+              "ecdsa-sha2-nistp521": b"nistp521",
+              "sk-ecdsa-sha2-nistp256@openssh.com": b"nistp256"}
+# curve name in an ECDSA blob -> size of its point: 0x04, then x and y
+_EC_POINT_SIZES = {b"nistp256": 1 + 2 * 32, b"nistp384": 1 + 2 * 48, b"nistp521": 1 + 2 * 66}
+
+
+def _mpint(number: bytes) -> bytes:
+    """An SSH mpint as OpenSSH writes a positive number: no leading zero bytes, but one
+    where the first byte's high bit would make it negative."""
+    number = number.lstrip(b"\x00")
+    return b"\x00" + number if number[:1] >= b"\x80" else number

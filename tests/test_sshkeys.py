@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import random
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,88 @@ def test_the_usual_ed25519_key_is_read_as_the_general_parser_reads_it(
     took_fast = sum(bool(USUAL.fullmatch(t)) for t in texts)
     assert took_fast > 300   # both paths were exercised
     assert sum(isinstance(o, tuple) for o in general) > 1000
+
+
+# -- one key, one text ------------------------------------------------------------------
+# OpenSSH reads some other texts of a key as the same key, but names a connection's key
+# (ExposeAuthInfo), and fingerprints it, in the form it writes. Hive compares the text:
+# another text of one key would keep a revoked key's connection open
+# (reconciler/sessions.py) and pass the listed-twice check. So only OpenSSH's form passes.
+
+
+def wire(*fields: bytes) -> bytes:
+    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+
+def fields(blob: bytes) -> list[bytes]:
+    out, offset = [], 0
+    while offset < len(blob):
+        length = int.from_bytes(blob[offset:offset + 4], "big")
+        out.append(blob[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return out
+
+
+def keygen(tmp_path: Path, kind: str, bits: int) -> tuple[str, bytes]:
+    path = tmp_path / f"{kind}{bits}"
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-b", str(bits), "-N", "", "-C", "c",
+                    "-f", str(path)], check=True)
+    kind_text, blob, _ = path.with_suffix(".pub").read_text().split(" ", 2)
+    return kind_text, base64.b64decode(blob)
+
+
+def fingerprint(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "other.pub"
+    path.write_text(text + "\n")
+    result = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True)
+    return result.stdout.split(" ")[1] if result.returncode == 0 else result.stderr
+
+
+def b64(blob: bytes) -> str:
+    return base64.b64encode(blob).decode()
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
+def test_only_the_form_openssh_writes_passes(tmp_path: Path) -> None:
+    rsa_type, rsa = keygen(tmp_path, "rsa", 3072)
+    ec_type, ec = keygen(tmp_path, "ecdsa", 256)
+    name, exponent, modulus = fields(rsa)
+    _, curve, point = fields(ec)
+    compressed = bytes([2 + (point[-1] & 1)]) + point[1:33]
+    for kind, blob in ((rsa_type, rsa), (ec_type, ec)):  # the standard forms pass
+        parsed = sshkeys.parse_public_key(f"{kind} {b64(blob)} c")
+        assert parsed.fingerprint == fingerprint(tmp_path, f"{kind} {b64(blob)}")
+    same_key = {  # other texts OpenSSH reads as the very same key
+        "RSA exponent with a leading zero": (rsa_type, wire(name, b"\0" + exponent, modulus)),
+        "RSA modulus with two": (rsa_type, wire(name, exponent, b"\0\0" + modulus)),
+    }
+    for what, (kind, blob) in same_key.items():
+        standard = rsa if kind == rsa_type else ec
+        assert fingerprint(tmp_path, f"{kind} {b64(blob)}") == \
+            fingerprint(tmp_path, f"{kind} {b64(standard)}"), what
+        with pytest.raises(sshkeys.BadKey, match="as ssh-keygen wrote it"):
+            sshkeys.parse_public_key.__wrapped__(f"{kind} {b64(blob)} c")
+    stray = b64(ec)  # 104 bytes: the last character before "=" carries two unused bits
+    assert stray.endswith("=") and not stray.endswith("==")
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".index(stray[-2])
+    stray = stray[:-2] + b64(bytes([0, 0, last | 1]))[-1] + "="
+    assert base64.b64decode(stray) == ec
+    refused = {
+        "stray base64 bits": f"{ec_type} {stray}",
+        "bytes after an RSA key": f"{rsa_type} {b64(rsa + wire(b'x'))}",
+        "bytes after an ed25519 key": f"ssh-ed25519 {b64(wire(b'ssh-ed25519', b'k' * 32, b''))}",
+        "a negative RSA modulus": f"{rsa_type} {b64(wire(name, exponent, modulus[1:]))}",
+        "an ECDSA point of another curve":
+            f"{ec_type} {b64(wire(ec_type.encode(), b'nistp384', point))}",
+        "an ECDSA point compressed (sshd refuses it)":
+            f"{ec_type} {b64(wire(ec_type.encode(), curve, compressed))}",
+        "an sk key without its application": "sk-ssh-ed25519@openssh.com "
+                                             + b64(wire(b"sk-ssh-ed25519@openssh.com", b"k" * 32)),
+    }
+    for what, text in refused.items():
+        with pytest.raises(sshkeys.BadKey):
+            sshkeys.parse_public_key.__wrapped__(text)
+            pytest.fail(f"{what} passed")
+    sk_ecdsa = "sk-ecdsa-sha2-nistp256@openssh.com"
+    sk_blob = wire(sk_ecdsa.encode(), curve, point, b"ssh:")
+    assert sshkeys.parse_public_key(f"{sk_ecdsa} {b64(sk_blob)}").type == sk_ecdsa

@@ -147,6 +147,24 @@ def test_rsa_policy(tmp_path: Path) -> None:
     assert not any("keys.big" in p for p in found)
 
 
+def test_a_key_in_another_text_than_openssh_writes_is_refused_where_it_stands(
+        tmp_path: Path) -> None:
+    """bob's key is alice's with a zero byte before the RSA exponent: sshd takes it as the
+    same key, Hive compares texts (the listed-twice check, which connections a revocation
+    ends). Refused at its own position, so the two are never both in a valid file."""
+    kind, blob, _ = ssh_keygen(tmp_path / "big", "rsa", 3072).split(" ", 2)
+    raw = base64.b64decode(blob)
+    name_end = 4 + int.from_bytes(raw[:4], "big")
+    exponent = int.from_bytes(raw[name_end:name_end + 4], "big")
+    padded = raw[:name_end] + (exponent + 1).to_bytes(4, "big") + b"\0" + raw[name_end + 4:]
+    body = BASE_OWNERS + f"keys:\n  alice-rsa: {{owner: alice, public_key: {kind} {blob}}}\n" \
+                         f"  bob-rsa: {{owner: bob, public_key: {kind} " \
+                         f"{base64.b64encode(padded).decode()}}}\n"
+    found = problems(tmp_path, body)
+    expect(found, 14, 37, "keys.bob-rsa.public_key", "as ssh-keygen wrote it")
+    assert len(found) == 1, found
+
+
 def test_accepted_key_types(tmp_path: Path) -> None:
     ecdsa = ssh_keygen(tmp_path / "ec", "ecdsa", 384)
 
