@@ -14,7 +14,7 @@ from pathlib import Path
 
 from schemas.keyoptions import UnsafeKeyLine, check_key_line, command_option, from_option
 from schemas.models import HiveConfig, Key, Repository
-from schemas.sshkeys import ACCEPTED_TYPES, parse_public_key
+from schemas.sshkeys import ACCEPTED_TYPES, BadKey, parse_public_key
 
 COMMENT_PREFIX = "hive:"
 
@@ -140,9 +140,15 @@ def repository_lines(config: HiveConfig, repo: Repository, path: Path,
 
 def key_of(line: str) -> tuple[str, str] | None:
     """(type, base64) of a line Hive wrote (`... <type> <base64> hive:<name>`); None for
-    any other line."""
+    any other line, and for a key not in the text sshd names it by (written by a Hive that
+    did not insist on that form: schemas/sshkeys.py), so that its connections count as
+    of an unknown key."""
     words = line.rsplit(" ", 3)
     if len(words) == 4 and words[1] in ACCEPTED_TYPES and words[3].startswith(COMMENT_PREFIX):
+        try:
+            parse_public_key(f"{words[1]} {words[2]}")
+        except BadKey:
+            return None
         return words[1], words[2]
     return None
 

@@ -6,6 +6,7 @@ under a spare uid (root only). tests/test_e2e_sessions.py does it all with real 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -22,13 +23,31 @@ from conftest import requires_root
 from reconciler import keylines, sessions
 from reconciler.sessions import Connection, Process
 
-K1 = ("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIK1")
-K2 = ("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIK2")
+
+def ed25519(fill: bytes) -> tuple[str, str]:
+    blob = b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + fill * 32
+    return "ssh-ed25519", base64.b64encode(blob).decode()
+
+
+K1, K2 = ed25519(b"1"), ed25519(b"2")
 CMD = 'restrict,command="borg serve --restrict-to-repository /r/bh-a/a"'
 LINE1 = f"{CMD} {K1[0]} {K1[1]} hive:k1"
 LINE2 = f"{CMD} {K2[0]} {K2[1]} hive:k2"
 LINE1_APPEND = LINE1.replace('/a"', '/a --append-only"')
-FOREIGN = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK3 someone@somewhere"
+FOREIGN = f"{ed25519(b'3')[0]} {ed25519(b'3')[1]} someone@somewhere"
+
+
+def rsa(exponent: bytes) -> str:
+    """A 3072-bit RSA key's base64; sshd reads `exponent` with leading zeros skipped."""
+    modulus = b"\0" + b"\xc1" * 384
+    fields = (b"ssh-rsa", exponent, modulus)
+    return base64.b64encode(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).decode()
+
+
+RSA = ("ssh-rsa", rsa(b"\x01\x00\x01"))  # as ssh-keygen writes it, and sshd names it
+# the same key with a zero byte before its exponent, as a Hive that did not insist on
+# OpenSSH's form (schemas/sshkeys.py) may have written it
+RSA_PADDED_LINE = f"{CMD} ssh-rsa {rsa(bytes([0, 1, 0, 1]))} hive:r"
 
 
 def conn(name: str, keys: frozenset[tuple[str, str]] | None) -> Connection:
@@ -55,6 +74,13 @@ def test_which_connections_end(before: list[str], after: list[str],
                                ended: list[str]) -> None:
     gone = sessions.revoked(before, after)
     assert [c.client for c in sessions.to_end(ALL, gone)] == ended
+
+
+def test_a_line_whose_key_is_in_another_text_than_sshd_names_ends_all_of_its_user() -> None:
+    with_rsa = conn("rsa", frozenset({RSA}))
+    gone = sessions.revoked([RSA_PADDED_LINE, LINE2], [LINE2])
+    assert sessions.to_end([with_rsa, WITH_K2], gone) == [with_rsa, WITH_K2]
+    assert keylines.key_of(f"{CMD} ssh-rsa {RSA[1]} hive:r") == RSA
 
 
 def test_a_connection_with_two_keys_ends_when_either_is_revoked() -> None:
