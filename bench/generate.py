@@ -239,7 +239,7 @@ def generate(repos: int = 5000, keys: int = 10000, owners: int | None = None,
                     picks = rng.sample(candidates, min(len(candidates), rng.randint(1, 3)))
                     if not importing:  # rsync's write access cannot be append-only
                         lines.append(f"    append_only_keys: [{', '.join(picks)}]")
-            if rng.random() < 0.4:
+            if rng.random() < 0.4 and not importing:  # nor can rsync's write a quota
                 lines.append(f'    quota: "{rng.choice(QUOTAS)}"')
             if rng.random() < 0.05:
                 lines.append("    protected: true")

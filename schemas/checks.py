@@ -95,6 +95,11 @@ def _repositories(config: HiveConfig) -> Iterator[Problem]:
                           "repository, which cannot be append-only: remove "
                           "append_only_keys while importing (a key under 'keys' gets that "
                           "write access)")
+        if repo.quota is not None and repo.mode == "import":
+            yield Problem((*where, "quota"),
+                          "mode import gives each key rsync write access, which no quota "
+                          "limits: remove quota while importing, and set it again with "
+                          "mode: borg (hive status shows the size meanwhile)")
         full = set(repo.keys) if append_only else set()
         for field, names in (("keys", repo.keys), ("append_only_keys", append_only)):
             seen: set[str] = set()

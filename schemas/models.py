@@ -455,7 +455,8 @@ class Repository(Strict):
                                                      "cannot be append-only.")
     quota: str | None = Field(None, pattern=QUOTA_PATTERN,
                               description="Storage quota in decimal units as borg takes them: "
-                                          "500G, 1.5T.")
+                                          "500G, 1.5T. None in mode import: rsync's writes "
+                                          "have no size limit.")
     protected: bool = Field(False, description="A plan that would remove or purge this "
                                                "repository fails.")
     uid: int | None = Field(None, description="Pin the unix uid (and gid) of this "

@@ -85,6 +85,9 @@ CASES = [
     ("append-only-import", BASE_OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}}}\n"
      "repositories:\n  r1: {owner: alice, mode: import, append_only_keys: [k]}\n",
      15, 54, "repositories.r1.append_only_keys", "cannot be append-only"),
+    ("quota-import", BASE_OWNERS + f"keys:\n  k: {{owner: alice, public_key: {ED}}}\n"
+     "repositories:\n  r1: {owner: alice, mode: import, keys: [k], quota: 20G}\n",
+     15, 54, "repositories.r1.quota", "no quota limits"),
     ("quota-syntax", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: 500GB}\n",
      13, 29, "repositories.r1.quota", "500G, 1.5T"),
     ("quota-zero", BASE_OWNERS + "repositories:\n  r1: {owner: alice, quota: '0'}\n",
