@@ -98,8 +98,7 @@ def revoked_sessions(planned: Planned, changes: list[Change]) -> list[sessions.C
     `revokes`) remove or change, each with its key names and repository. The user's uid
     is the one observed in the identity backend, and the one the inventory remembers,
     should they differ; never 0."""
-    found: list[sessions.Connection] = []
-    table = None
+    revoking = []
     for change in changes:
         before = (change.before or {}).get("keys") or {}
         gone = sessions.revoked(before.values(),
@@ -110,9 +109,15 @@ def revoked_sessions(planned: Planned, changes: list[Change]) -> list[sessions.C
                     planned.inventory.accounts.get(change.name))
         uids = {a["uid"] for a in accounts if isinstance(a, dict)
                 and isinstance(a.get("uid"), int) and a["uid"] > 0}
-        if not uids:
-            continue
-        table = sessions.processes() if table is None else table
+        if uids:
+            revoking.append((change, before, gone, accounts, uids))
+    if not revoking:
+        return []
+    # /proc read once, and kept to these users' processes: few, however many changes
+    wanted = set().union(*(uids for *_, uids in revoking))
+    table = {pid: p for pid, p in sessions.processes().items() if p.uid in wanted}
+    found: list[sessions.Connection] = []
+    for change, before, gone, accounts, uids in revoking:
         for connection in sessions.to_end(sessions.connections(change.name, uids, table),
                                           gone):
             connection.key_names = sessions.key_names(before, connection.keys)
