@@ -190,7 +190,11 @@ def test_a_truncated_search_is_an_error_not_missing_users(
     small = Slapd(tmp_path / "small", hive_size="3").start()
     try:
         cfg = config(tmp_path, small, pubkeys)
-        assert hive("apply", "-f", str(cfg), env=ENV).returncode == 0  # 4 entries made
+        # the apply makes 4 entries, then reads the uids back (_keep_ids_unique): not all
+        applied = hive("apply", "-f", str(cfg), env=ENV)
+        assert applied.returncode == 1
+        assert "stopped the search of dc=example,dc=org at its size limit" in applied.stderr
+        assert not (tmp_path / "state" / "authorized_keys").exists()  # stopped before keys
         result = hive("plan", "-f", str(cfg), env=ENV)
         assert result.returncode == 1
         assert "stopped the search of dc=example,dc=org at its size limit" in result.stderr

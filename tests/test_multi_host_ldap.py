@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import hive, requires_root, write_config
-from slapd import HIVE_DN, HIVE_PW, PEOPLE, SUFFIX, Slapd
+from slapd import GROUPS, HIVE_DN, HIVE_PW, PEOPLE, SUFFIX, Slapd
 
 pytestmark = requires_root
 ENV = {"HIVE_TEST_LDAP_PW": HIVE_PW}
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE025IREm0GtFJnL9BQ7kKfZEAot1lwEefHs0y9rRXaF a"
 
 
 @pytest.fixture
@@ -42,19 +43,22 @@ def uid_numbers(slapd: Slapd) -> dict[str, int]:
             for dn, attrs in slapd.entries(PEOPLE).items() if "uidNumber" in attrs}
 
 
-@pytest.mark.xfail(strict=True, reason="open: two hosts applying at once both take the "
-                   "lowest free uid; only slapd stops it, with deploy/ldap/unique.ldif "
-                   "loaded (test_ldap_deploy.py), which this plain slapd has not")
-def test_two_hosts_applying_at_the_same_time_get_different_uids(
+def test_two_hosts_applying_at_the_same_time_never_share_a_uid(
         tmp_path: Path, slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> None:
     """West plans (observes the directory), east applies meanwhile, west applies its plan:
-    what two hosts' timers or CI jobs do when they overlap."""
+    what two hosts' timers or CI jobs do when they overlap. Both plans took the lowest
+    free uid; this plain slapd has no slapo-unique (deploy/ldap/unique.ldif) to refuse
+    the second add, so west reads the uids back, deletes its user again before making
+    its folders and keys, and says to apply again; the next apply takes a free uid."""
     from reconciler import engine
     from schemas.loader import load
 
     monkeypatch.setenv("HIVE_TEST_LDAP_PW", HIVE_PW)
     cfg_east = host_config(tmp_path / "east", slapd, "east", "  ra: {owner: alice}\n")
-    cfg_west = host_config(tmp_path / "west", slapd, "west", "  rb: {owner: alice}\n")
+    cfg_west = host_config(tmp_path / "west", slapd, "west",
+                           "  rb: {owner: alice, keys: [k]}\n")
+    cfg_west.write_text(cfg_west.read_text().replace(
+        "owners:", f"keys:\n  k: {{owner: alice, public_key: {ED25519}}}\nowners:"))
     overlapped = []
 
     def east_applies_meanwhile(_planned: object) -> None:
@@ -62,10 +66,17 @@ def test_two_hosts_applying_at_the_same_time_get_different_uids(
         overlapped.append(result.returncode)
 
     outcome = engine.apply(load(cfg_west), cfg_west, on_plan=east_applies_meanwhile)
-    assert overlapped == [0] and outcome.error is None
-    found = uid_numbers(slapd)
-    assert set(found) == {"bh-ra", "bh-rb"}
-    assert found["bh-ra"] != found["bh-rb"], f"both users hold uid {found['bh-ra']}"
+    assert overlapped == [0]
+    assert outcome.error is not None and "uid 20000 was taken at the same moment by " \
+        f"uid=bh-ra,{PEOPLE}".lower() in outcome.error.lower(), outcome.error
+    assert uid_numbers(slapd) == {"bh-ra": 20000}  # west's user is gone again
+    assert f"cn=bh-rb,{GROUPS}" not in slapd.entries(GROUPS)
+    assert not (tmp_path / "west" / "state" / "authorized_keys" / "bh-rb").exists()
+    assert not (tmp_path / "west" / "repos" / "bh-rb").exists()
+    again = hive("apply", "-f", str(cfg_west), env=ENV)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert uid_numbers(slapd) == {"bh-ra": 20000, "bh-rb": 20001}
+    assert (tmp_path / "west" / "state" / "authorized_keys" / "bh-rb").exists()
 
 
 @pytest.mark.xfail(strict=True, reason="defect: the README's several-sshd-hosts setup: a "

@@ -282,15 +282,19 @@ class LdapIdentity:
     def observe(self, facts: Facts, inventory: Inventory) -> None:
         conn = self.connect()
         facts.warnings.extend(security_notes(self.settings))
+        entries: list[dict[str, Any]] = []
+        for base in self._bases():
+            entries.extend(self._paged_search(conn, base))
+        parse_entries(entries, self.people, self.groups, self.server, facts)
+        observe_local_files(facts)  # /etc/passwd and /etc/group hold uids and names too
+
+    def _bases(self) -> list[str]:
+        """The subtrees read: base_dn, and ou=people / ou=groups where they lie outside."""
         bases = [self.settings.base_dn]
         for dn in (self.people, self.groups):
             if not dn.lower().endswith(self.settings.base_dn.lower()):
                 bases.append(dn)
-        entries: list[dict[str, Any]] = []
-        for base in bases:
-            entries.extend(self._paged_search(conn, base))
-        parse_entries(entries, self.people, self.groups, self.server, facts)
-        observe_local_files(facts)  # /etc/passwd and /etc/group hold uids and names too
+        return bases
 
     def _paged_search(self, conn: Any, base: str) -> list[dict[str, Any]]:
         """Every account and group below base, page by page.
@@ -418,7 +422,61 @@ class LdapIdentity:
         return answer
 
     def apply(self, changes: list[Change]) -> list[Result]:
-        return apply_each(changes, self._apply_one, TargetError)
+        return self._keep_ids_unique(apply_each(changes, self._apply_one, TargetError))
+
+    def _keep_ids_unique(self, results: list[Result]) -> list[Result]:
+        """Undo each user this batch created whose uid another entry holds as well.
+
+        The plan took the lowest uid free when it read the directory; another Hive
+        applying into it at the same moment may have taken the same one. Two users of one
+        uid would each reach the other's backups. slapo-unique (deploy/ldap/unique.ldif)
+        refuses the second add outright; without it, each host reads the uids back after
+        its adds, and a user that shares its uid is deleted again, before its folders
+        and keys exist, with an error that asks for another apply (its plan takes a free
+        uid). Whichever host reads last sees both entries, so at most one keeps the uid;
+        when both read both, neither does, and both try again."""
+        created = {change.name: change.after["uid"] for change, error in results
+                   if error is None and change.action == "create" and change.after}
+        if not created:
+            return results
+        try:
+            holders = self._holders(set(created.values()))
+        except TargetError as exc:  # not known: kept, and the apply stops before any keys
+            return [(change, error or (f"{exc}; run 'hive apply' again"
+                                       if change.name in created else None))
+                    for change, error in results]
+        checked: list[Result] = []
+        for change, error in results:
+            uid = created.get(change.name)
+            own = {self.user_dn(change.name).lower(), self.group_dn(change.name).lower()}
+            others = sorted(holders.get(uid, set()) - own, key=lambda dn: (
+                not dn.startswith("uid="), dn)) if uid is not None else []
+            if others:
+                for dn in (self.user_dn(change.name), self.group_dn(change.name)):
+                    self._call(dn, "delete", dn, tolerate="noSuchObject")
+                error = (f"uid {uid} was taken at the same moment by "
+                         f"{' and '.join(others[:3])} (another "
+                         f"Hive applying into this directory?); {change.name} was deleted "
+                         "again, before anything of it was made. Run 'hive apply' again: "
+                         "a new plan takes a free uid (deploy/ldap/unique.ldif has slapd "
+                         "refuse such an add outright)")
+            checked.append((change, error))
+        return checked
+
+    def _holders(self, ids: set[int]) -> dict[int, set[str]]:
+        """uid or gid -> the DNs (lowercase) of every posix entry holding it, for `ids`.
+        The observe search again, whole: uidNumber has no ORDERING rule to ask for a
+        range, and without an index on it slapd reads every entry for a search by one
+        value as well; one read of 100,000 entries costs about what one observe does."""
+        conn = self.connect()
+        found: dict[int, set[str]] = {}
+        for base in self._bases():
+            for entry in self._paged_search(conn, base):
+                attributes = entry["attributes"]
+                for value in (*_all(attributes, "uidNumber"), *_all(attributes, "gidNumber")):
+                    if value.isdigit() and int(value) in ids:
+                        found.setdefault(int(value), set()).add(entry["dn"].lower())
+        return found
 
     def user_dn(self, name: str) -> str:
         return self.settings.user_dn(name)
