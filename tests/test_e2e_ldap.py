@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nsswitch_edit
 import pytest
-from slapd import PEOPLE, SUFFIX, Slapd
+from slapd import GROUPS, PEOPLE, SUFFIX, Slapd
 from sshd_harness import (
     BASE_OPTIONS,
     NSENTER,
@@ -251,6 +251,37 @@ def test_nslcd_answers_for_every_uid_value_of_an_entry(ldap_deployment: LdapDepl
     found = _getent(d, "passwd", "bh-second-name")
     assert (found[0], found[2], found[5]) == (
         "bh-second-name", str(UID_RANGE[1] + 7), "/home/dave"), found
+
+
+def test_nslcd_serves_no_system_id_from_the_directory(ldap_deployment: LdapDeployment
+                                                      ) -> None:
+    """What the shipped nslcd.conf stops: entries made with Hive's bind password (a root
+    on one backup host holds it) giving uid 0, or root's and sudo's gids to a repository
+    user, on every host that reads the directory."""
+    d = ldap_deployment
+    assert d.server is not None
+    rogue = {f"uid=bh-rogue,{PEOPLE}": dict(
+        objectClass=["account", "posixAccount"], uid="bh-rogue", cn="bh-rogue",
+        uidNumber=0, gidNumber=0, homeDirectory="/root", loginShell="/bin/bash")}
+    for name, gid in (("bh-wheel", 0), ("bh-sudo", 27)):
+        rogue[f"cn={name},{GROUPS}"] = dict(objectClass=["posixGroup"], cn=name,
+                                             gidNumber=gid, memberUid=d.user("repoa"))
+    for dn, attributes in rogue.items():
+        d.slapd.add(dn, **attributes)
+    try:
+        found = d.server.run_in_namespace("getent", "passwd", "bh-rogue")
+        assert found.returncode == 2, d.explain(found)
+        for name in ("bh-wheel", "bh-sudo"):
+            found = d.server.run_in_namespace("getent", "group", name)
+            assert found.returncode == 2, d.explain(found)
+        groups = d.server.run_in_namespace("id", "-G", d.user("repoa"))
+        assert groups.returncode == 0, d.explain(groups)
+        assert groups.stdout.split() == [str(d.ldap_user("repoa")["uidNumber"])], groups.stdout
+    finally:
+        admin = d.slapd.admin()
+        for dn in rogue:
+            admin.delete(dn)
+        admin.unbind()
 
 
 def test_nslcd_and_sshd_share_the_namespace(ldap_deployment: LdapDeployment) -> None:

@@ -107,7 +107,8 @@ def deployed(tmp_path: Path) -> Iterator[str]:
 
 def connect(url: str, dn: str | None) -> ldap3.Connection:
     return ldap3.Connection(ldap3.Server(url, get_info=ldap3.NONE), dn,
-                            PASSWORDS.get(dn or ""), client_strategy=ldap3.SAFE_SYNC,
+                            ADMIN_PW if dn == ADMIN else PASSWORDS.get(dn or ""),
+                            client_strategy=ldap3.SAFE_SYNC,
                             auto_bind=True)
 
 
@@ -116,26 +117,63 @@ def user(name: str) -> dict[str, object]:
             "uidNumber": 31000, "gidNumber": 31000, "homeDirectory": "/nonexistent"}
 
 
+REFUSED = "insufficientAccessRights"
+
+
 def test_acl_gives_hive_write_and_nslcd_read_only(deployed: str) -> None:
     hive_conn, nslcd_conn = connect(deployed, HIVE), connect(deployed, NSLCD)
-    ok, _, _, _ = hive_conn.add(f"uid=probe,ou=people,{SUFFIX}", attributes=user("probe"))
+    ok, _, _, _ = hive_conn.add(f"uid=bh-probe,ou=people,{SUFFIX}",
+                                attributes=user("bh-probe"))
     assert ok
     ok, result, _, _ = hive_conn.add(f"uid=evil,ou=services,{SUFFIX}", attributes=user("evil"))
-    assert not ok and result["description"] == "insufficientAccessRights"
-    ok, _, found, _ = nslcd_conn.search(f"ou=people,{SUFFIX}", "(uid=probe)",
+    assert not ok and result["description"] == REFUSED
+    ok, _, found, _ = nslcd_conn.search(f"ou=people,{SUFFIX}", "(uid=bh-probe)",
                                         attributes=["uidNumber"])
     assert ok and found[0]["attributes"]["uidNumber"] == ["31000"]
-    ok, result, _, _ = nslcd_conn.modify(f"uid=probe,ou=people,{SUFFIX}", {
+    ok, result, _, _ = nslcd_conn.modify(f"uid=bh-probe,ou=people,{SUFFIX}", {
         "loginShell": [(ldap3.MODIFY_REPLACE, ["/bin/bash"])]})
-    assert not ok and result["description"] == "insufficientAccessRights"
+    assert not ok and result["description"] == REFUSED
     anonymous = ldap3.Connection(ldap3.Server(deployed, get_info=ldap3.NONE),
                                  client_strategy=ldap3.SAFE_SYNC, auto_bind=True)
-    _, _, found, _ = anonymous.search(f"ou=people,{SUFFIX}", "(uid=probe)")
+    _, _, found, _ = anonymous.search(f"ou=people,{SUFFIX}", "(uid=bh-probe)")
     assert [e for e in found if e.get("type") == "searchResEntry"] == []
     _, _, found, _ = nslcd_conn.search(f"ou=services,{SUFFIX}", "(cn=hive)",
                                        attributes=["userPassword"])
     assert "userPassword" not in found[0]["attributes"] or \
         not found[0]["attributes"]["userPassword"]
+
+
+def test_hive_writes_only_entries_of_its_own_names(deployed: str) -> None:
+    """Hive's password is on every backup host: with it, nobody may add a user or group
+    of another name, nor rewrite an account someone else made (uid, shell)."""
+    admin, hive_conn = connect(deployed, ADMIN), connect(deployed, HIVE)
+    ok, result, _, _ = admin.add(f"uid=alice,ou=people,{SUFFIX}", attributes=user("alice"))
+    assert ok, result
+    for dn, attributes in ((f"uid=toor,ou=people,{SUFFIX}", user("toor")),
+                           (f"cn=sudo2,ou=groups,{SUFFIX}", {
+                               "objectClass": ["posixGroup"], "cn": "sudo2",
+                               "gidNumber": 27, "memberUid": "bh-probe"})):
+        ok, result, _, _ = hive_conn.add(dn, attributes=attributes)
+        assert not ok and result["description"] == REFUSED, (dn, result)
+    for change in ({"uidNumber": [(ldap3.MODIFY_REPLACE, [20001])]},
+                   {"loginShell": [(ldap3.MODIFY_REPLACE, ["/tmp/x"])]}):
+        ok, result, _, _ = hive_conn.modify(f"uid=alice,ou=people,{SUFFIX}", change)
+        assert not ok and result["description"] == REFUSED, result
+    ok, result, _, _ = hive_conn.delete(f"uid=alice,ou=people,{SUFFIX}")
+    assert not ok and result["description"] == REFUSED, result
+    ok, _, found, _ = hive_conn.search(f"ou=people,{SUFFIX}", "(uid=alice)",
+                                       attributes=["uidNumber"])
+    assert ok and found[0]["attributes"]["uidNumber"] == ["31000"]  # and still reads it
+
+
+@pytest.mark.parametrize("account", [NSLCD, HIVE])
+def test_a_service_account_cannot_change_its_password(deployed: str, account: str) -> None:
+    """nslcd's password is on every sshd host: whoever read it there must not be able to
+    change it and so stop every host's user lookups."""
+    ok, result, _, _ = connect(deployed, account).modify(account, {
+        "userPassword": [(ldap3.MODIFY_REPLACE, ["taken-over"])]})
+    assert not ok and result["description"] == REFUSED, result
+    assert connect(deployed, account).bound  # the old password still works
 
 
 def test_hive_applies_through_the_deployed_account(
