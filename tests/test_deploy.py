@@ -62,6 +62,9 @@ def test_yaml_parses(path: Path) -> None:
 def test_ci_examples_have_the_three_steps() -> None:
     github = yaml.safe_load((DEPLOY / "ci" / "github-actions.yml").read_text())
     assert set(github["jobs"]) == {"validate", "plan", "apply"}
+    # no path filter: a change to an included team file alone must plan and apply too
+    triggers = github[True]  # (YAML 1.1 reads the key `on` as true)
+    assert triggers["push"] == {"branches": ["main"]} and not triggers["pull_request"]
     gitlab = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())
     assert gitlab["stages"] == ["validate", "plan", "apply"]
     for path in (DEPLOY / "ci" / "github-actions.yml", DEPLOY / "ci" / "gitlab-ci.yml"):
