@@ -475,6 +475,44 @@ def test_python_is_the_one_running_the_tests() -> None:
     assert result.stdout == out.stdout
 
 
+# --------------------------------------------------------------------------- sshd drop-in
+
+LAN_DROP_IN = """\
+# an administrator's own drop-in for a trusted network
+Match Address 192.0.2.0/24
+    AuthorizedKeysFile .ssh/authorized_keys
+    PasswordAuthentication yes
+    PermitTTY yes
+    AllowTcpForwarding yes
+"""
+
+
+@pytest.mark.parametrize(("name", "decides"), [("00-hive.conf", True),
+                                                ("60-hive.conf", False)])
+def test_the_drop_in_decides_only_when_it_sorts_first(tmp_path: Path, name: str,
+                                                      decides: bool) -> None:
+    """sshd keeps the first value it reads, across Match blocks: installed as README says
+    (00-hive.conf), Hive's settings hold for a repository user coming from a network
+    another drop-in (50-lan.conf) matches; sorted after it, they would not."""
+    dropins = tmp_path / "sshd_config.d"
+    dropins.mkdir()
+    shutil.copy(DEPLOY / "sshd" / "hive.conf", dropins / name)
+    (dropins / "50-lan.conf").write_text(LAN_DROP_IN)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(tmp_path / "host_key")], check=True)
+    config = tmp_path / "sshd_config"  # as Debian's: the drop-ins first
+    config.write_text(f"Include {dropins}/*.conf\nHostKey {tmp_path / 'host_key'}\n"
+                      "KbdInteractiveAuthentication no\nUsePAM yes\n")
+    result = subprocess.run(["/usr/sbin/sshd", "-T", "-f", str(config), "-C",
+                             "user=bh-example,host=client,addr=192.0.2.1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    found = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    hive = {"authorizedkeysfile": "/var/lib/hive/authorized_keys/%u",
+            "passwordauthentication": "no", "permittty": "no"}
+    assert ({k: found[k] for k in hive} == hive) is decides, found
+
+
 # --------------------------------------------------------------------------- nsswitch
 
 
