@@ -252,6 +252,34 @@ def test_hive_ci_validates_and_plans_from_stdin(tmp_path: Path) -> None:
     assert f"{tmp_path}/repos" in planned.stdout     # the trusted file's paths
 
 
+def test_hive_ci_reads_the_servers_environment_file(tmp_path: Path) -> None:
+    """The LDAP password as the systemd units get it (EnvironmentFile=, README's
+    bind_password_env): CI's plans and applies need it too. A real slapd checks it."""
+    from slapd import HIVE_DN, HIVE_PW, SUFFIX, Slapd
+
+    (tmp_path / "slapd").mkdir()
+    server = Slapd(tmp_path / "slapd").start()
+    try:
+        trusted = write_config(tmp_path, "owners: {alice: {}}\nrepositories:\n"
+                                         "  r1: {owner: alice}\n", identity=(
+            f"{{backend: ldap, ldap: {{url: '{server.url}', base_dn: '{SUFFIX}', "
+            f"bind_dn: '{HIVE_DN}', bind_password_env: HIVE_LDAP_PASSWORD}}}}"))
+        environment = tmp_path / "environment"
+        environment.write_text(f"# the server's secrets\nHIVE_LDAP_PASSWORD=\"{HIVE_PW}\"\n"
+                               "; NOT A LINE\n")
+        environment.chmod(0o600)
+        env = {"HIVE_CHECKOUT": str(tmp_path), "HIVE_ENVIRONMENT": str(environment)}
+        assert "HIVE_LDAP_PASSWORD" not in os.environ
+        planned = _hive_ci("plan", trusted.read_text(), env)
+        assert planned.returncode == 2, planned.stdout + planned.stderr
+        assert "uid=bh-r1,ou=people" in planned.stdout
+        environment.unlink()
+        unset = _hive_ci("plan", trusted.read_text(), env)
+        assert unset.returncode == 1 and "HIVE_LDAP_PASSWORD" in unset.stderr, unset.stderr
+    finally:
+        server.stop()
+
+
 def test_hive_ci_plan_ignores_the_proposals_server_section(tmp_path: Path) -> None:
     """A pull request must not make the server read other files or send a secret to an
     LDAP server of its choosing: the plan uses the server's own server: section."""
