@@ -139,12 +139,14 @@ def end_sessions(planned: Planned, done: list[Change]) -> list[sessions.Connecti
 
 def sessions_note(connections: list[sessions.Connection]) -> str | None:
     """The plan's note naming the open connections an apply would end (the first ten).
-    Read as another user than root, /proc hides which key a connection used."""
+    Not their clients' addresses: CI posts plans on pull requests (apply's output and
+    journal name them). Read as another user than root, /proc hides which key a
+    connection used."""
     if not connections:
         return None
     listed = "; ".join(
-        f"{c.user} pid {c.pid} from {c.client or 'unknown'}, key "
-        f"{', '.join(c.key_names) or 'unknown'}" for c in connections[:10])
+        f"{c.user} pid {c.pid}, key {', '.join(c.key_names) or 'unknown'}"
+        for c in connections[:10])
     more = f"; and {len(connections) - 10} more" if len(connections) > 10 else ""
     unknown = any(not c.key_names for c in connections)
     return (f"apply ends {len(connections)} open ssh connection"

@@ -133,8 +133,7 @@ def test_revoking_a_key_ends_its_connection_and_no_other(deployment: Deployment)
         config = edit(d, "append_only_keys: [carol-key]", "append_only_keys: []")
         notes = [n for n in plan_notes(config) if "open ssh connection" in n]
         assert len(notes) == 1 and "apply ends 1 open ssh connection " in notes[0], notes
-        listed = re.search(r": bh-repob pid (\d+) from 127\.0\.0\.1 \d+, key carol-key$",
-                           notes[0])
+        listed = re.search(r": bh-repob pid (\d+), key carol-key$", notes[0])
         assert listed, notes
         assert carol.poll() is None, "the plan ended a connection"
         result = hive_apply(config)

@@ -118,14 +118,14 @@ def test_the_plan_note_names_each_connection_and_says_when_a_key_is_not_known() 
                        client="127.0.0.1 5000", key_names=["k1"])
     assert sessions_note([known]) == (
         "apply ends 1 open ssh connection logged in with a key line this plan revokes: "
-        "bh-a pid 7 from 127.0.0.1 5000, key k1")
+        "bh-a pid 7, key k1")  # no client address: plans are posted on pull requests
     unread = Connection("bh-b", [Process(8, 1, 20001, 0)])  # a plan run as another user
     note = sessions_note([known, unread])
     assert note is not None and note.startswith("apply ends 2 open ssh connections ")
-    assert "; bh-b pid 8 from unknown, key unknown. A key is unknown when " in note
+    assert "; bh-b pid 8, key unknown. A key is unknown when " in note
     many = sessions_note([Connection("bh-a", [Process(pid, 1, 20000, 0)], key_names=["k"])
                           for pid in range(100, 112)])
-    assert many is not None and "bh-a pid 109 " in many and "bh-a pid 110 " not in many
+    assert many is not None and "bh-a pid 109," in many and "bh-a pid 110," not in many
     assert many.endswith("; and 2 more")
 
 
