@@ -351,7 +351,9 @@ class LdapIdentity:
         strategy = conn.strategy
         entries: list[dict[str, Any]] = []
         try:
-            request = search_operation(base, SEARCH_FILTER, ldap3.SUBTREE, ldap3.DEREF_ALWAYS,
+            # DEREF_NEVER, as nslcd (its `deref` default): Hive reads the entries logins
+            # resolve to, not what an alias in the base would bring in from elsewhere
+            request = search_operation(base, SEARCH_FILTER, ldap3.SUBTREE, ldap3.DEREF_NEVER,
                                        SEARCH_ATTRIBUTES, 0, 0, False, conn.auto_escape,
                                        conn.auto_encode, None, validator=None,
                                        check_names=False)
