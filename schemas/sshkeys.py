@@ -4,13 +4,13 @@ A public key in hive.yaml ends up on a line sshd trusts, so it is decoded, not j
 with a regex: the base64 blob must carry the same type name as the text, RSA keys are
 measured, and anything that could add options or a second line is refused.
 
-A key must also be in the one form OpenSSH writes it (`_check_standard_form`). sshd reads
-some other texts of a key as the same key (RSA numbers with leading zero bytes, an ECDSA
-point in compressed form, base64 with stray bits), but it names a connection's key in its
-own form (ExposeAuthInfo), and Hive compares texts: the blob decides which open
-connections a revocation ends (reconciler/sessions.py), whether a key is listed twice
-(schemas/checks.py) and the fingerprint the report shows. Another text of one key would
-slip past all three.
+A key must also be in the one text OpenSSH writes for it (the end of parse_public_key).
+sshd reads an RSA key whose numbers carry leading zero bytes as the same key, but names a
+connection's key in its own form (ExposeAuthInfo), and Hive compares texts: the blob
+decides which open connections a revocation ends (reconciler/sessions.py), whether a key
+is listed twice (schemas/checks.py) and the fingerprint the report shows. Another text of
+one key would slip past all three. Other odd texts (a compressed ECDSA point, bytes after
+the key, stray base64 bits) sshd refuses, so they would never log in: refused here too.
 """
 
 from __future__ import annotations
