@@ -87,6 +87,8 @@ def parse_public_key(text: str) -> PublicKey:
     """Parse one `type base64 [comment]` key, or raise BadKey saying what is wrong."""
     usual = _ED25519.fullmatch(text)
     if usual is not None:
+        if usual[1] in _SMALL_ORDER_TEXTS:
+            raise BadKey(_SMALL_ORDER_REASON)
         return PublicKey("ssh-ed25519", usual[1], usual[2] or "", None)
     if _CONTROL.search(text):
         raise BadKey("the key contains a newline or control character; "
@@ -126,6 +128,12 @@ def parse_public_key(text: str) -> PublicKey:
             raise BadKey("the RSA key's numbers are not written as OpenSSH writes them "
                          "(extra leading zero bytes, or a negative number); "
                          + _AS_WRITTEN)
+        e = int.from_bytes(exponent, "big")
+        if e < 3 or e % 2 == 0 or e.bit_length() > 64:
+            # e = 1: any padded hash is its own signature, and sshd checks no more
+            raise BadKey(f"RSA key with public exponent {e}: with it, signatures can be "
+                         "made without the private key; generate a new key (ssh-keygen "
+                         "-t ed25519)")
         bits = int.from_bytes(modulus, "big").bit_length()
         if bits < MIN_RSA_BITS:
             raise BadKey(f"RSA key of {bits} bits is below the policy of {MIN_RSA_BITS}; "
@@ -134,6 +142,8 @@ def parse_public_key(text: str) -> PublicKey:
         point, offset = _read_string(blob, offset)
         if len(point) != 32:
             raise BadKey("the ed25519 key data has the wrong length")
+        if point[:31] + bytes([point[31] & 0x7F]) in _SMALL_ORDER:
+            raise BadKey(_SMALL_ORDER_REASON)
     else:  # ecdsa-sha2-nistpN, sk-ecdsa-sha2-nistp256@openssh.com
         curve, offset = _read_string(blob, offset)
         point, offset = _read_string(blob, offset)
@@ -160,6 +170,29 @@ _EC_CURVES = {"ecdsa-sha2-nistp256": b"nistp256", "ecdsa-sha2-nistp384": b"nistp
               "sk-ecdsa-sha2-nistp256@openssh.com": b"nistp256"}
 # curve name in an ECDSA blob -> size of its point: 0x04, then x and y
 _EC_POINT_SIZES = {b"nistp256": 1 + 2 * 32, b"nistp384": 1 + 2 * 48, b"nistp521": 1 + 2 * 66}
+
+
+# The ed25519 points of small order, compared without the sign bit (libsodium's list,
+# checked by multiplying each by 8): OpenSSH 9.2 takes such a point as a public key, and
+# then a signature anyone can write (R, the identity, and S = 0 for the point 1) verifies
+# for any message. tests/test_sshkeys.py shows ssh-keygen accepting one.
+_SMALL_ORDER = frozenset(bytes.fromhex(point) for point in (
+    "0000000000000000000000000000000000000000000000000000000000000000",  # order 4
+    "0100000000000000000000000000000000000000000000000000000000000000",  # 1, the identity
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p - 1, order 2
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p = 0
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p + 1 = 1
+))
+# ... as the blob texts the one-regex path reads: with the sign bit clear and set
+_SMALL_ORDER_TEXTS = frozenset(
+    base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + point[:31]
+                     + bytes([point[31] | sign])).decode("ascii")
+    for point in _SMALL_ORDER for sign in (0, 0x80))
+_SMALL_ORDER_REASON = ("this ed25519 key is a point of small order, for which signatures "
+                       "can be made without any private key; it is no real key: paste "
+                       "the .pub file's line as ssh-keygen wrote it")
 
 
 def _mpint(number: bytes) -> bytes:

@@ -4,6 +4,7 @@ parser gives, for valid keys and for every near miss."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 import re
 import shutil
@@ -136,3 +137,68 @@ def test_only_the_form_openssh_writes_passes(tmp_path: Path) -> None:
     sk_ecdsa = "sk-ecdsa-sha2-nistp256@openssh.com"
     sk_blob = wire(sk_ecdsa.encode(), curve, point, b"ssh:")
     assert sshkeys.parse_public_key(f"{sk_ecdsa} {b64(sk_blob)}").type == sk_ecdsa
+
+
+# -- keys anyone can sign for ----------------------------------------------------------
+# OpenSSH verifies a signature against the public key it is given and asks nothing more of
+# the key: with an RSA exponent of 1, or an ed25519 point of small order, a signature can
+# be written without any private key. ssh-keygen -Y check-novalidate runs the same
+# verification sshd runs for a login; the forged signatures below pass it.
+
+
+def sshsig(public: bytes, algorithm: bytes, signature: bytes, message: bytes) -> str:
+    """An armored SSHSIG (OpenSSH's PROTOCOL.sshsig) of `message`, namespace "file"."""
+    blob = b"SSHSIG" + (1).to_bytes(4, "big") + wire(public) + wire(b"file") + wire(b"") \
+        + wire(b"sha512") + wire(wire(algorithm, signature))
+    text = b64(blob)
+    lines = [text[i:i + 70] for i in range(0, len(text), 70)]
+    return "-----BEGIN SSH SIGNATURE-----\n" + "\n".join(lines) \
+        + "\n-----END SSH SIGNATURE-----\n"
+
+
+def openssh_verifies(tmp_path: Path, signature: str, message: bytes) -> bool:
+    (tmp_path / "message.sig").write_text(signature)
+    result = subprocess.run(["ssh-keygen", "-Y", "check-novalidate", "-n", "file", "-s",
+                             str(tmp_path / "message.sig")], input=message,
+                            capture_output=True)
+    return result.returncode == 0 and b"Good" in result.stdout
+
+
+def signed_data(message: bytes) -> bytes:
+    return b"SSHSIG" + wire(b"file") + wire(b"") + wire(b"sha512") \
+        + wire(hashlib.sha512(message).digest())
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
+def test_keys_anyone_can_sign_for_are_refused(tmp_path: Path) -> None:
+    message = b"any message at all\n"
+    # RSA, e = 1: the PKCS#1 v1.5 block of the hash is its own signature
+    modulus = b"\0\xc3" + bytes(range(1, 256)) + b"\x07" * 128  # 3072 bits, odd
+    assert int.from_bytes(modulus, "big").bit_length() == 3072
+    digest_info = bytes.fromhex("3051300d060960864801650304020305000440")
+    digest = hashlib.sha512(signed_data(message)).digest()
+    block = b"\0\1" + b"\xff" * (384 - 3 - len(digest_info) - 64) + b"\0" + digest_info \
+        + digest
+    rsa_e1 = wire(b"ssh-rsa", b"\1", modulus)
+    assert openssh_verifies(tmp_path, sshsig(rsa_e1, b"rsa-sha2-512", block, message),
+                            message)
+    with pytest.raises(sshkeys.BadKey, match="public exponent 1"):
+        sshkeys.parse_public_key.__wrapped__(f"ssh-rsa {b64(rsa_e1)} x")
+    for e in (b"\2", b""):  # even, or 0 (no bytes, as an mpint)
+        with pytest.raises(sshkeys.BadKey, match="public exponent"):
+            sshkeys.parse_public_key.__wrapped__(f"ssh-rsa {b64(wire(b'ssh-rsa', e, modulus))}")
+    assert sshkeys.parse_public_key.__wrapped__(
+        f"ssh-rsa {b64(wire(b'ssh-rsa', bytes([1, 0, 1]), modulus))}").bits == 3072
+    # ed25519, the identity point: R = the identity, S = 0 verifies for any message
+    identity = b"\1" + bytes(31)
+    ed_identity = wire(b"ssh-ed25519", identity)
+    assert openssh_verifies(tmp_path, sshsig(ed_identity, b"ssh-ed25519",
+                                             identity + bytes(32), message), message)
+    for point in sshkeys._SMALL_ORDER:
+        for sign in (0, 0x80):
+            blob = wire(b"ssh-ed25519", point[:31] + bytes([point[31] | sign]))
+            for text in (f"ssh-ed25519 {b64(blob)} c", f"ssh-ed25519  {b64(blob)}  c",
+                         f"sk-ssh-ed25519@openssh.com "
+                         f"{b64(wire(b'sk-ssh-ed25519@openssh.com', fields(blob)[1], b'ssh:'))}"):
+                with pytest.raises(sshkeys.BadKey, match="small order"):
+                    sshkeys.parse_public_key.__wrapped__(text)
