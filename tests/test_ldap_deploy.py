@@ -161,6 +161,27 @@ def test_hive_writes_only_entries_of_its_own_names(deployed: str) -> None:
         assert not ok and result["description"] == REFUSED, result
     ok, result, _, _ = hive_conn.delete(f"uid=alice,ou=people,{SUFFIX}")
     assert not ok and result["description"] == REFUSED, result
+    # in its own entries: no group members, and no name of another kind ("root2", "admins")
+    ok, result, _, _ = hive_conn.add(f"uid=bh-probe,ou=people,{SUFFIX}",
+                                     attributes=user("bh-probe"))
+    assert ok, result
+    for dn, attributes in ((f"cn=bh-g,ou=groups,{SUFFIX}", {
+                               "objectClass": ["posixGroup"], "cn": "bh-g",
+                               "gidNumber": 1500, "memberUid": "alice"}),
+                           (f"cn=bh-h,ou=groups,{SUFFIX}", {
+                               "objectClass": ["posixGroup"], "cn": ["bh-h", "admins"],
+                               "gidNumber": 1501}),
+                           (f"uid=bh-q,ou=people,{SUFFIX}", {
+                               **user("bh-q"), "uid": ["bh-q", "root2"]})):
+        ok, result, _, _ = hive_conn.add(dn, attributes=attributes)
+        assert not ok and result["description"] == REFUSED, (dn, result)
+    for change in ({"uid": [(ldap3.MODIFY_ADD, ["root2"])]},
+                   {"cn": [(ldap3.MODIFY_ADD, ["admins"])]}):
+        ok, result, _, _ = hive_conn.modify(f"uid=bh-probe,ou=people,{SUFFIX}", change)
+        assert not ok and result["description"] == REFUSED, (change, result)
+    ok, result, _, _ = hive_conn.add(f"cn=bh-probe,ou=groups,{SUFFIX}", attributes={
+        "objectClass": ["posixGroup"], "cn": "bh-probe", "gidNumber": 31000})
+    assert ok, result  # what Hive itself writes still goes
     ok, _, found, _ = hive_conn.search(f"ou=people,{SUFFIX}", "(uid=alice)",
                                        attributes=["uidNumber"])
     assert ok and found[0]["attributes"]["uidNumber"] == ["31000"]  # and still reads it
