@@ -260,23 +260,34 @@ def test_nslcd_serves_no_system_id_from_the_directory(ldap_deployment: LdapDeplo
     user, on every host that reads the directory."""
     d = ldap_deployment
     assert d.server is not None
-    rogue = {f"uid=bh-rogue,{PEOPLE}": dict(
-        objectClass=["account", "posixAccount"], uid="bh-rogue", cn="bh-rogue",
-        uidNumber=0, gidNumber=0, homeDirectory="/root", loginShell="/bin/bash")}
+    rogue = {}
+    for name, uid, gid in (("bh-rogue", 0, 0), ("bh-root0", 0, 20999), ("bh-wheel0", 2099, 0)):
+        rogue[f"uid={name},{PEOPLE}"] = dict(
+            objectClass=["account", "posixAccount"], uid=name, cn=name, uidNumber=uid,
+            gidNumber=gid, homeDirectory="/root", loginShell="/bin/bash")
     for name, gid in (("bh-wheel", 0), ("bh-sudo", 27)):
         rogue[f"cn={name},{GROUPS}"] = dict(objectClass=["posixGroup"], cn=name,
                                              gidNumber=gid, memberUid=d.user("repoa"))
+    # the directory administrators' own entries keep their low gids
+    rogue[f"uid=dora,{PEOPLE}"] = dict(objectClass=["account", "posixAccount"], uid="dora",
+                                       cn="dora", uidNumber=2001, gidNumber=100,
+                                       homeDirectory="/home/dora")
+    rogue[f"cn=staff100,{GROUPS}"] = dict(objectClass=["posixGroup"], cn="staff100",
+                                          gidNumber=100, memberUid="dora")
     for dn, attributes in rogue.items():
         d.slapd.add(dn, **attributes)
     try:
-        found = d.server.run_in_namespace("getent", "passwd", "bh-rogue")
-        assert found.returncode == 2, d.explain(found)
+        for name in ("bh-rogue", "bh-root0", "bh-wheel0"):
+            found = d.server.run_in_namespace("getent", "passwd", name)
+            assert found.returncode == 2, d.explain(found)
         for name in ("bh-wheel", "bh-sudo"):
             found = d.server.run_in_namespace("getent", "group", name)
             assert found.returncode == 2, d.explain(found)
         groups = d.server.run_in_namespace("id", "-G", d.user("repoa"))
         assert groups.returncode == 0, d.explain(groups)
         assert groups.stdout.split() == [str(d.ldap_user("repoa")["uidNumber"])], groups.stdout
+        assert _getent(d, "passwd", "dora")[2:4] == ["2001", "100"]
+        assert _getent(d, "group", "staff100")[2:4] == ["100", "dora"]
     finally:
         admin = d.slapd.admin()
         for dn in rogue:
