@@ -78,6 +78,33 @@ def test_apply_creates_marked_users_and_private_groups(
     assert (tmp_path / "state" / "authorized_keys" / "bh-r1").exists()
 
 
+def test_a_users_primary_gid_alone_does_not_stop_a_new_uid(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    """Someone's primary gid is 20000, with no group entry: the plan takes 20000 for the
+    first repository (only account uids and group gids are in use), and the uid read-back
+    after the adds must count the same, or every apply would make bh-r1 and delete it."""
+    slapd.add(f"uid=alice,{PEOPLE}", objectClass=["account", "posixAccount"], uid="alice",
+              cn="alice", uidNumber=5000, gidNumber=20000, homeDirectory="/home/alice")
+    cfg = config(tmp_path, slapd, pubkeys)
+    result = hive("apply", "-f", str(cfg), env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert users(slapd)["bh-r1"]["uidNumber"] == 20000
+
+
+def test_a_base_dn_written_with_spaces_converges(
+        tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
+    """slapd answers with the DN without the spaces: Hive must still know its entries as
+    its own (parse_entries), and as its own after the adds (the uid read-back)."""
+    spaced = SUFFIX.replace(",", " ,")  # (the file format refuses a space after the comma)
+    assert spaced != SUFFIX
+    cfg = write_config(tmp_path, body(pubkeys, REPOS), identity=identity(slapd.url).replace(
+        f"base_dn: '{SUFFIX}'", f"base_dn: '{spaced}'"))
+    first = hive("apply", "-f", str(cfg), env=ENV)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = hive("plan", "-f", str(cfg), "--detailed-exitcode", env=ENV)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_second_apply_makes_no_writes_and_few_searches(
         tmp_path: Path, slapd: Slapd, pubkeys: dict[str, str]) -> None:
     cfg = config(tmp_path, slapd, pubkeys)

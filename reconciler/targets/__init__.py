@@ -5,7 +5,9 @@
     apply(changes) -> results       carry out changes of its kind, in the order given, and
                                     return one (change, error or None) per change; stop at
                                     the first error so the journal shows exactly how far
-                                    it got
+                                    it got (a check after the batch may still fail an
+                                    earlier change: ldap_identity's uid read-back; the
+                                    engine stops after any batch with an error)
 
 observe raises TargetError when it cannot see the target at all; the run stops there,
 before anything is written (so sshd keeps working from the last good cache).

@@ -140,6 +140,13 @@ def _marking_server(attrs: dict[str, Any]) -> str | None:
     return None
 
 
+def dn_key(dn: str) -> str:
+    """A DN as slapd compares it, near enough for the DNs Hive writes: case and the spaces
+    around `,` and `=` do not count (slapd answers `dc=example, dc=org` without them)."""
+    return ",".join("=".join(part.strip() for part in rdn.split("=", 1))
+                    for rdn in dn.lower().split(","))
+
+
 def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, server: str,
                   facts: Facts) -> None:
     """Fill facts from search results. Pure, so it is tested without a server.
@@ -151,7 +158,7 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, serve
     Everything else (other people's entries, another Hive server's) only blocks its
     names and ids.
     """
-    people_l, groups_l = people.lower(), groups.lower()
+    people_l, groups_l = dn_key(people), dn_key(groups)
     hold = facts.hold
     group_gids: dict[str, int] = {}
     users: dict[str, dict[str, Any]] = {}
@@ -166,7 +173,7 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, serve
             if uid_number is not None:
                 hold(int(uid_number), name or dn)
             repository = _marked(attrs, server)
-            if name and repository is not None and dn.lower() == f"uid={name},{people_l}":
+            if name and repository is not None and dn_key(dn) == f"uid={name},{people_l}":
                 users[name] = {"attrs": attrs, "marked": repository}
                 facts.system_names.update(names[1:])
             elif name:
@@ -179,7 +186,7 @@ def parse_entries(entries: list[dict[str, Any]], people: str, groups: str, serve
             name = names[0] if names else None
             if gid_number is not None:
                 hold(int(gid_number), name or dn)
-            if name and _marked(attrs, server) and dn.lower() == f"cn={name},{groups_l}":
+            if name and _marked(attrs, server) and dn_key(dn) == f"cn={name},{groups_l}":
                 group_gids[name] = int(gid_number)
                 facts.system_names.update(names[1:])
             elif name:
@@ -438,7 +445,8 @@ class LdapIdentity:
         uid). Whichever host reads last sees both entries, so at most one keeps the uid;
         when both read both, neither does, and both try again."""
         created = {change.name: change.after["uid"] for change, error in results
-                   if error is None and change.action == "create" and change.after}
+                   if error is None and change.action == "create" and change.after
+                   and "uid" in change.after}
         if not created:
             return results
         try:
@@ -450,18 +458,24 @@ class LdapIdentity:
         checked: list[Result] = []
         for change, error in results:
             uid = created.get(change.name)
-            own = {self.user_dn(change.name).lower(), self.group_dn(change.name).lower()}
+            own = {dn_key(self.user_dn(change.name)), dn_key(self.group_dn(change.name))}
             others = sorted(holders.get(uid, set()) - own, key=lambda dn: (
                 not dn.startswith("uid="), dn)) if uid is not None else []
             if others:
-                for dn in (self.user_dn(change.name), self.group_dn(change.name)):
-                    self._call(dn, "delete", dn, tolerate="noSuchObject")
                 error = (f"uid {uid} was taken at the same moment by "
-                         f"{' and '.join(others[:3])} (another "
-                         f"Hive applying into this directory?); {change.name} was deleted "
-                         "again, before anything of it was made. Run 'hive apply' again: "
-                         "a new plan takes a free uid (deploy/ldap/unique.ldif has slapd "
-                         "refuse such an add outright)")
+                         f"{' and '.join(others[:3])} (another Hive applying into this "
+                         "directory?)")
+                try:
+                    for dn in (self.user_dn(change.name), self.group_dn(change.name)):
+                        self._call(dn, "delete", dn, tolerate="noSuchObject")
+                except TargetError as exc:  # kept: the apply stops before its keys
+                    error += (f", and deleting {change.name} again failed ({exc}): delete "
+                              "it by hand, then run 'hive apply' again")
+                else:
+                    error += (f"; {change.name} was deleted again, before anything of it "
+                              "was made. Run 'hive apply' again: a new plan takes a free "
+                              "uid (deploy/ldap/unique.ldif has slapd refuse such an add "
+                              "outright)")
             checked.append((change, error))
         return checked
 
@@ -475,9 +489,14 @@ class LdapIdentity:
         for base in self._bases():
             for entry in self._paged_search(conn, base):
                 attributes = entry["attributes"]
-                for value in (*_all(attributes, "uidNumber"), *_all(attributes, "gidNumber")):
-                    if value.isdigit() and int(value) in ids:
-                        found.setdefault(int(value), set()).add(entry["dn"].lower())
+                classes = {c.lower() for c in attributes.get("objectClass", [])}
+                # what parse_entries holds, and so what a plan takes as in use: an
+                # account's uid, a group's gid (a user's primary gid alone holds nothing)
+                held = [_first(attributes, "uidNumber") if "posixaccount" in classes else None,
+                        _first(attributes, "gidNumber") if "posixgroup" in classes else None]
+                for value in held:
+                    if value is not None and value.isdigit() and int(value) in ids:
+                        found.setdefault(int(value), set()).add(dn_key(entry["dn"]))
         return found
 
     def user_dn(self, name: str) -> str:
