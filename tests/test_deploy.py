@@ -265,8 +265,10 @@ def test_hive_ci_reads_the_servers_environment_file(tmp_path: Path) -> None:
             f"{{backend: ldap, ldap: {{url: '{server.url}', base_dn: '{SUFFIX}', "
             f"bind_dn: '{HIVE_DN}', bind_password_env: HIVE_LDAP_PASSWORD}}}}"))
         environment = tmp_path / "environment"
-        environment.write_text(f"# the server's secrets\nHIVE_LDAP_PASSWORD=\"{HIVE_PW}\"\n"
-                               "; NOT A LINE\n")
+        # written on Windows, with spaces, and with lines that would change the script
+        environment.write_bytes(
+            b"# the server's secrets\r\n; NOT A LINE\r\n  HIVE = /bin/false \r\n"
+            b"IFS=x\r\nHIVE_LDAP_PASSWORD = \"" + HIVE_PW.encode() + b"\"  \r\n")
         environment.chmod(0o600)
         env = {"HIVE_CHECKOUT": str(tmp_path), "HIVE_ENVIRONMENT": str(environment)}
         assert "HIVE_LDAP_PASSWORD" not in os.environ
