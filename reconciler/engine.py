@@ -152,8 +152,9 @@ def sessions_note(connections: list[sessions.Connection]) -> str | None:
     return (f"apply ends {len(connections)} open ssh connection"
             f"{'s' if len(connections) > 1 else ''} logged in with a key line this plan "
             f"revokes: {listed}{more}"
-            + (". A key is unknown when sshd runs without ExposeAuthInfo or the plan is "
-               "not run as root; such a connection ends on any revocation of its user"
+            + (". A key is unknown when sshd runs without ExposeAuthInfo, the plan is "
+               "not run as root, or the line it logged in with is not one Hive wrote in "
+               "OpenSSH's own text; such a connection ends on any revocation of its user"
                if unknown else ""))
 
 
