@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import nobody_hive_argv, requires_root
 from test_watcher_support import (
+    ROOT,
     Borg,
     backup_in_progress,
     hive_cli,
@@ -171,3 +173,32 @@ def test_rollback_aside_folders_are_not_repositories(tmp_path: Path) -> None:
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(r["repository"] for r in records if r["type"] == "repository") == [
         "old", "r1"]
+
+
+def test_the_readmes_query_merges_the_files_of_several_hosts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hosts, each with its own `hive stats` and DuckDB file: README's SQL block for
+    several hosts, run as written on copies of both, gives each host's rows."""
+    import duckdb
+
+    for host, repository in (("east", "photos"), ("west", "mail")):
+        (tmp_path / host).mkdir()
+        config = make_config(tmp_path / host, {repository: "owner: alice"})
+        config.write_text(config.read_text().replace("name: test1", f"name: {host}"))
+        (repo_path(tmp_path / host, repository) / "data").mkdir(parents=True)
+        (repo_path(tmp_path / host, repository) / "data" / "0").write_bytes(b"x" * 10_000)
+        result = hive_cli("stats", "-f", str(config))
+        assert result.returncode == 0, result.stderr
+        shutil.copy(tmp_path / host / "state" / "events.duckdb", tmp_path / f"{host}.duckdb")
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in readme.split("```sql\n")[1:] if b.startswith("-- several hosts"))
+    sql = block.split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    con = duckdb.connect()
+    *setup, query_text = [s for s in sql.split(";") if s.strip()]
+    for statement in setup:
+        con.execute(statement)
+    rows = con.execute(query_text).fetchall()
+    assert [(host, repository) for host, repository, _ in rows] == [
+        ("east", "photos"), ("west", "mail")]
+    assert all(size >= 10_000 for *_, size in rows)
