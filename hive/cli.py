@@ -116,7 +116,7 @@ def _checksum_option(ctx: click.Context, param: click.Parameter, value: str | No
 
 @cli.command()
 @_plan_options
-@click.option("--server-from", type=click.Path(), default=None,
+@click.option("--server-from", type=click.Path(readable=False), default=None,
               help="Take the server: section from this trusted file (the server's own "
                    "hive.yaml) instead of FILE. For plans of an untrusted proposal, such as "
                    "a pull request: it cannot then point Hive at other files, another LDAP "

@@ -88,7 +88,10 @@ def default_config(fmt: str = "text") -> str:
 
 
 def file_option(f: Any) -> Any:
-    return click.option("-f", "--file", "config_file", type=click.Path(),
+    # readable=False: click would ask access(2), which judges by the real uid without
+    # capabilities (hive-ci plans as nobody with CAP_DAC_READ_SEARCH); the loader opens
+    # the file itself and says why it cannot
+    return click.option("-f", "--file", "config_file", type=click.Path(readable=False),
                         default=None, help=FILE_HELP)(f)
 
 

@@ -282,6 +282,36 @@ def test_hive_ci_reads_the_servers_environment_file(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_hive_ci_reads_a_proposal_as_nobody(tmp_path: Path) -> None:
+    """validate and plan parse a pull request's files: as nobody, with only the capability
+    to read (CAP_DAC_READ_SEARCH, bit 2), so the plan still sees all a root plan sees. The
+    `hive` run is the real one; a shell in front of it notes its credentials."""
+    hive = shutil.which("hive")
+    assert hive
+    seen = tmp_path / "seen"
+    seen.mkdir(mode=0o777)
+    seen.chmod(0o777)
+    wrapper = tmp_path / "hive-noting-its-credentials"
+    wrapper.write_text(f"#!/bin/sh\ngrep -E '^(Uid|CapEff):' /proc/self/status "
+                       f"> {seen}/$1\nexec {hive} \"$@\"\n")
+    wrapper.chmod(0o755)
+    trusted = write_config(tmp_path, "owners: {alice: {}}\nrepositories:\n"
+                                     "  r1: {owner: alice}\n")
+    root_plan = subprocess.run([hive, "plan", "-f", str(trusted), "--detailed-exitcode"],
+                               capture_output=True, text=True)
+    env = {"HIVE_CHECKOUT": str(tmp_path), "HIVE_BIN": str(wrapper)}
+    for action, code in (("validate", 0), ("plan", 2)):
+        result = _hive_ci(action, trusted.read_text(), env)
+        assert result.returncode == code, result.stdout + result.stderr
+        status = dict(line.split(":\t", 1) for line in
+                      (seen / action).read_text().splitlines())
+        assert status["Uid"].split()[:2] == ["65534", "65534"], status
+        assert int(status["CapEff"], 16) == 1 << 2, status  # CAP_DAC_READ_SEARCH alone
+    planned = _hive_ci("plan", trusted.read_text(), {**env, "HIVE_BIN": hive})
+    checksum = re.compile(r"Plan checksum: (\w+)")
+    assert checksum.findall(planned.stdout) == checksum.findall(root_plan.stdout) != []
+
+
 def test_hive_ci_plan_ignores_the_proposals_server_section(tmp_path: Path) -> None:
     """A pull request must not make the server read other files or send a secret to an
     LDAP server of its choosing: the plan uses the server's own server: section."""
