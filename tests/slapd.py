@@ -56,7 +56,7 @@ rootpw {admin_pw}
 directory {root}/db
 maxsize 1073741824
 limits dn.exact="{hive}" size={hive_size} time=unlimited
-access to dn.subtree="{people}" by dn.exact="{hive}" write by * read
+access to dn.subtree="{people}" by dn.exact="{hive}" {people_access} by * read
 access to dn.subtree="{groups}" by dn.exact="{hive}" {groups_access} by * read
 access to attrs=userPassword by self read by anonymous auth by * none
 access to * by * read
@@ -76,12 +76,15 @@ def _simple(value: Any) -> Any:
 
 class Slapd:
     def __init__(self, root: Path, tls: bool = False, hive_size: str = "unlimited",
-                 groups_writable: bool = True) -> None:
+                 groups_writable: bool = True, people_access: str = "write") -> None:
         """hive_size: the size limit for Hive's bind DN (slapd's default for others: 500);
-        groups_writable: False makes every write of Hive's below ou=groups fail."""
+        groups_writable: False makes every write of Hive's below ou=groups fail;
+        people_access: Hive's access level below ou=people ("add": it may add users, not
+        delete them)."""
         self.root = root
         self.hive_size = hive_size
         self.groups_writable = groups_writable
+        self.people_access = people_access
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.cert: Path | None = None
@@ -108,6 +111,7 @@ class Slapd:
         conf.write_text(CONFIG.format(root=self.root, suffix=SUFFIX, admin=ADMIN_DN,
                                       admin_pw=ADMIN_PW, people=PEOPLE, groups=GROUPS,
                                       hive=HIVE_DN, tls=tls, hive_size=self.hive_size,
+                                      people_access=self.people_access,
                                       groups_access="write" if self.groups_writable
                                       else "read"))
         self.log = open(self.root / "slapd.log", "wb")  # noqa: SIM115 - closed in stop()

@@ -7,6 +7,7 @@ its own server.name and state_dir.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,38 @@ def test_two_hosts_applying_at_the_same_time_never_share_a_uid(
     assert again.returncode == 0, again.stdout + again.stderr
     assert uid_numbers(slapd) == {"bh-ra": 20000, "bh-rb": 20001}
     assert (tmp_path / "west" / "state" / "authorized_keys" / "bh-rb").exists()
+
+
+def test_a_user_that_cannot_be_deleted_again_stops_the_apply_saying_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hive may add users here but not delete them: when the read-back finds its new
+    user's uid taken meanwhile, the delete fails, and that is the change's error (with
+    what to do), before any folder or key; not an exception that skips the journal."""
+    from reconciler import engine
+    from schemas.loader import load
+
+    (tmp_path / "slapd").mkdir()
+    server = Slapd(tmp_path / "slapd", people_access="add").start()
+    try:
+        monkeypatch.setenv("HIVE_TEST_LDAP_PW", HIVE_PW)
+        cfg = host_config(tmp_path / "west", server, "west", "  rb: {owner: alice}\n")
+
+        def another_takes_the_uid(_planned: object) -> None:
+            server.add(f"uid=other,{PEOPLE}", objectClass=["account", "posixAccount"],
+                       uid="other", cn="other", uidNumber=20000, gidNumber=20000,
+                       homeDirectory="/home/other")
+
+        outcome = engine.apply(load(cfg), cfg, on_plan=another_takes_the_uid)
+        assert outcome.error is not None, outcome.results
+        assert "uid 20000 was taken at the same moment by uid=other," in outcome.error
+        assert "and deleting bh-rb again failed" in outcome.error
+        assert "delete it by hand" in outcome.error
+        assert not (tmp_path / "west" / "state" / "authorized_keys" / "bh-rb").exists()
+        records = [json.loads(line) for line in
+                   (tmp_path / "west" / "state" / "journal.jsonl").read_text().splitlines()]
+        assert records[-1]["type"] == "finish" and records[-1]["error"], records[-1]
+    finally:
+        server.stop()
 
 
 @pytest.mark.xfail(strict=True, reason="defect: the README's several-sshd-hosts setup: a "
