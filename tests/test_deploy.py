@@ -381,6 +381,33 @@ def test_hive_ci_plans_a_tar_of_a_hive_yaml_with_includes(tmp_path: Path) -> Non
                      bad.stdout + bad.stderr, re.M), bad.stdout + bad.stderr
 
 
+def test_hive_ci_never_decompresses_what_it_lists(tmp_path: Path) -> None:
+    """A gzip file whose header holds `ustar` where a tar header has it (in its FEXTRA
+    field) passes the tar sniff; listed from a file, GNU tar would decompress it (a
+    small upload, a thousand times its size written out). From a pipe it refuses."""
+    import io
+    import tarfile
+    import zlib
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        info = tarfile.TarInfo("x" * 200_000)  # a long name, the bomb's unit
+        archive.addfile(info, io.BytesIO(b""))
+    data = payload.getvalue()
+    extra = bytearray(300)
+    extra[257 - 12:257 - 12 + 5] = b"ustar"
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    bomb = (b"\x1f\x8b\x08\x04" + bytes(4) + b"\x00\x03" + len(extra).to_bytes(2, "little")
+            + bytes(extra) + body + zlib.crc32(data).to_bytes(4, "little")
+            + (len(data) % 2**32).to_bytes(4, "little"))
+    assert bomb[257:262] == b"ustar"
+    trusted = write_config(tmp_path, "owners: {alice: {}}\n")
+    result = _hive_ci_bytes("validate", bomb, {"HIVE_CHECKOUT": str(trusted.parent)})
+    assert result.returncode == 1
+    assert b"hive-ci: stdin is not a readable tar archive" in result.stderr, result.stderr
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 @pytest.mark.parametrize("member", ["link", "dotdot", "hardlink", "no-hive-yaml"])
 def test_hive_ci_refuses_an_archive_that_reaches_outside(tmp_path: Path, member: str
