@@ -43,26 +43,34 @@ def pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def expand(pattern: str, main: Path, label_dir: str) -> tuple[list[Match], str | None]:
-    """The files `pattern` matches (sorted, the main file left out) or a problem."""
+def expand(pattern: str, main: Path, label_dir: str,
+           looks: list[int] | None = None) -> tuple[list[Match], str | None]:
+    """The files `pattern` matches (sorted, the main file left out) or a problem.
+    `looks`: the names left to look at, shared by all the patterns of one file."""
     why = pattern_problem(pattern)
     if why:
         return [], why
     folder = main.resolve().parent
     try:
-        paths = _glob(folder, PurePosixPath(pattern).parts)
+        paths = _glob(folder, PurePosixPath(pattern).parts,
+                      [MAX_LOOKS] if looks is None else looks)
     except _TooMany:
         return [], (f"{pattern!r} makes Hive look at more than {MAX_LOOKS:,} names in "
-                    f"{folder} (a deep tree, several '**', folders linked to their "
-                    "parents); give a narrower pattern, such as 'teams/*.yaml'")
+                    f"{folder}, with the patterns before it (a deep tree, several '**', "
+                    "folders linked to their parents, many patterns); give narrower "
+                    "patterns, such as 'teams/*.yaml'")
     except _TooDeep:
         return [], (f"{pattern!r} leads through folders nested more than {MAX_DEPTH} deep "
                     f"in {folder}; give a narrower pattern, such as 'teams/*.yaml'")
     found: list[Match] = []
+    main_file = main.resolve()
     for path in paths:
-        if not path.is_file() or path.resolve() == main.resolve():
+        if not path.is_file():
             continue
-        if not path.resolve().is_relative_to(folder):
+        real = path.resolve()
+        if real == main_file:
+            continue
+        if not real.is_relative_to(folder):
             return [], (f"{pattern!r} reaches {path.relative_to(folder)}, a link that leaves "
                         "the main file's folder; include only files inside it")
         relative = path.relative_to(folder).as_posix()
@@ -77,6 +85,9 @@ def expand(pattern: str, main: Path, label_dir: str) -> tuple[list[Match], str |
 # chain of 200 nested folders (a pull request's tree), or `*/*/*/*` through folders linked
 # to their parents, would look at billions. Teams' files are hundreds of names.
 MAX_LOOKS = 200_000
+# Included files, all patterns together: teams are hundreds; each file costs an open, a
+# parse and a cache lookup.
+MAX_FILES = 10_000
 # Folders below the main file's a pattern may lead through: the walk recurses per folder,
 # and a chain of 1,500 (well within PATH_MAX) ran Python's recursion out.
 MAX_DEPTH = 256
@@ -90,12 +101,11 @@ class _TooDeep(Exception):
     pass
 
 
-def _glob(folder: Path, parts: tuple[str, ...]) -> list[Path]:
-    """What Path.glob(pattern) finds, sorted, but giving up (_TooMany) after MAX_LOOKS
-    names: pathlib's own glob has no bound. As pathlib: `*` matches names starting with
-    '.', `**` is the folder and every folder below it (links to folders not followed),
-    other parts follow links (where they lead is checked by the caller)."""
-    budget = [MAX_LOOKS]
+def _glob(folder: Path, parts: tuple[str, ...], budget: list[int]) -> list[Path]:
+    """What Path.glob(pattern) finds, sorted, but giving up (_TooMany) once `budget`
+    names were looked at: pathlib's own glob has no bound. As pathlib: `*` matches names
+    starting with '.', `**` is the folder and every folder below it (links to folders not
+    followed), other parts follow links (where they lead is checked by the caller)."""
     found: set[Path] = set()
 
     def names(where: Path) -> list[os.DirEntry[str]]:

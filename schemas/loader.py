@@ -27,6 +27,7 @@ from schemas.models import (
     SECRET_FIELD,
     HiveConfig,
 )
+from schemas.yamllimits import MAX_VALUES, count_values
 
 # Messages quote what the file says, and a value can be 30,000 characters long: keep the
 # start (what it was) and the end (what to do), in every problem, in one place.
@@ -282,23 +283,51 @@ def _include(data: dict[Any, Any], main: _Source, main_path: Path,
     label_dir = str(Path(main.file).parent)
     label_dir = "" if label_dir == "." else label_dir
     matches: list[includes.Match] = []
+    seen: set[Path] = set()
+    looks = [includes.MAX_LOOKS]  # one budget for every pattern
     for i, pattern in enumerate(patterns):
         if not isinstance(pattern, str):
             continue   # the model reports it
-        found, why = includes.expand(pattern, main_path, label_dir)
+        found, why = includes.expand(pattern, main_path, label_dir, looks)
         if why:
             mark = main.document.locate(("include", i))
             early.append(LocatedProblem(main.file, mark.line, mark.column, f"include[{i}]",
                                         why))
-        matches.extend(m for m in found if m.path not in {n.path for n in matches})
+            if looks[0] < 0:
+                break  # the budget is spent: the patterns after it would only say so too
+        for match in found:
+            if match.path not in seen:
+                seen.add(match.path)
+                matches.append(match)
+    if len(matches) > includes.MAX_FILES:
+        mark = main.document.locate(("include",), key=True)
+        raise ConfigError([LocatedProblem(
+            main.file, mark.line, mark.column, "include",
+            f"the patterns match {len(matches):,} files, more than {includes.MAX_FILES:,}; "
+            "split the fleet into fewer, larger files")])
+    # The whole desired state, every file together, within what one file may hold
+    values = count_values(data, MAX_VALUES)
+    size = 0
     parsed: list[tuple[_Source, dict[Any, Any]]] = []
     for match in matches:
         try:
-            source = _Source(match.label, _parse(_read(match.path, match.label),
-                                                 match.label))
+            text = _read(match.path, match.label)
+            size += len(text)
+            if size > MAX_FILE_BYTES:
+                raise ConfigError([LocatedProblem(
+                    match.label, 1, 1, "", f"with the files before it, the included files "
+                    f"hold more than {MAX_FILE_BYTES // 2**20} MB; that is no hive.yaml")])
+            source = _Source(match.label, _parse(text, match.label))
         except ConfigError as exc:
             early.extend(exc.problems)
+            if size > MAX_FILE_BYTES:
+                break
             continue
+        values += count_values(source.document.data, MAX_VALUES - values)
+        if values > MAX_VALUES:
+            raise ConfigError([*early, LocatedProblem(
+                match.label, 1, 1, "", f"with the files before it, more than "
+                f"{MAX_VALUES:,} values in all: are aliases (*name) expanding each other?")])
         sources.append(source)
         result.extend(LocatedProblem(source.file, m.line, m.column, "", msg)
                       for m, msg in source.document.duplicates)

@@ -66,3 +66,52 @@ def test_a_pattern_over_a_very_deep_tree_is_a_located_problem(tmp_path: Path) ->
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert f"{path}:9:11: include[0]: '**/t.yaml' leads through folders nested" \
         in ran.stderr, ran.stderr
+
+
+# -- bounds on the whole of a file and what it includes ---------------------------------
+# Each bound below held for one file or one pattern, and a pull request could multiply it
+# by the number of files or patterns: a hundred 500-byte files of aliases expanding each
+# other took minutes and gigabytes. The limits are lowered here so the tests stay small;
+# the code paths are the ones the real limits take.
+
+LAUGHS = "".join(f"x-l{i}: &l{i} [*l{i - 1}, *l{i - 1}]\n" for i in range(1, 12))
+
+
+def test_many_small_files_of_aliases_cannot_add_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas
+    from schemas import loader
+
+    monkeypatch.setattr(loader, "MAX_VALUES", 20_000)  # each file holds ~16,000
+    (tmp_path / "t").mkdir()
+    for i in range(10):
+        (tmp_path / "t" / f"{i}.yaml").write_text("x-l0: &l0 [aa, bb]\n" + LAUGHS)
+    path = write_config(tmp_path, "include: ['t/*.yaml']\n" + BODY)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    message = str(info.value)
+    assert "t/1.yaml:1:1: with the files before it, more than 20,000 values in all" \
+        in message, message
+
+
+def test_the_patterns_share_one_budget_of_names_and_of_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas
+    from schemas import includes
+
+    (tmp_path / "teams").mkdir()
+    for i in range(100):
+        (tmp_path / "teams" / f"t{i}.yaml").write_text(f"owners: {{o{i}: {{}}}}\n")
+    many = ", ".join(["'teams/*.yaml'"] * 20)  # each alone looks at ~101 names
+    path = write_config(tmp_path, f"include: [{many}]\n" + BODY)
+    monkeypatch.setattr(includes, "MAX_LOOKS", 1_000)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    assert "makes Hive look at more than 1,000 names" in str(info.value), str(info.value)
+    monkeypatch.setattr(includes, "MAX_LOOKS", 200_000)
+    assert len(schemas.load(path).owners) == 101  # the same files, found once
+    monkeypatch.setattr(includes, "MAX_FILES", 50)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    assert f"{path}:9:1: include: the patterns match 100 files, more than 50" \
+        in str(info.value), str(info.value)
