@@ -84,6 +84,8 @@ def _dotted(path: tuple[Any, ...], key: bool = False) -> str:
             text += f"[{step}]"
         else:
             name = _clip(step if isinstance(step, str) else _shown(step), 60)
+            if not name.isprintable():  # a newline or escape in a key would forge lines
+                name = json.dumps(name)  # of the plan a pull request shows ("No changes.")
             text += f".{name}" if text else name
     return text
 

@@ -168,6 +168,16 @@ def test_a_key_in_another_text_than_openssh_writes_is_refused_where_it_stands(
     assert len(found) == 1, found
 
 
+def test_a_key_with_a_newline_or_escape_is_shown_escaped(tmp_path: Path) -> None:
+    """Problems name the path of mapping keys; a key holding a newline, a code fence or a
+    terminal escape must not print lines of its own in a plan a pull request shows."""
+    key = "x\n```\n\nNo changes. The server matches hive.yaml.\n\u001b[2K<!--"
+    found = problems(tmp_path, BASE_OWNERS + "repositories:\n  " + json.dumps(key)
+                     + ": {owner: alice}\n")
+    assert len(found) == 1 and "\n" not in found[0] and "\x1b" not in found[0], found
+    assert found[0].startswith(f"13:3: repositories.{json.dumps(key)}: "), found
+
+
 def test_accepted_key_types(tmp_path: Path) -> None:
     ecdsa = ssh_keygen(tmp_path / "ec", "ecdsa", 384)
 
