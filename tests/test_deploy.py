@@ -716,6 +716,39 @@ def test_ci_examples_pass_the_reviewed_plans_checksum(tmp_path: Path) -> None:
         assert re.search(r'apply "\$\w+" "\$\w+" ' + re.escape(apply_tail), joined), path
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+@pytest.mark.parametrize("example", ["github-actions.yml", "gitlab-ci.yml"])
+def test_ci_examples_archive_the_tree_as_committed(tmp_path: Path, example: str) -> None:
+    """A pull request's .gitattributes could leave a team file out of `git archive`
+    (export-ignore) or rewrite one (export-subst): the server would plan another tree
+    than the one reviewed. The example's own lines undo both before it archives."""
+    repo = tmp_path / "proposal"
+    (repo / "teams").mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "teams" / "b.yaml").write_text("repositories: {evil: {owner: alice}}\n")
+    (repo / "hive.yaml").write_text("x-note: $Format:%H$\n")
+    (repo / ".gitattributes").write_text(
+        "teams/b.yaml export-ignore\nhive.yaml export-subst\n.gitattributes export-ignore\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "hide a team file")
+    assert "teams/b.yaml" not in _archive_names(repo)  # what git archive alone sends
+    text = (DEPLOY / "ci" / example).read_text()
+    lines = [x.strip().removeprefix("- ") for x in text.splitlines()
+             if "info/attributes" in x and not x.strip().startswith("#")]
+    assert lines, example
+    subprocess.run(["sh", "-ec", "\n".join(lines)], cwd=repo, check=True)
+    assert {"teams/b.yaml", "hive.yaml", ".gitattributes"} <= _archive_names(repo)
+    archived = subprocess.run(["sh", "-c", "git archive --format=tar HEAD | tar -xO hive.yaml"],
+                              cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert archived == "x-note: $Format:%H$\n"
+
+
+def _archive_names(repo: Path) -> set[str]:
+    listing = subprocess.run(["sh", "-c", "git archive --format=tar HEAD | tar -t"], cwd=repo,
+                             capture_output=True, text=True, check=True).stdout
+    return set(listing.split())
+
+
 @requires_root
 def test_entrypoint_seeds_slapd_so_that_echo_written_secrets_bind(tmp_path: Path) -> None:
     """The image's `slapd` start, without a container engine: deploy/docker/entrypoint.sh
