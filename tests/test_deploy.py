@@ -381,6 +381,33 @@ def test_hive_ci_plans_a_tar_of_a_hive_yaml_with_includes(tmp_path: Path) -> Non
                      bad.stdout + bad.stderr, re.M), bad.stdout + bad.stderr
 
 
+def test_hive_ci_ends_a_proposal_that_takes_too_long(tmp_path: Path) -> None:
+    """A tree made for `**` to wander (tests/test_include_bounds.py: seconds before the
+    bound refuses it), with the time allowed cut to 1 s: ended, and said so."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        def add(name: str, text: str | None = None) -> None:
+            info = tarfile.TarInfo(name)
+            if text is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            else:
+                info.size, info.mode = len(text), 0o644
+                archive.addfile(info, io.BytesIO(text.encode()))
+        add("hive.yaml", "include: ['**/**/**/**/**/t.yaml']\nowners: {alice: {}}\n")
+        for depth in range(1, 201):
+            add("/".join(["d"] * depth))
+        add("d/t.yaml", "owners: {bob: {}}\n")
+    trusted = write_config(tmp_path, "owners: {alice: {}}\n")
+    result = _hive_ci_bytes("validate", buffer.getvalue(), {
+        "HIVE_CHECKOUT": str(trusted.parent), "HIVE_CI_TIMEOUT": "1"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert b"hive-ci: validate took longer than 1 s and was ended" in result.stderr
+
+
 def test_hive_ci_never_decompresses_what_it_lists(tmp_path: Path) -> None:
     """A gzip file whose header holds `ustar` where a tar header has it (in its FEXTRA
     field) passes the tar sniff; listed from a file, GNU tar would decompress it (a
