@@ -229,13 +229,41 @@ def test_helm_template_renders() -> None:
 # --------------------------------------------------------------------------- CI's forced command
 
 
-def _hive_ci(command: str, stdin: str = "", env: dict[str, str] | None = None
-             ) -> subprocess.CompletedProcess[str]:
+def _hive_ci(command: str, stdin: str = "", env: dict[str, str] | None = None,
+             mode: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """hive-ci as sshd runs it for a key whose command= is `hive-ci MODE...`."""
     hive = shutil.which("hive")
     assert hive, "the hive console script is not on PATH (pip install -e .)"
     full = {**os.environ, "SSH_ORIGINAL_COMMAND": command, "HIVE_BIN": hive, **(env or {})}
-    return subprocess.run([str(HIVE_CI)], input=stdin, capture_output=True, text=True,
-                          env=full, timeout=120)
+    return subprocess.run([str(HIVE_CI), *mode], input=stdin, capture_output=True,
+                          text=True, env=full, timeout=120)
+
+
+def test_the_plan_key_cannot_apply(tmp_path: Path) -> None:
+    """Pull requests' jobs hold the plan key (`hive-ci plan-only`): it validates and
+    plans, and never applies, whatever the job sends."""
+    trusted = write_config(tmp_path, "owners: {alice: {}}\nrepositories:\n"
+                                     "  r1: {owner: alice}\n")
+    env = {"HIVE_CHECKOUT": str(tmp_path)}
+    plan_only = ("plan-only",)
+    assert _hive_ci("validate", trusted.read_text(), env, plan_only).returncode == 0
+    assert _hive_ci("plan", trusted.read_text(), env, plan_only).returncode == 2
+    refused = _hive_ci(f"apply {'a' * 40} ci", "", env, plan_only)
+    assert refused.returncode == 1
+    assert refused.stderr == "hive-ci: this key may validate and plan, not apply\n"
+    odd = _hive_ci("validate", trusted.read_text(), env, ("apply-too",))
+    assert odd.returncode == 1 and "unknown mode 'apply-too'" in odd.stderr
+    # the examples give pull requests' jobs the plan key, and only main's the apply key
+    github = yaml.safe_load((DEPLOY / "ci" / "github-actions.yml").read_text())["jobs"]
+    keys = {job: [step["env"]["HIVE_SSH_KEY"] for step in github[job]["steps"]
+                  if "HIVE_SSH_KEY" in step.get("env", {})] for job in ("plan", "apply")}
+    assert keys == {"plan": ["${{ secrets.HIVE_PLAN_SSH_KEY }}"],
+                    "apply": ["${{ secrets.HIVE_SSH_KEY }}"]}
+    assert github["apply"]["environment"] == "production"
+    gitlab = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())
+    for job, key in (("plan", "HIVE_PLAN_SSH_KEY"), ("apply", "HIVE_SSH_KEY")):
+        lines = [x for x in gitlab[job]["before_script"] if isinstance(x, str)]
+        assert lines == [f'install -m 600 "${key}" ~/.ssh/hive_ci'], lines
 
 
 def test_hive_ci_validates_and_plans_from_stdin(tmp_path: Path) -> None:
