@@ -1,6 +1,8 @@
 """How many values and how deep a hive.yaml may be: one bound for every parser of it
 (schemas/yamlsource.py and its fast path, schemas/fastyaml.py)."""
 
+from typing import Any
+
 # A hive.yaml of 5,000 repositories holds ~130,000 values; forty times that is no config.
 MAX_VALUES = 5_000_000
 # hive.yaml is five levels deep (server.identity.ldap.url); anchors under `x-` add a few.
@@ -12,16 +14,20 @@ def count_values(data: object, limit: int) -> int:
     """How many values `data` holds (every mapping, list, key and scalar, as the parsers
     count), or limit + 1 once it holds more. The parsers bound one file; this bounds a
     file and all it includes together (schemas/loader.py), so a hundred small files of
-    aliases expanding each other cannot add up to what one may not hold."""
-    count, stack = 0, [data]
+    aliases expanding each other cannot add up to what one may not hold. Only mappings
+    and lists are visited: 0.1 s for the 1.3 million values of 50,000 repositories."""
+    count, stack = 1, [data]
     while stack:
         item = stack.pop()
-        count += 1
+        if type(item) is dict:
+            count += 2 * len(item)  # each key and its value
+            inner: Any = item.values()
+        elif type(item) is list:
+            count += len(item)
+            inner = item
+        else:
+            continue
         if count > limit:
             return limit + 1
-        if isinstance(item, dict):
-            count += len(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        stack += [v for v in inner if type(v) is dict or type(v) is list]
     return count
