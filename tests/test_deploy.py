@@ -59,6 +59,21 @@ def test_yaml_parses(path: Path) -> None:
     assert documents, f"{path} holds no YAML document"
 
 
+def test_gitlab_scripts_are_lists_of_strings() -> None:
+    """GitLab refuses the whole file when a script item is anything else: an unquoted
+    line holding `: ` is a YAML mapping, and then no pipeline runs at all."""
+    gitlab = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())
+
+    def strings(items: object) -> bool:
+        return isinstance(items, list) and all(
+            isinstance(x, str) or strings(x) for x in items)
+
+    for name, job in gitlab.items():
+        for part in ("before_script", "script", "after_script"):
+            if isinstance(job, dict) and part in job:
+                assert strings(job[part]), (name, part, job[part])
+
+
 def test_ci_examples_have_the_three_steps() -> None:
     github = yaml.safe_load((DEPLOY / "ci" / "github-actions.yml").read_text())
     assert set(github["jobs"]) == {"validate", "plan", "apply"}
@@ -258,10 +273,10 @@ def test_the_plan_key_cannot_apply(tmp_path: Path) -> None:
     keys = {job: [step["env"]["HIVE_SSH_KEY"] for step in github[job]["steps"]
                   if "HIVE_SSH_KEY" in step.get("env", {})] for job in ("plan", "apply")}
     assert keys == {"plan": ["${{ secrets.HIVE_PLAN_SSH_KEY }}"],
-                    "apply": ["${{ secrets.HIVE_SSH_KEY }}"]}
+                    "apply": ["${{ secrets.HIVE_APPLY_SSH_KEY }}"]}
     assert github["apply"]["environment"] == "production"
     gitlab = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())
-    for job, key in (("plan", "HIVE_PLAN_SSH_KEY"), ("apply", "HIVE_SSH_KEY")):
+    for job, key in (("plan", "HIVE_PLAN_SSH_KEY"), ("apply", "HIVE_APPLY_SSH_KEY")):
         lines = [x for x in gitlab[job]["before_script"] if isinstance(x, str)]
         assert lines == [f'install -m 600 "${key}" ~/.ssh/hive_ci'], lines
 
