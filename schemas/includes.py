@@ -15,7 +15,7 @@ import fnmatch
 import glob
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,17 +43,24 @@ def pattern_problem(pattern: str) -> str | None:
     return None
 
 
+@dataclass
+class Looks:
+    """The names left to look at, for all the patterns of one file together; a folder
+    listed once is not listed (nor charged) again for the next pattern."""
+
+    left: int = field(default_factory=lambda: MAX_LOOKS)
+    listed: dict[Path, list[os.DirEntry[str]]] = field(default_factory=dict)
+
+
 def expand(pattern: str, main: Path, label_dir: str,
-           looks: list[int] | None = None) -> tuple[list[Match], str | None]:
-    """The files `pattern` matches (sorted, the main file left out) or a problem.
-    `looks`: the names left to look at, shared by all the patterns of one file."""
+           looks: Looks | None = None) -> tuple[list[Match], str | None]:
+    """The files `pattern` matches (sorted, the main file left out) or a problem."""
     why = pattern_problem(pattern)
     if why:
         return [], why
     folder = main.resolve().parent
     try:
-        paths = _glob(folder, PurePosixPath(pattern).parts,
-                      [MAX_LOOKS] if looks is None else looks)
+        paths = _glob(folder, PurePosixPath(pattern).parts, looks or Looks())
     except _TooMany:
         return [], (f"{pattern!r} makes Hive look at more than {MAX_LOOKS:,} names in "
                     f"{folder}, with the patterns before it (a deep tree, several '**', "
@@ -74,6 +81,9 @@ def expand(pattern: str, main: Path, label_dir: str,
             return [], (f"{pattern!r} reaches {path.relative_to(folder)}, a link that leaves "
                         "the main file's folder; include only files inside it")
         relative = path.relative_to(folder).as_posix()
+        if not relative.isprintable():  # its name is printed in problems: no forged lines
+            return [], (f"{pattern!r} matches {relative!r}, a name with a control "
+                        "character (a newline?); rename the file")
         found.append(Match(path, f"{label_dir}/{relative}" if label_dir else relative))
     if not found:
         return [], (f"{pattern!r} matches no file in {folder}; fix the pattern or remove "
@@ -101,22 +111,26 @@ class _TooDeep(Exception):
     pass
 
 
-def _glob(folder: Path, parts: tuple[str, ...], budget: list[int]) -> list[Path]:
-    """What Path.glob(pattern) finds, sorted, but giving up (_TooMany) once `budget`
-    names were looked at: pathlib's own glob has no bound. As pathlib: `*` matches names
-    starting with '.', `**` is the folder and every folder below it (links to folders not
-    followed), other parts follow links (where they lead is checked by the caller)."""
+def _glob(folder: Path, parts: tuple[str, ...], looks: Looks) -> list[Path]:
+    """What Path.glob(pattern) finds, sorted, but giving up (_TooMany) once `looks` is
+    spent: pathlib's own glob has no bound. As pathlib: `*` matches names starting with
+    '.', `**` is the folder and every folder below it (links to folders not followed),
+    other parts follow links (where they lead is checked by the caller)."""
     found: set[Path] = set()
 
     def names(where: Path) -> list[os.DirEntry[str]]:
+        entries = looks.listed.get(where)
+        if entries is not None:
+            return entries
         try:
             with os.scandir(where) as listing:
                 entries = list(listing)
         except OSError:
             return []
-        budget[0] -= len(entries) + 1
-        if budget[0] < 0:
+        looks.left -= len(entries) + 1
+        if looks.left < 0:
             raise _TooMany
+        looks.listed[where] = entries
         return entries
 
     def walk(where: Path, i: int, depth: int = 0) -> None:
@@ -133,8 +147,8 @@ def _glob(folder: Path, parts: tuple[str, ...], budget: list[int]) -> list[Path]
                     walk(Path(entry.path), i, depth + 1)
             return
         if not glob.has_magic(part):
-            budget[0] -= 1
-            if budget[0] < 0:
+            looks.left -= 1
+            if looks.left < 0:
                 raise _TooMany
             step = where / part
             if step.is_dir() or (last and step.exists()):

@@ -286,7 +286,7 @@ def _include(data: dict[Any, Any], main: _Source, main_path: Path,
     label_dir = "" if label_dir == "." else label_dir
     matches: list[includes.Match] = []
     seen: set[Path] = set()
-    looks = [includes.MAX_LOOKS]  # one budget for every pattern
+    looks = includes.Looks()  # one budget for every pattern
     for i, pattern in enumerate(patterns):
         if not isinstance(pattern, str):
             continue   # the model reports it
@@ -295,7 +295,7 @@ def _include(data: dict[Any, Any], main: _Source, main_path: Path,
             mark = main.document.locate(("include", i))
             early.append(LocatedProblem(main.file, mark.line, mark.column, f"include[{i}]",
                                         why))
-            if looks[0] < 0:
+            if looks.left < 0:
                 break  # the budget is spent: the patterns after it would only say so too
         for match in found:
             if match.path not in seen:
@@ -309,21 +309,26 @@ def _include(data: dict[Any, Any], main: _Source, main_path: Path,
             "split the fleet into fewer, larger files")])
     # The whole desired state, every file together, within what one file may hold
     values = count_values(data, MAX_VALUES)
-    size = 0
+    try:
+        size = main_path.stat().st_size
+    except OSError:
+        size = 0
+    too_many = f"more than {MAX_VALUES:,} values"
     parsed: list[tuple[_Source, dict[Any, Any]]] = []
     for match in matches:
         try:
             text = _read(match.path, match.label)
-            size += len(text)
+            size += len(text.encode())
             if size > MAX_FILE_BYTES:
                 raise ConfigError([LocatedProblem(
-                    match.label, 1, 1, "", f"with the files before it, the included files "
-                    f"hold more than {MAX_FILE_BYTES // 2**20} MB; that is no hive.yaml")])
+                    match.label, 1, 1, "", f"with the files before it, the main file and "
+                    f"its includes hold more than {MAX_FILE_BYTES // 2**20} MB; that is no "
+                    "hive.yaml")])
             source = _Source(match.label, _parse(text, match.label))
         except ConfigError as exc:
             early.extend(exc.problems)
-            if size > MAX_FILE_BYTES:
-                break
+            if size > MAX_FILE_BYTES or any(too_many in p.message for p in exc.problems):
+                raise ConfigError(early) from None  # the budget is spent: stop here
             continue
         values += count_values(source.document.data, MAX_VALUES - values)
         if values > MAX_VALUES:

@@ -99,19 +99,61 @@ def test_the_patterns_share_one_budget_of_names_and_of_files(
     import schemas
     from schemas import includes
 
-    (tmp_path / "teams").mkdir()
-    for i in range(100):
-        (tmp_path / "teams" / f"t{i}.yaml").write_text(f"owners: {{o{i}: {{}}}}\n")
-    many = ", ".join(["'teams/*.yaml'"] * 20)  # each alone looks at ~101 names
-    path = write_config(tmp_path, f"include: [{many}]\n" + BODY)
-    monkeypatch.setattr(includes, "MAX_LOOKS", 1_000)
+    for team in range(20):
+        (tmp_path / f"team{team}").mkdir()
+        for i in range(50):
+            (tmp_path / f"team{team}" / f"t{i}.yaml").write_text(
+                f"owners: {{o{team}-{i}: {{}}}}\n")
+    spread = ", ".join(f"'team{team}/*.yaml'" for team in range(20))  # ~51 names each
+    path = write_config(tmp_path, f"include: [{spread}]\n" + BODY)
+    monkeypatch.setattr(includes, "MAX_LOOKS", 500)
     with pytest.raises(schemas.ConfigError) as info:
         schemas.load(path)
-    assert "makes Hive look at more than 1,000 names" in str(info.value), str(info.value)
+    assert "makes Hive look at more than 500 names" in str(info.value), str(info.value)
+    # one folder, many patterns: listed once, charged once, each file found once
+    same = ", ".join(["'team0/*.yaml'"] * 20 + [f"'team0/t{i}*.yaml'" for i in range(5)])
+    write_config(tmp_path, f"include: [{same}]\n" + BODY)
+    assert len(schemas.load(path).owners) == 51
     monkeypatch.setattr(includes, "MAX_LOOKS", 200_000)
-    assert len(schemas.load(path).owners) == 101  # the same files, found once
+    write_config(tmp_path, f"include: [{spread}]\n" + BODY)
+    assert len(schemas.load(path).owners) == 1001
     monkeypatch.setattr(includes, "MAX_FILES", 50)
     with pytest.raises(schemas.ConfigError) as info:
         schemas.load(path)
-    assert f"{path}:9:1: include: the patterns match 100 files, more than 50" \
+    assert f"{path}:9:1: include: the patterns match 1,000 files, more than 50" \
         in str(info.value), str(info.value)
+
+
+def test_a_file_over_the_limit_by_itself_ends_the_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of these files is refused by the parser on its own; the first one ends the
+    load, so ten of them cost one, not ten."""
+    import schemas
+    from schemas import fastyaml, loader, yamlsource
+
+    for module in (loader, yamlsource, fastyaml):
+        monkeypatch.setattr(module, "MAX_VALUES", 5_000)
+    (tmp_path / "t").mkdir()
+    for i in range(10):
+        (tmp_path / "t" / f"{i}.yaml").write_text("x-l0: &l0 [aa, bb]\n" + LAUGHS)
+    path = write_config(tmp_path, "include: ['t/*.yaml']\n" + BODY)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    refused = [p for p in info.value.problems if "more than 5,000 values" in p.message]
+    assert [p.file.rsplit("/", 1)[-1] for p in refused] == ["0.yaml"], info.value.problems
+
+
+def test_a_file_name_with_a_newline_is_refused(tmp_path: Path) -> None:
+    """Problems print included files' names: one holding a newline would print a line of
+    its own ("No changes.") in a plan a pull request shows."""
+    import schemas
+
+    (tmp_path / "teams").mkdir()
+    (tmp_path / "teams" / "a\nNo changes. The server matches hive.yaml.\nx.yaml").write_text(
+        "owners: {bob: {}}\n")
+    path = write_config(tmp_path, "include: ['teams/*.yaml']\n" + BODY)
+    with pytest.raises(schemas.ConfigError) as info:
+        schemas.load(path)
+    message = str(info.value)
+    assert "a name with a control character" in message, message
+    assert "\nNo changes." not in message
