@@ -23,10 +23,11 @@ write would be missed, so apply reads them again after the write.
   every key it logged in with has its lines unchanged. A connection whose key cannot be told (no
   ExposeAuthInfo, an unreadable file) stays only when no line was removed or changed:
   when in doubt, no access.
-- `end(connections)` sends SIGTERM to each process through a pidfd, after checking it is
-  the same process that was read (pid and start time): a pid reused since cannot be hit.
-  sshd closes the connection, `borg serve` removes its lock. What is still there after
-  END_WAIT seconds gets SIGKILL.
+- `end(connections)` signals through pidfds, after checking each is the same process
+  that was read (pid and start time): a pid reused since cannot be hit. First SIGTERM
+  to sshd's process of the connection: the connection closes, and `borg serve`, seeing
+  its input end, closes the repository and removes its lock. After GRACE seconds,
+  SIGTERM to what is left; after END_WAIT, SIGKILL.
 
 Linux only (/proc, pidfd); a host without /proc has no connections to find.
 """
@@ -47,7 +48,8 @@ PROC = "/proc"
 AUTH_VARIABLE = b"SSH_USER_AUTH="
 CONNECTION_VARIABLE = b"SSH_CONNECTION="
 MAX_AUTH_FILE = 65536  # ExposeAuthInfo writes a line per method: a few hundred bytes
-END_WAIT = 5.0  # seconds between SIGTERM and SIGKILL
+END_WAIT = 5.0  # seconds from the first SIGTERM to SIGKILL
+GRACE = 2.0  # seconds a session has to end on its own once its connection is closed
 SSHD = b"sshd"  # the name of sshd's process for a connection, once it runs as the user
 
 
@@ -205,27 +207,38 @@ def connections(user: str, uids: Collection[int],
 # -- ending them ---------------------------------------------------------------------------
 
 
-def end(ended: list[Connection], wait: float = END_WAIT) -> None:
-    """SIGTERM every process of these connections, SIGKILL what is left after `wait`."""
+def end(ended: list[Connection], wait: float = END_WAIT, grace: float = GRACE) -> None:
+    """End these connections in three steps:
+
+    1. SIGTERM to each connection's top process (sshd's, for that connection): the
+       connection closes, and the forced command sees its input end, which `borg serve`
+       takes as the end of a session: it closes the repository and removes its lock.
+       (A borg serve hit by SIGTERM itself exits without doing so.)
+    2. After `grace` seconds (at most half of `wait`), SIGTERM to every process still
+       there.
+    3. After `wait` seconds in all, SIGKILL to every process still there.
+    """
     handles: dict[int, tuple[int, Connection]] = {}
     try:
         for connection in ended:
             for process in connection.processes:
                 fd = _open_same(process)
-                if fd is None:
-                    continue
-                handles[fd] = (process.pid, connection)
-                if _signal(fd, signal.SIGTERM):
-                    connection.ended.append(process.pid)
-        deadline = time.monotonic() + wait
+                if fd is not None:
+                    handles[fd] = (process.pid, connection)
         poller = select.poll()
         for fd in handles:
             poller.register(fd, select.POLLIN)
         alive = set(handles)
-        while alive and (left := deadline - time.monotonic()) > 0:
-            for fd, _ in poller.poll(left * 1000):
-                alive.discard(fd)
-                poller.unregister(fd)
+        start = time.monotonic()
+        for fd, (pid, connection) in handles.items():
+            if pid == connection.pid and _signal(fd, signal.SIGTERM):
+                connection.ended.append(pid)
+        _wait_for_exits(poller, alive, start + min(grace, wait / 2))
+        for fd in sorted(alive):
+            pid, connection = handles[fd]
+            if pid != connection.pid and _signal(fd, signal.SIGTERM):
+                connection.ended.append(pid)
+        _wait_for_exits(poller, alive, start + wait)
         for fd in alive:
             pid, connection = handles[fd]
             if _signal(fd, signal.SIGKILL):
@@ -233,6 +246,15 @@ def end(ended: list[Connection], wait: float = END_WAIT) -> None:
     finally:
         for fd in handles:
             os.close(fd)
+
+
+def _wait_for_exits(poller: select.poll, alive: set[int], until: float) -> None:
+    """Wait until every pidfd in `alive` reports its process gone (taking it out of
+    `alive`), or until the monotonic time `until`."""
+    while alive and (left := until - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left * 1000):
+            alive.discard(fd)
+            poller.unregister(fd)
 
 
 def _open_same(process: Process) -> int | None:
