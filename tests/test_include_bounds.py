@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import hive, write_config
 
+import schemas
+
 BODY = "owners: {alice: {}}\nrepositories:\n  r1: {owner: alice}\n"
 
 
@@ -77,26 +79,30 @@ def test_a_pattern_over_a_very_deep_tree_is_a_located_problem(tmp_path: Path) ->
 LAUGHS = "".join(f"x-l{i}: &l{i} [*l{i - 1}, *l{i - 1}]\n" for i in range(1, 12))
 
 
-def test_many_small_files_of_aliases_cannot_add_up(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import schemas
-    from schemas import loader
-
-    monkeypatch.setattr(loader, "MAX_VALUES", 20_000)  # each file holds ~16,000
+def refused_with_ten_alias_files(tmp_path: Path) -> schemas.ConfigError:
+    """What loading a hive.yaml that includes ten small files of aliases (t/0..9.yaml)
+    raises."""
     (tmp_path / "t").mkdir()
     for i in range(10):
         (tmp_path / "t" / f"{i}.yaml").write_text("x-l0: &l0 [aa, bb]\n" + LAUGHS)
     path = write_config(tmp_path, "include: ['t/*.yaml']\n" + BODY)
     with pytest.raises(schemas.ConfigError) as info:
         schemas.load(path)
-    message = str(info.value)
+    return info.value
+
+
+def test_many_small_files_of_aliases_cannot_add_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from schemas import loader
+
+    monkeypatch.setattr(loader, "MAX_VALUES", 20_000)  # each file holds ~16,000
+    message = str(refused_with_ten_alias_files(tmp_path))
     assert "t/1.yaml:1:1: with the files before it, more than 20,000 values in all" \
         in message, message
 
 
 def test_the_patterns_share_one_budget_of_names_and_of_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import schemas
     from schemas import includes
 
     for team in range(20):
@@ -128,25 +134,18 @@ def test_a_file_over_the_limit_by_itself_ends_the_load(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each of these files is refused by the parser on its own; the first one ends the
     load, so ten of them cost one, not ten."""
-    import schemas
     from schemas import fastyaml, loader, yamlsource
 
     for module in (loader, yamlsource, fastyaml):
         monkeypatch.setattr(module, "MAX_VALUES", 5_000)
-    (tmp_path / "t").mkdir()
-    for i in range(10):
-        (tmp_path / "t" / f"{i}.yaml").write_text("x-l0: &l0 [aa, bb]\n" + LAUGHS)
-    path = write_config(tmp_path, "include: ['t/*.yaml']\n" + BODY)
-    with pytest.raises(schemas.ConfigError) as info:
-        schemas.load(path)
-    refused = [p for p in info.value.problems if "more than 5,000 values" in p.message]
-    assert [p.file.rsplit("/", 1)[-1] for p in refused] == ["0.yaml"], info.value.problems
+    problems = refused_with_ten_alias_files(tmp_path).problems
+    refused = [p for p in problems if "more than 5,000 values" in p.message]
+    assert [p.file.rsplit("/", 1)[-1] for p in refused] == ["0.yaml"], problems
 
 
 def test_a_file_name_with_a_newline_is_refused(tmp_path: Path) -> None:
     """Problems print included files' names: one holding a newline would print a line of
     its own ("No changes.") in a plan a pull request shows."""
-    import schemas
 
     (tmp_path / "teams").mkdir()
     (tmp_path / "teams" / "a\nNo changes. The server matches hive.yaml.\nx.yaml").write_text(
