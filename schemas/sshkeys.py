@@ -191,8 +191,7 @@ _SMALL_ORDER_TEXTS = frozenset(
                      + bytes([point[31] | sign])).decode("ascii")
     for point in _SMALL_ORDER for sign in (0, 0x80))
 _SMALL_ORDER_REASON = ("this ed25519 key is a point of small order, for which signatures "
-                       "can be made without any private key; it is no real key: paste "
-                       "the .pub file's line as ssh-keygen wrote it")
+                       f"can be made without any private key; it is no real key: {_AS_WRITTEN}")
 
 
 def _mpint(number: bytes) -> bytes:
