@@ -16,13 +16,13 @@ write would be missed, so apply reads them again after the write.
   by connection (the topmost process of that uid above them is sshd's unprivileged child
   for the connection, `sshd: bh-x@notty`), with the key each logged in with. A group
   whose top is not sshd did not come through a key (a cron job, an admin's `su`) and is
-  none of this module's business. sshd names
-  that key when `ExposeAuthInfo yes` (deploy/sshd/hive.conf): the session's command gets
-  SSH_USER_AUTH, a file holding `publickey <type> <base64>`.
+  none of this module's business. sshd names that key when `ExposeAuthInfo yes`
+  (deploy/sshd/hive.conf): the session's command gets SSH_USER_AUTH, a file holding
+  `publickey <type> <base64>`.
 - `to_end(connections, revoked(before, after))` is pure: a connection stays only when
-  every key it logged in with has its lines unchanged. A connection whose key cannot be told (no
-  ExposeAuthInfo, an unreadable file) stays only when no line was removed or changed:
-  when in doubt, no access.
+  every key it logged in with has its lines unchanged. A connection whose key cannot be
+  told (no ExposeAuthInfo, an unreadable file) stays only when no line was removed or
+  changed: when in doubt, no access.
 - `end(connections)` signals through pidfds, after checking each is the same process
   that was read (pid and start time): a pid reused since cannot be hit. First SIGTERM
   to sshd's process of the connection: the connection closes, and `borg serve`, seeing
